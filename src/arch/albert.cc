@@ -1,0 +1,116 @@
+// ALBERT (model_type "albert"): factorized embeddings (embedding_size) mapped to hidden_size by
+// `encoder.embedding_hidden_mapping_in`; num_hidden_layers applications of num_hidden_groups shared layer
+// groups (layer i uses group i / (layers / groups)), each group running inner_group_num layers.
+// Pooler is a plain `pooler` Linear + tanh.
+#include "arch/bert.h"
+
+namespace trex {
+namespace {
+
+std::vector<GraphOutput> build_albert(BuildContext& ctx) {
+  auto& g = ctx.graph;
+  const ModelConfig& c = ctx.config;
+  bert::Dims d = bert::read_dims(c);
+  if (!c.has("hidden_act")) d.hidden_act = "gelu_new";  // AlbertConfig's default
+  if (!c.has("embedding_size")) d.embedding_size = 128;
+  const int64_t e = d.embedding_size;
+  const int64_t groups = c.get_int("num_hidden_groups", 1), inner = c.get_int("inner_group_num", 1);
+  if (groups <= 0 || inner <= 0) c.fail("num_hidden_groups and inner_group_num must be positive");
+  if (d.layers % groups != 0)
+    c.fail("num_hidden_layers " + std::to_string(d.layers) + " is not a multiple of num_hidden_groups " +
+           std::to_string(groups));
+
+  Weights w(ctx.weights, g, "albert");
+  const bool token_types = d.type_vocab > 1;
+  layers::Inputs in = layers::declare_inputs(ctx, token_types);
+  Value mask_bias = layers::attention_mask_bias(g, in.attention_mask);
+
+  Value x;
+  {
+    auto s = g.scope("embeddings");
+    Value words = layers::embedding(g, w, in.input_ids, w.base("embeddings.word_embeddings.weight"), d.vocab, e);
+    Value pos = layers::leading_positions(g, w, in.input_ids, w.base("embeddings.position_embeddings.weight"),
+                                          d.max_positions, e);
+    Value types = token_types ? layers::embedding(g, w, in.token_type_ids, w.base("embeddings.token_type_embeddings.weight"),
+                                                  d.type_vocab, e)
+                              : w.get_row(w.base("embeddings.token_type_embeddings.weight"), {d.type_vocab, e}, 0);
+    x = g.add(g.add(words, types), pos);
+    x = layers::layer_norm(g, w, x, w.base("embeddings.LayerNorm"), e, d.eps);
+  }
+  {
+    auto enc = g.scope("encoder");
+    x = layers::linear(g, w, x, w.base("encoder.embedding_hidden_mapping_in"), e, d.hidden);
+    const int64_t per_group = d.layers / groups;
+    for (int64_t i = 0; i < d.layers; ++i) {
+      const int64_t group = i / per_group;
+      for (int64_t j = 0; j < inner; ++j) {
+        const std::string L = w.base("encoder.albert_layer_groups." + std::to_string(group) + ".albert_layers." +
+                                     std::to_string(j) + ".");
+        auto layer = g.scope("layer." + std::to_string(i) + "." + std::to_string(j));
+        Value attn;
+        {
+          auto s = g.scope("attention");
+          Value ctx_v = layers::self_attention(g, w, x, mask_bias,
+                                               {L + "attention.query", L + "attention.key", L + "attention.value"},
+                                               {d.hidden, d.heads, false});
+          Value proj = layers::linear(g, w, ctx_v, L + "attention.dense", d.hidden, d.hidden);
+          attn = layers::layer_norm(g, w, g.add(x, proj), L + "attention.LayerNorm", d.hidden, d.eps);
+        }
+        auto s = g.scope("ffn");
+        Value f = layers::activation(g, layers::linear(g, w, attn, L + "ffn", d.hidden, d.intermediate), d.hidden_act,
+                                     c.file());
+        f = layers::linear(g, w, f, L + "ffn_output", d.intermediate, d.hidden);
+        x = layers::layer_norm(g, w, g.add(f, attn), L + "full_layer_layer_norm", d.hidden, d.eps);
+      }
+    }
+  }
+  auto pooled = [&]() {
+    auto s = g.scope("pooler");
+    return g.tanh(layers::linear(g, w, layers::first_token(g, x), w.base("pooler"), d.hidden, d.hidden));
+  };
+
+  std::vector<GraphOutput> outs;
+  switch (ctx.task) {
+    case Task::kFeatureExtraction:
+      outs.push_back({"last_hidden_state", x, {ctx.batch, ctx.seq, d.hidden}});
+      if (w.has_base("pooler.weight")) outs.push_back({"pooler_output", pooled(), {ctx.batch, d.hidden}});
+      break;
+    case Task::kSequenceClassification: {
+      Value p = pooled();
+      auto s = g.scope("classifier");
+      const int64_t labels = c.num_labels();
+      outs.push_back({"logits", layers::linear(g, w, p, "classifier", d.hidden, labels), {ctx.batch, labels}});
+      break;
+    }
+    case Task::kTokenClassification:
+      outs.push_back(layers::token_classification_head(ctx, w, x, d.hidden));
+      break;
+    case Task::kQuestionAnswering:
+      outs = layers::question_answering_head(ctx, w, x, d.hidden);
+      break;
+    case Task::kMaskedLM: {
+      auto s = g.scope("predictions");
+      Value t = layers::linear(g, w, x, "predictions.dense", d.hidden, e);
+      t = layers::activation(g, t, d.hidden_act, c.file());
+      t = layers::layer_norm(g, w, t, "predictions.LayerNorm", e, d.eps);
+      Value dec = g.matmul(t, g.transpose(w.get_or("predictions.decoder.weight",
+                                                   w.base("embeddings.word_embeddings.weight"), {d.vocab, e}),
+                                          {1, 0}));
+      Value bias = w.get_or("predictions.bias", "predictions.decoder.bias", {d.vocab});
+      outs.push_back({"logits", g.add(dec, bias), {ctx.batch, ctx.seq, d.vocab}});
+      break;
+    }
+  }
+  w.check();
+  return outs;
+}
+
+}  // namespace
+
+extern const Architecture kAlbertArchitecture = {
+    {"albert"},
+    {Task::kFeatureExtraction, Task::kSequenceClassification, Task::kTokenClassification, Task::kQuestionAnswering,
+     Task::kMaskedLM},
+    build_albert};
+
+}  // namespace trex

@@ -1,0 +1,137 @@
+// BERT (model_type "bert"): embeddings (word + absolute position + token type) → LayerNorm → encoder layers;
+// pooler (dense + tanh on the first token); heads of BertModel / BertFor{SequenceClassification,
+// TokenClassification,QuestionAnswering,MaskedLM}.
+#include "arch/bert.h"
+
+#include "util/error.h"
+
+namespace trex {
+namespace bert {
+
+Dims read_dims(const ModelConfig& c) {
+  Dims d;
+  d.hidden = c.get_positive_int("hidden_size");
+  d.layers = c.get_positive_int("num_hidden_layers");
+  d.heads = c.get_positive_int("num_attention_heads");
+  d.intermediate = c.get_positive_int("intermediate_size");
+  d.vocab = c.get_positive_int("vocab_size");
+  d.max_positions = c.get_positive_int("max_position_embeddings");
+  d.type_vocab = c.get_int("type_vocab_size", 2);
+  d.embedding_size = c.get_int("embedding_size", d.hidden);
+  d.pad_token_id = c.get_int("pad_token_id", 0);
+  d.hidden_act = c.get_string("hidden_act", "gelu");
+  d.eps = static_cast<float>(c.get_float("layer_norm_eps", 1e-12));
+  if (d.hidden % d.heads != 0)
+    c.fail("hidden_size " + std::to_string(d.hidden) + " is not a multiple of num_attention_heads " +
+           std::to_string(d.heads));
+  const std::string pos = c.get_string("position_embedding_type", "absolute");
+  if (pos != "absolute") c.fail("position_embedding_type '" + pos + "' is not supported (only 'absolute')");
+  return d;
+}
+
+Value encoder(GraphBuilder& g, Weights& w, Value x, const Value& mask_bias, const Dims& d,
+              const std::string& config_file) {
+  auto enc = g.scope("encoder");
+  for (int64_t i = 0; i < d.layers; ++i) {
+    const std::string L = w.base("encoder.layer." + std::to_string(i) + ".");
+    auto layer = g.scope("layer." + std::to_string(i));
+    Value attn_out;
+    {
+      auto s = g.scope("attention");
+      Value ctx = layers::self_attention(g, w, x, mask_bias,
+                                         {L + "attention.self.query", L + "attention.self.key", L + "attention.self.value"},
+                                         {d.hidden, d.heads, false});
+      auto o = g.scope("output");
+      Value proj = layers::linear(g, w, ctx, L + "attention.output.dense", d.hidden, d.hidden);
+      attn_out = layers::layer_norm(g, w, g.add(proj, x), L + "attention.output.LayerNorm", d.hidden, d.eps);
+    }
+    Value inter;
+    {
+      auto s = g.scope("intermediate");
+      inter = layers::activation(g, layers::linear(g, w, attn_out, L + "intermediate.dense", d.hidden, d.intermediate),
+                                 d.hidden_act, config_file);
+    }
+    auto s = g.scope("output");
+    Value out = layers::linear(g, w, inter, L + "output.dense", d.intermediate, d.hidden);
+    x = layers::layer_norm(g, w, g.add(out, attn_out), L + "output.LayerNorm", d.hidden, d.eps);
+  }
+  return x;
+}
+
+}  // namespace bert
+
+namespace {
+
+std::vector<GraphOutput> build_bert(BuildContext& ctx) {
+  auto& g = ctx.graph;
+  const bert::Dims d = bert::read_dims(ctx.config);
+  Weights w(ctx.weights, g, "bert");
+  const bool token_types = d.type_vocab > 1;
+  layers::Inputs in = layers::declare_inputs(ctx, token_types);
+  Value mask_bias = layers::attention_mask_bias(g, in.attention_mask);
+
+  Value x;
+  {
+    auto s = g.scope("embeddings");
+    Value words = layers::embedding(g, w, in.input_ids, w.base("embeddings.word_embeddings.weight"), d.vocab, d.hidden);
+    Value pos = layers::leading_positions(g, w, in.input_ids, w.base("embeddings.position_embeddings.weight"),
+                                          d.max_positions, d.hidden);
+    Value types = token_types ? layers::embedding(g, w, in.token_type_ids, w.base("embeddings.token_type_embeddings.weight"),
+                                                  d.type_vocab, d.hidden)
+                              : w.get_row(w.base("embeddings.token_type_embeddings.weight"), {d.type_vocab, d.hidden}, 0);
+    x = g.add(g.add(words, types), pos);
+    x = layers::layer_norm(g, w, x, w.base("embeddings.LayerNorm"), d.hidden, d.eps);
+  }
+  x = bert::encoder(g, w, x, mask_bias, d, ctx.config.file());
+
+  auto pooled = [&]() {
+    auto s = g.scope("pooler");
+    return g.tanh(layers::linear(g, w, layers::first_token(g, x), w.base("pooler.dense"), d.hidden, d.hidden));
+  };
+
+  std::vector<GraphOutput> outs;
+  switch (ctx.task) {
+    case Task::kFeatureExtraction:
+      outs.push_back({"last_hidden_state", x, {ctx.batch, ctx.seq, d.hidden}});
+      if (w.has_base("pooler.dense.weight")) outs.push_back({"pooler_output", pooled(), {ctx.batch, d.hidden}});
+      break;
+    case Task::kSequenceClassification: {
+      Value p = pooled();
+      auto s = g.scope("classifier");
+      const int64_t labels = ctx.config.num_labels();
+      outs.push_back({"logits", layers::linear(g, w, p, "classifier", d.hidden, labels), {ctx.batch, labels}});
+      break;
+    }
+    case Task::kTokenClassification:
+      outs.push_back(layers::token_classification_head(ctx, w, x, d.hidden));
+      break;
+    case Task::kQuestionAnswering:
+      outs = layers::question_answering_head(ctx, w, x, d.hidden);
+      break;
+    case Task::kMaskedLM: {
+      auto s = g.scope("cls");
+      Value t = layers::linear(g, w, x, "cls.predictions.transform.dense", d.hidden, d.hidden);
+      t = layers::activation(g, t, d.hidden_act, ctx.config.file());
+      t = layers::layer_norm(g, w, t, "cls.predictions.transform.LayerNorm", d.hidden, d.eps);
+      // The decoder is tied to the word embeddings; checkpoints often omit it.
+      Value dec = g.matmul(t, g.transpose(w.get_or("cls.predictions.decoder.weight",
+                                                   w.base("embeddings.word_embeddings.weight"), {d.vocab, d.hidden}),
+                                          {1, 0}));
+      Value bias = w.get_or("cls.predictions.bias", "cls.predictions.decoder.bias", {d.vocab});
+      outs.push_back({"logits", g.add(dec, bias), {ctx.batch, ctx.seq, d.vocab}});
+      break;
+    }
+  }
+  w.check();
+  return outs;
+}
+
+}  // namespace
+
+extern const Architecture kBertArchitecture = {
+    {"bert"},
+    {Task::kFeatureExtraction, Task::kSequenceClassification, Task::kTokenClassification, Task::kQuestionAnswering,
+     Task::kMaskedLM},
+    build_bert};
+
+}  // namespace trex

@@ -1,0 +1,92 @@
+// DistilBERT (model_type "distilbert"): word + absolute position embeddings (no token types), then
+// `transformer.layer.<i>` blocks (q_lin/k_lin/v_lin/out_lin, sa_layer_norm, ffn.lin1/lin2, output_layer_norm).
+// Its LayerNorms use eps 1e-12 whatever the config says, as transformers does.
+#include "arch/layers.h"
+
+namespace trex {
+namespace {
+
+constexpr float kEps = 1e-12f;
+
+std::vector<GraphOutput> build_distilbert(BuildContext& ctx) {
+  auto& g = ctx.graph;
+  const ModelConfig& c = ctx.config;
+  const int64_t h = c.get_positive_int("dim"), layers_n = c.get_positive_int("n_layers"),
+                heads = c.get_positive_int("n_heads"), ffn = c.get_positive_int("hidden_dim"),
+                vocab = c.get_positive_int("vocab_size"), max_pos = c.get_positive_int("max_position_embeddings");
+  const std::string act = c.get_string("activation", "gelu");
+  if (h % heads != 0) c.fail("dim " + std::to_string(h) + " is not a multiple of n_heads " + std::to_string(heads));
+
+  Weights w(ctx.weights, g, "distilbert");
+  layers::Inputs in = layers::declare_inputs(ctx, false);
+  Value mask_bias = layers::attention_mask_bias(g, in.attention_mask);
+
+  Value x;
+  {
+    auto s = g.scope("embeddings");
+    Value words = layers::embedding(g, w, in.input_ids, w.base("embeddings.word_embeddings.weight"), vocab, h);
+    Value pos = layers::leading_positions(g, w, in.input_ids, w.base("embeddings.position_embeddings.weight"), max_pos, h);
+    x = layers::layer_norm(g, w, g.add(words, pos), w.base("embeddings.LayerNorm"), h, kEps);
+  }
+  {
+    auto tr = g.scope("transformer");
+    for (int64_t i = 0; i < layers_n; ++i) {
+      const std::string L = w.base("transformer.layer." + std::to_string(i) + ".");
+      auto layer = g.scope("layer." + std::to_string(i));
+      Value sa;
+      {
+        auto s = g.scope("attention");
+        Value ctx_v = layers::self_attention(g, w, x, mask_bias,
+                                             {L + "attention.q_lin", L + "attention.k_lin", L + "attention.v_lin"},
+                                             {h, heads, /*scale_query_first=*/true});
+        Value proj = layers::linear(g, w, ctx_v, L + "attention.out_lin", h, h);
+        sa = layers::layer_norm(g, w, g.add(proj, x), L + "sa_layer_norm", h, kEps);
+      }
+      auto s = g.scope("ffn");
+      Value f = layers::activation(g, layers::linear(g, w, sa, L + "ffn.lin1", h, ffn), act, c.file());
+      f = layers::linear(g, w, f, L + "ffn.lin2", ffn, h);
+      x = layers::layer_norm(g, w, g.add(f, sa), L + "output_layer_norm", h, kEps);
+    }
+  }
+
+  std::vector<GraphOutput> outs;
+  switch (ctx.task) {
+    case Task::kFeatureExtraction:
+      outs.push_back({"last_hidden_state", x, {ctx.batch, ctx.seq, h}});
+      break;
+    case Task::kSequenceClassification: {
+      auto s = g.scope("classifier");
+      const int64_t labels = c.num_labels();
+      Value p = g.relu(layers::linear(g, w, layers::first_token(g, x), "pre_classifier", h, h));
+      outs.push_back({"logits", layers::linear(g, w, p, "classifier", h, labels), {ctx.batch, labels}});
+      break;
+    }
+    case Task::kTokenClassification:
+      outs.push_back(layers::token_classification_head(ctx, w, x, h));
+      break;
+    case Task::kQuestionAnswering:
+      outs = layers::question_answering_head(ctx, w, x, h);
+      break;
+    case Task::kMaskedLM: {
+      auto s = g.scope("vocab");
+      Value t = layers::activation(g, layers::linear(g, w, x, "vocab_transform", h, h), act, c.file());
+      t = layers::layer_norm(g, w, t, "vocab_layer_norm", h, kEps);
+      Value dec = g.matmul(
+          t, g.transpose(w.get_or("vocab_projector.weight", w.base("embeddings.word_embeddings.weight"), {vocab, h}), {1, 0}));
+      outs.push_back({"logits", g.add(dec, w.get("vocab_projector.bias", {vocab})), {ctx.batch, ctx.seq, vocab}});
+      break;
+    }
+  }
+  w.check();
+  return outs;
+}
+
+}  // namespace
+
+extern const Architecture kDistilBertArchitecture = {
+    {"distilbert"},
+    {Task::kFeatureExtraction, Task::kSequenceClassification, Task::kTokenClassification, Task::kQuestionAnswering,
+     Task::kMaskedLM},
+    build_distilbert};
+
+}  // namespace trex

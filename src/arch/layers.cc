@@ -1,0 +1,120 @@
+#include "arch/layers.h"
+
+#include <cmath>
+#include <limits>
+
+#include "util/error.h"
+
+namespace trex::layers {
+
+Inputs declare_inputs(BuildContext& ctx, bool with_token_types) {
+  Inputs in;
+  auto& g = ctx.graph;
+  in.input_ids = g.input("input_ids", DType::kI64, {ctx.batch, ctx.seq});
+  in.attention_mask = g.input("attention_mask", DType::kI64, {ctx.batch, ctx.seq});
+  if (with_token_types) in.token_type_ids = g.input("token_type_ids", DType::kI64, {ctx.batch, ctx.seq});
+  return in;
+}
+
+Value attention_mask_bias(GraphBuilder& g, const Value& attention_mask) {
+  auto s = g.scope("attention_mask");
+  Value m = g.cast(attention_mask, DType::kF32);
+  Value inverted = g.sub(g.const_f32(1.0f), m);
+  Value bias = g.mul(inverted, g.const_f32(std::numeric_limits<float>::lowest()));
+  return g.unsqueeze(bias, {1, 2});
+}
+
+Value linear(GraphBuilder& g, Weights& w, const Value& x, const std::string& name, int64_t in, int64_t out, bool bias) {
+  Value y = g.matmul(x, w.get_transposed(name + ".weight", {out, in}));
+  if (bias) y = g.add(y, w.get(name + ".bias", {out}));
+  return y;
+}
+
+Value layer_norm(GraphBuilder& g, Weights& w, const Value& x, const std::string& name, int64_t dim, float eps) {
+  return g.layer_norm(x, w.get(name + ".weight", {dim}), w.get(name + ".bias", {dim}), eps);
+}
+
+Value activation(GraphBuilder& g, const Value& x, const std::string& name, const std::string& config_file) {
+  auto s = g.scope("act");
+  if (name == "gelu") {  // exact: 0.5 x (1 + erf(x / sqrt 2))
+    Value e = g.op("Erf", {g.div(x, g.const_f32(static_cast<float>(M_SQRT2)))});
+    return g.mul(g.mul(x, g.add(e, g.const_f32(1.0f))), g.const_f32(0.5f));
+  }
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    Value x3 = g.mul(g.mul(x, x), x);
+    Value inner = g.mul(g.add(x, g.mul(x3, g.const_f32(0.044715f))),
+                        g.const_f32(static_cast<float>(std::sqrt(2.0 / M_PI))));
+    return g.mul(g.mul(x, g.const_f32(0.5f)), g.add(g.tanh(inner), g.const_f32(1.0f)));
+  }
+  if (name == "quick_gelu") return g.mul(x, g.op("Sigmoid", {g.mul(x, g.const_f32(1.702f))}));
+  if (name == "relu") return g.relu(x);
+  if (name == "silu" || name == "swish") return g.mul(x, g.op("Sigmoid", {x}));
+  if (name == "tanh") return g.tanh(x);
+  throw InputError(config_file, "unsupported activation '" + name +
+                                    "' (supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, relu, "
+                                    "silu, swish, tanh)");
+}
+
+Value self_attention(GraphBuilder& g, Weights& w, const Value& x, const Value& mask_bias, const AttentionNames& names,
+                     const AttentionOptions& opt) {
+  const int64_t h = opt.hidden, nh = opt.num_heads, hd = opt.hidden / opt.num_heads;
+  // [B, S, H] → [B, nh, S, hd]
+  auto heads = [&](const std::string& lin_name, const char* scope_name) {
+    auto s = g.scope(scope_name);
+    Value y = linear(g, w, x, lin_name, h, h);
+    return g.transpose(g.reshape(y, {0, 0, nh, hd}), {0, 2, 1, 3});
+  };
+  Value q = heads(names.query, "query");
+  Value k = heads(names.key, "key");
+  Value v = heads(names.value, "value");
+  // transformers divides by sqrt(head_dim) (a double rounded once to float); keep the same constant.
+  Value scale = g.const_f32(static_cast<float>(std::sqrt(static_cast<double>(hd))));
+  Value kt = g.transpose(k, {0, 1, 3, 2});
+  Value scores;
+  if (opt.scale_query_first) {
+    scores = g.matmul(g.div(q, scale), kt);
+  } else {
+    scores = g.div(g.matmul(q, kt), scale);
+  }
+  scores = g.add(scores, mask_bias);
+  Value probs = g.softmax(scores, -1);
+  Value ctx = g.matmul(probs, v);
+  return g.reshape(g.transpose(ctx, {0, 2, 1, 3}), {0, 0, h});
+}
+
+Value first_token(GraphBuilder& g, const Value& x) { return g.gather(x, g.const_i64({0}, /*scalar=*/true), 1); }
+
+Value embedding(GraphBuilder& g, Weights& w, const Value& ids, const std::string& name, int64_t rows, int64_t dim) {
+  return g.gather(w.get(name, {rows, dim}), ids, 0);
+}
+
+Value leading_positions(GraphBuilder& g, Weights& w, const Value& input_ids, const std::string& name, int64_t rows,
+                        int64_t dim) {
+  auto s = g.scope("positions");
+  Value seq_len = g.slice(g.shape(input_ids), g.const_i64({1}), g.const_i64({2}), g.const_i64({0}));
+  return g.slice(w.get(name, {rows, dim}), g.const_i64({0}), seq_len, g.const_i64({0}));
+}
+
+}  // namespace trex::layers
+
+namespace trex::layers {
+
+GraphOutput token_classification_head(BuildContext& ctx, Weights& w, const Value& hidden, int64_t hidden_size) {
+  auto s = ctx.graph.scope("classifier");
+  const int64_t labels = ctx.config.num_labels();
+  Value logits = linear(ctx.graph, w, hidden, "classifier", hidden_size, labels);
+  return {"logits", logits, {ctx.batch, ctx.seq, labels}};
+}
+
+std::vector<GraphOutput> question_answering_head(BuildContext& ctx, Weights& w, const Value& hidden,
+                                                 int64_t hidden_size) {
+  auto& g = ctx.graph;
+  auto s = g.scope("qa_outputs");
+  Value logits = linear(g, w, hidden, "qa_outputs", hidden_size, 2);  // [B, S, 2]
+  Value start = g.gather(logits, g.const_i64({0}, true), 2);
+  Value end = g.gather(logits, g.const_i64({1}, true), 2);
+  return {{"start_logits", start, {ctx.batch, ctx.seq}}, {"end_logits", end, {ctx.batch, ctx.seq}}};
+}
+
+}  // namespace trex::layers

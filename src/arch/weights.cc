@@ -1,0 +1,112 @@
+#include "arch/weights.h"
+
+#include <cstring>
+
+#include "util/error.h"
+
+namespace trex {
+
+namespace {
+bool is_float(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kF64; }
+
+std::string detect_prefix(const WeightStore& store, const std::string& base_prefix) {
+  if (base_prefix.empty()) return "";
+  const std::string p = base_prefix + ".";
+  for (const auto& n : store.names())
+    if (n.rfind(p, 0) == 0) return p;
+  return "";
+}
+}  // namespace
+
+Weights::Weights(const WeightStore& store, GraphBuilder& graph, const std::string& base_prefix)
+    : store_(store), graph_(graph), prefix_(detect_prefix(store, base_prefix)) {}
+
+const TensorView* Weights::lookup(const std::string& name, const Shape& expected) {
+  const TensorView* t = store_.find(name);
+  if (!t) {
+    missing_.push_back(name);
+    return nullptr;
+  }
+  if (t->shape != expected) {
+    problems_.push_back("tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected " + shape_str(expected));
+    return nullptr;
+  }
+  if (!is_float(t->dtype)) {
+    problems_.push_back("tensor '" + name + "' has dtype " + std::string(dtype_name(t->dtype)) +
+                        ", expected a floating type");
+    return nullptr;
+  }
+  return t;
+}
+
+TensorData Weights::as_f32(const TensorView& t) const {
+  if (t.dtype == DType::kF32) return TensorData::view(DType::kF32, t.shape, t.data);
+  TensorView copy = t;
+  return TensorData::produced(DType::kF32, t.shape,
+                              [copy](std::byte* dst) { convert_to_f32(copy, reinterpret_cast<float*>(dst)); });
+}
+
+Value Weights::get(const std::string& name, const Shape& expected) {
+  const TensorView* t = lookup(name, expected);
+  if (!t) return name;
+  return graph_.initializer(name, as_f32(*t));
+}
+
+Value Weights::get_or(const std::string& name, const std::string& fallback, const Shape& expected) {
+  if (store_.contains(name)) return get(name, expected);
+  return get(fallback, expected);
+}
+
+Value Weights::get_transposed(const std::string& name, const Shape& expected) {
+  const TensorView* t = lookup(name, expected);
+  const std::string out_name = name + ".T";
+  if (!t) return out_name;
+  if (graph_.has_initializer(out_name)) return out_name;
+  const int64_t rows = expected[0], cols = expected[1];
+  TensorView src = *t;
+  return graph_.initializer(out_name, TensorData::produced(DType::kF32, {cols, rows}, [src, rows, cols](std::byte* dst) {
+    // Convert (if needed) then transpose in cache-friendly tiles.
+    std::vector<float> tmp;
+    const float* in = reinterpret_cast<const float*>(src.data);
+    if (src.dtype != DType::kF32) {
+      tmp.resize(static_cast<size_t>(rows * cols));
+      convert_to_f32(src, tmp.data());
+      in = tmp.data();
+    }
+    float* out = reinterpret_cast<float*>(dst);
+    constexpr int64_t kTile = 32;
+    for (int64_t r0 = 0; r0 < rows; r0 += kTile)
+      for (int64_t c0 = 0; c0 < cols; c0 += kTile)
+        for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r)
+          for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c) out[c * rows + r] = in[r * cols + c];
+  }));
+}
+
+Value Weights::get_row(const std::string& name, const Shape& expected, int64_t row) {
+  const TensorView* t = lookup(name, expected);
+  const std::string out_name = name + ".row" + std::to_string(row);
+  if (!t) return out_name;
+  const int64_t cols = expected[1];
+  TensorView r = *t;
+  const size_t es = dtype_size(t->dtype);
+  r.data = t->data + static_cast<size_t>(row * cols) * es;
+  r.nbytes = static_cast<size_t>(cols) * es;
+  r.shape = {cols};
+  return graph_.initializer(out_name, as_f32(r));
+}
+
+void Weights::check() const {
+  if (missing_.empty() && problems_.empty()) return;
+  std::string files;
+  for (const auto& f : store_.files()) files += (files.empty() ? "" : ", ") + f;
+  std::string msg = files + ": ";
+  if (!missing_.empty()) {
+    msg += std::to_string(missing_.size()) + " missing tensor" + (missing_.size() > 1 ? "s" : "") + ": ";
+    for (size_t i = 0; i < missing_.size(); ++i) msg += (i ? ", " : "") + missing_[i];
+  }
+  for (size_t i = 0; i < problems_.size(); ++i)
+    msg += std::string((i == 0 && missing_.empty()) ? "" : "; ") + problems_[i];
+  throw InputError(msg);
+}
+
+}  // namespace trex

@@ -1,0 +1,47 @@
+// Closed, validated access to a checkpoint's tensors while a graph is built: every request names the
+// tensor and its expected shape; problems are collected and reported together by check().
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "graph/graph_builder.h"
+#include "io/weight_store.h"
+
+namespace trex {
+
+class Weights {
+ public:
+  // base_prefix: the base model's attribute in task models ("bert"); used when the checkpoint's names carry it.
+  Weights(const WeightStore& store, GraphBuilder& graph, const std::string& base_prefix);
+
+  // Full name of a base-model tensor ("embeddings.word_embeddings.weight" → "bert.embeddings...").
+  std::string base(const std::string& name) const { return prefix_ + name; }
+  bool has(const std::string& full_name) const { return store_.contains(full_name); }
+  bool has_base(const std::string& name) const { return store_.contains(base(name)); }
+
+  // The tensor as an fp32 initializer named after it. Records a problem when missing or mis-shaped.
+  Value get(const std::string& full_name, const Shape& expected);
+  // A 2-D [rows, cols] tensor stored transposed ([cols, rows]) as `<name>.T`, for x @ W^T as MatMul.
+  Value get_transposed(const std::string& full_name, const Shape& expected);
+  // One row of a 2-D tensor, as a 1-D initializer `<name>.row<i>`.
+  Value get_row(const std::string& full_name, const Shape& expected, int64_t row);
+  // Like get(), but when `full_name` is absent uses `fallback` (e.g. an untied decoder weight → word embeddings).
+  Value get_or(const std::string& full_name, const std::string& fallback, const Shape& expected);
+
+  void record_problem(std::string p) { problems_.push_back(std::move(p)); }
+  // Throws InputError listing every missing / mis-shaped tensor, naming the checkpoint files.
+  void check() const;
+
+ private:
+  const TensorView* lookup(const std::string& name, const Shape& expected);
+  TensorData as_f32(const TensorView& t) const;
+
+  const WeightStore& store_;
+  GraphBuilder& graph_;
+  std::string prefix_;
+  std::vector<std::string> missing_;
+  std::vector<std::string> problems_;
+};
+
+}  // namespace trex

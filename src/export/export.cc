@@ -1,0 +1,146 @@
+#include "export/export.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "util/error.h"
+
+namespace trex {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void check_output_path(const fs::path& out) {
+  const fs::path dir = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw OutputError(out.string(), "cannot write: folder '" + dir.string() + "' does not exist");
+  if (::access(dir.c_str(), W_OK) != 0) throw OutputError(out.string(), "cannot write: folder '" + dir.string() + "' is not writable");
+  if (fs::is_directory(out, ec)) throw OutputError(out.string(), "cannot write: it is a folder");
+}
+
+void add_meta(onnx::ModelProto& m, const std::string& k, const std::string& v) {
+  auto* p = m.add_metadata_props();
+  p->set_key(k);
+  p->set_value(v);
+}
+
+}  // namespace
+
+// Validates what can be validated before any weight is read.
+const Architecture& resolve(const ModelConfig& config, const ExportOptions& options, Task* task) {
+  const Architecture* arch = find_architecture(config.model_type);
+  if (!arch) {
+    std::string types;
+    for (const auto& t : supported_model_types()) types += (types.empty() ? "" : ", ") + t;
+    throw InputError(config.file(), "unsupported model_type '" + config.model_type + "' (supported: " + types + ")");
+  }
+  *task = default_task(config);
+  if (!options.pipeline.empty()) {
+    auto t = parse_task(options.pipeline);
+    if (!t) throw UsageError("unknown pipeline '" + options.pipeline + "' (known: " + known_task_names() + ")");
+    *task = *t;
+  }
+  if (!arch->tasks.count(*task))
+    throw UsageError("pipeline '" + task_name(*task) + "' is not supported for model_type '" + config.model_type + "'");
+  if (options.opset < kMinOpset || options.opset > kMaxOpset)
+    throw UsageError("opset " + std::to_string(options.opset) + " is not supported (" + std::to_string(kMinOpset) + "-" +
+                     std::to_string(kMaxOpset) + ")");
+  return *arch;
+}
+
+BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options) {
+  Task task;
+  const Architecture* arch = &resolve(config, options, &task);
+
+  GraphBuilder g(options.opset, config.model_type + "_" + task_name(task));
+  Dim batch("batch_size"), seq("sequence_length");
+  if (options.static_shape) {
+    batch = Dim(options.static_shape->first);
+    seq = Dim(options.static_shape->second);
+  }
+  BuildContext ctx{config, weights, g, task, batch, seq};
+  std::vector<GraphOutput> outputs = arch->build(ctx);
+
+  BuiltModel built{Model{}, config, task, LoadCheckSpec{}};
+  for (const auto& o : outputs) {
+    g.output(o.value, o.name, DType::kF32, o.dims);
+    built.check_spec.outputs.emplace_back(o.name, o.dims);
+  }
+  built.model = g.finish(TREX_VERSION);
+  auto& proto = built.model.proto;
+  proto.set_doc_string("Exported by trex from a " + config.model_type + " checkpoint for " + task_name(task));
+  add_meta(proto, "model_type", config.model_type);
+  add_meta(proto, "pipeline", task_name(task));
+  if (!config.architectures.empty()) add_meta(proto, "architecture", config.architectures[0]);
+  add_meta(proto, "trex_version", TREX_VERSION);
+
+  // Dummy input ranges for the load check.
+  auto& spec = built.check_spec;
+  if (options.static_shape) {
+    spec.batch = options.static_shape->first;
+    spec.seq = options.static_shape->second;
+  }
+  spec.input_limits["input_ids"] = config.get_int("vocab_size", 2);
+  spec.input_limits["token_type_ids"] = config.get_int("type_vocab_size", 1);
+  return built;
+}
+
+ExportResult export_onnx(const ExportOptions& options) {
+  auto log = [&](const std::string& s) {
+    if (options.log) options.log(s);
+  };
+  std::error_code ec;
+  if (!fs::exists(options.model_dir, ec)) throw InputError(options.model_dir.string(), "checkpoint folder does not exist");
+  if (!fs::is_directory(options.model_dir, ec)) throw InputError(options.model_dir.string(), "not a folder");
+  check_output_path(options.output);
+
+  ModelConfig config = ModelConfig::load(options.model_dir / "config.json");
+  Task task;
+  resolve(config, options, &task);
+  WeightStore weights = WeightStore::open_dir(options.model_dir);
+  log("read " + std::to_string(weights.size()) + " tensors (" + std::to_string(weights.total_bytes() >> 20) +
+      " MiB) from " + options.model_dir.string());
+
+  BuiltModel built = build_model(config, weights, options);
+  ExportResult result;
+  result.model_type = config.model_type;
+  result.task = built.task;
+  result.num_nodes = static_cast<size_t>(built.model.proto.graph().node_size());
+  result.num_initializers = built.model.initializers.size();
+  {
+    std::set<std::string> used;
+    for (const auto& i : built.model.initializers) {
+      std::string n = i.name;
+      for (const char* suffix : {".T", ".row0"})
+        if (n.size() > std::strlen(suffix) && n.compare(n.size() - std::strlen(suffix), std::strlen(suffix), suffix) == 0)
+          n.resize(n.size() - std::strlen(suffix));
+      used.insert(n);
+    }
+    for (const auto& n : weights.names())
+      if (!used.count(n)) result.unused_tensors.push_back(n);
+  }
+  log("built " + task_name(built.task) + " graph: " + std::to_string(result.num_nodes) + " nodes, " +
+      std::to_string(result.num_initializers) + " initializers, opset " + std::to_string(options.opset));
+
+  WriteOptions wo;
+  wo.external = options.external;
+  wo.progress = options.progress;
+  result.written = write_model(built.model, options.output, wo);
+
+  if (options.check) {
+    try {
+      result.check = load_check(options.output, built.check_spec);
+    } catch (const Error&) {
+      fs::remove(result.written.model_path, ec);
+      if (!result.written.data_path.empty()) fs::remove(result.written.data_path, ec);
+      throw;
+    }
+  }
+  return result;
+}
+
+}  // namespace trex

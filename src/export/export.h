@@ -1,0 +1,56 @@
+// The export job: checkpoint folder → ONNX file (+ load check). The CLI is a thin layer over this.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "arch/architecture.h"
+#include "onnx/writer.h"
+#include "runtime/ort_check.h"
+
+namespace trex {
+
+constexpr int kMinOpset = 11;
+constexpr int kMaxOpset = 21;
+// Opset 17 is the first with a native LayerNormalization (one fused kernel in ONNX Runtime instead of
+// seven ops) and is supported by every ONNX Runtime since 1.14 and by the major converters.
+constexpr int kDefaultOpset = 17;
+
+struct ExportOptions {
+  std::filesystem::path model_dir;
+  std::filesystem::path output;
+  std::string pipeline;  // empty: the default head of the checkpoint
+  int opset = kDefaultOpset;
+  std::optional<std::pair<int64_t, int64_t>> static_shape;  // batch, sequence
+  ExternalData external = ExternalData::kAuto;
+  bool check = true;
+  // Progress and status lines (may be empty).
+  std::function<void(const std::string&)> log;
+  std::function<void(size_t done, size_t total)> progress;
+};
+
+struct ExportResult {
+  std::string model_type;
+  Task task = Task::kFeatureExtraction;
+  WriteResult written;
+  size_t num_nodes = 0;
+  size_t num_initializers = 0;
+  std::vector<std::string> unused_tensors;
+  std::optional<LoadCheckResult> check;
+};
+
+// Throws trex::Error subclasses (InputError, UsageError, OutputError, VerificationError).
+ExportResult export_onnx(const ExportOptions& options);
+
+// Builds the model in memory without writing it (tests, later passes).
+struct BuiltModel {
+  Model model;
+  ModelConfig config;
+  Task task;
+  LoadCheckSpec check_spec;
+};
+BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options);
+
+}  // namespace trex

@@ -1,0 +1,60 @@
+#include "graph/tensor_data.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace trex {
+
+TensorData TensorData::view(DType dtype, Shape dims, const std::byte* bytes, std::shared_ptr<const void> keep_alive) {
+  TensorData t;
+  t.dtype_ = dtype;
+  t.dims_ = std::move(dims);
+  t.view_ = bytes;
+  t.keep_alive_ = std::move(keep_alive);
+  return t;
+}
+
+TensorData TensorData::owned(DType dtype, Shape dims, std::vector<std::byte> bytes) {
+  TensorData t;
+  t.dtype_ = dtype;
+  t.dims_ = std::move(dims);
+  t.owned_ = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+  if (t.owned_->size() != t.nbytes()) throw std::logic_error("TensorData::owned: byte count does not match shape");
+  return t;
+}
+
+TensorData TensorData::produced(DType dtype, Shape dims, std::function<void(std::byte*)> produce) {
+  TensorData t;
+  t.dtype_ = dtype;
+  t.dims_ = std::move(dims);
+  t.produce_ = std::move(produce);
+  return t;
+}
+
+size_t TensorData::nbytes() const { return static_cast<size_t>(num_elements(dims_)) * dtype_size(dtype_); }
+
+const std::byte* TensorData::direct() const {
+  if (view_) return view_;
+  if (owned_) return owned_->data();
+  return nullptr;
+}
+
+void TensorData::copy_to(std::byte* dst) const {
+  const size_t n = nbytes();
+  if (n == 0) return;
+  if (const std::byte* p = direct()) {
+    std::memcpy(dst, p, n);
+  } else if (produce_) {
+    produce_(dst);
+  } else {
+    throw std::logic_error("TensorData has no bytes");
+  }
+}
+
+std::vector<std::byte> TensorData::to_bytes() const {
+  std::vector<std::byte> out(nbytes());
+  copy_to(out.data());
+  return out;
+}
+
+}  // namespace trex

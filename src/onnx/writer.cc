@@ -1,0 +1,266 @@
+#include "onnx/writer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "util/error.h"
+
+namespace trex {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Buffered writer on a POSIX file descriptor; errors become OutputError naming the final path.
+class FileSink {
+ public:
+  FileSink(const fs::path& tmp, const fs::path& shown) : shown_(shown.string()) {
+    fd_ = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw OutputError(shown_, std::string("cannot write: ") + std::strerror(errno));
+    buf_.reserve(kBufSize);
+  }
+  ~FileSink() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void write(const void* data, size_t n) {
+    auto* p = static_cast<const char*>(data);
+    if (n >= kBufSize) {
+      flush();
+      raw_write(p, n);
+      return;
+    }
+    if (buf_.size() + n > kBufSize) flush();
+    buf_.insert(buf_.end(), p, p + n);
+  }
+  void pad_to(size_t alignment) {
+    static const char zeros[4096] = {};
+    while (offset() % alignment) write(zeros, std::min<size_t>(alignment - offset() % alignment, sizeof(zeros)));
+  }
+  size_t offset() const { return written_ + buf_.size(); }
+  void close() {
+    flush();
+    if (::close(fd_) != 0) {
+      fd_ = -1;
+      throw OutputError(shown_, std::string("cannot write: ") + std::strerror(errno));
+    }
+    fd_ = -1;
+  }
+
+ private:
+  static constexpr size_t kBufSize = 1 << 20;
+  void flush() {
+    raw_write(buf_.data(), buf_.size());
+    buf_.clear();
+  }
+  void raw_write(const char* p, size_t n) {
+    while (n > 0) {
+      ssize_t w = ::write(fd_, p, std::min<size_t>(n, size_t{1} << 30));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        throw OutputError(shown_, std::string("cannot write: ") + std::strerror(errno));
+      }
+      p += w;
+      n -= static_cast<size_t>(w);
+      written_ += static_cast<size_t>(w);
+    }
+  }
+  int fd_ = -1;
+  std::string shown_;
+  std::vector<char> buf_;
+  size_t written_ = 0;
+};
+
+// Removes temporary files unless committed.
+class TempFiles {
+ public:
+  void add(const fs::path& p) { paths_.push_back(p); }
+  void commit() { paths_.clear(); }
+  ~TempFiles() {
+    std::error_code ec;
+    for (const auto& p : paths_) fs::remove(p, ec);
+  }
+
+ private:
+  std::vector<fs::path> paths_;
+};
+
+void put_varint(std::string& s, uint64_t v) {
+  while (v >= 0x80) {
+    s.push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  s.push_back(static_cast<char>(v));
+}
+size_t varint_size(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+// Protobuf wire tags (field_number << 3 | wire type 2 = length-delimited).
+constexpr uint8_t kModelGraphTag = (7 << 3) | 2;        // ModelProto.graph
+constexpr uint8_t kGraphInitializerTag = (5 << 3) | 2;  // GraphProto.initializer
+constexpr uint8_t kTensorRawDataTag = (9 << 3) | 2;     // TensorProto.raw_data
+
+onnx::TensorProto tensor_header(const Initializer& init) {
+  onnx::TensorProto t;
+  t.set_name(init.name);
+  for (auto d : init.data.dims()) t.add_dims(d);
+  t.set_data_type(onnx_elem_type(init.data.dtype()));
+  return t;
+}
+
+fs::path temp_path_for(const fs::path& p) {
+  return p.parent_path() / ("." + p.filename().string() + ".tmp-" + std::to_string(::getpid()));
+}
+
+}  // namespace
+
+fs::path external_data_path(const fs::path& model_path) {
+  return model_path.parent_path() / (model_path.filename().string() + ".data");
+}
+
+WriteResult write_model(const Model& model, const fs::path& path, const WriteOptions& options) {
+  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec))
+      throw OutputError(path.string(), "cannot write: folder '" + dir.string() + "' does not exist");
+    if (fs::is_directory(path, ec)) throw OutputError(path.string(), "cannot write: it is a folder");
+  }
+
+  // Decide where each initializer goes.
+  size_t total_weights = model.weight_bytes();
+  onnx::ModelProto head = model.proto;
+  onnx::GraphProto graph = head.graph();
+  head.clear_graph();
+  const size_t structure_bytes = head.ByteSizeLong() + graph.ByteSizeLong() + 64 * model.initializers.size();
+  bool external = options.external == ExternalData::kAlways ||
+                  (options.external == ExternalData::kAuto && structure_bytes + total_weights > options.single_file_limit);
+  if (options.external == ExternalData::kNever && structure_bytes + total_weights > options.single_file_limit)
+    throw UsageError(path.string() + ": the model needs " + std::to_string(total_weights >> 20) +
+                     " MiB of weights, above protobuf's 2 GB limit for one file; use --external-data auto or always");
+
+  TempFiles temps;
+  WriteResult result;
+  result.model_path = path;
+
+  // External data first: tensors go to <model>.data, headers point at their offsets.
+  std::vector<onnx::TensorProto> headers;
+  headers.reserve(model.initializers.size());
+  std::vector<bool> inline_data(model.initializers.size(), true);
+  size_t done = 0;
+  if (external) {
+    result.data_path = external_data_path(path);
+    const fs::path tmp = temp_path_for(result.data_path);
+    temps.add(tmp);
+    FileSink data(tmp, result.data_path);
+    std::vector<std::byte> scratch;
+    for (size_t i = 0; i < model.initializers.size(); ++i) {
+      const auto& init = model.initializers[i];
+      headers.push_back(tensor_header(init));
+      const size_t n = init.data.nbytes();
+      if (n < options.external_min_bytes) continue;
+      inline_data[i] = false;
+      data.pad_to(n >= (size_t{1} << 20) ? 4096 : 64);  // page-aligned big tensors can be memory-mapped by runtimes
+      const size_t offset = data.offset();
+      if (const std::byte* p = init.data.direct()) {
+        data.write(p, n);
+      } else {
+        scratch.resize(n);
+        init.data.copy_to(scratch.data());
+        data.write(scratch.data(), n);
+      }
+      auto& h = headers.back();
+      h.set_data_location(onnx::TensorProto::EXTERNAL);
+      auto add_kv = [&](const std::string& k, const std::string& v) {
+        auto* e = h.add_external_data();
+        e->set_key(k);
+        e->set_value(v);
+      };
+      add_kv("location", result.data_path.filename().string());
+      add_kv("offset", std::to_string(offset));
+      add_kv("length", std::to_string(n));
+      done += n;
+      if (options.progress) options.progress(done, total_weights);
+    }
+    data.close();
+    result.data_bytes = data.offset();
+  } else {
+    for (const auto& init : model.initializers) headers.push_back(tensor_header(init));
+  }
+
+  // Compute the GraphProto length: structure + each initializer record.
+  std::string graph_bytes = graph.SerializeAsString();
+  std::vector<std::string> header_bytes(headers.size());
+  size_t graph_len = graph_bytes.size();
+  for (size_t i = 0; i < headers.size(); ++i) {
+    header_bytes[i] = headers[i].SerializeAsString();
+    size_t tensor_len = header_bytes[i].size();
+    if (inline_data[i]) {
+      const size_t n = model.initializers[i].data.nbytes();
+      tensor_len += 1 + varint_size(n) + n;
+    }
+    graph_len += 1 + varint_size(tensor_len) + tensor_len;
+  }
+
+  const fs::path tmp = temp_path_for(path);
+  temps.add(tmp);
+  FileSink out(tmp, path);
+  std::string prefix = head.SerializeAsString();
+  prefix.push_back(static_cast<char>(kModelGraphTag));
+  put_varint(prefix, graph_len);
+  prefix += graph_bytes;
+  out.write(prefix.data(), prefix.size());
+  std::vector<std::byte> scratch;
+  for (size_t i = 0; i < headers.size(); ++i) {
+    const auto& init = model.initializers[i];
+    const size_t n = init.data.nbytes();
+    size_t tensor_len = header_bytes[i].size() + (inline_data[i] ? 1 + varint_size(n) + n : 0);
+    std::string rec;
+    rec.push_back(static_cast<char>(kGraphInitializerTag));
+    put_varint(rec, tensor_len);
+    rec += header_bytes[i];
+    if (inline_data[i]) {
+      rec.push_back(static_cast<char>(kTensorRawDataTag));
+      put_varint(rec, n);
+    }
+    out.write(rec.data(), rec.size());
+    if (!inline_data[i]) continue;
+    if (const std::byte* p = init.data.direct()) {
+      out.write(p, n);
+    } else {
+      scratch.resize(n);
+      init.data.copy_to(scratch.data());
+      out.write(scratch.data(), n);
+    }
+    if (!external) {
+      done += n;
+      if (options.progress) options.progress(done, total_weights);
+    }
+  }
+  out.close();
+  result.model_bytes = out.offset();
+
+  // Commit: data file first, so a model file never points at a missing data file.
+  std::error_code ec;
+  if (external) {
+    fs::rename(temp_path_for(result.data_path), result.data_path, ec);
+    if (ec) throw OutputError(result.data_path.string(), "cannot write: " + ec.message());
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    if (external) fs::remove(result.data_path, ec);
+    throw OutputError(path.string(), "cannot write: " + ec.message());
+  }
+  temps.commit();
+  return result;
+}
+
+}  // namespace trex

@@ -1,0 +1,42 @@
+// Writes a Model to disk: protobuf structure from the graph, initializer bytes streamed from their sources,
+// external data beside the model when asked or when the file would pass protobuf's 2 GB limit.
+// Atomic: everything goes to temporary files in the output folder, renamed into place at the end;
+// on any failure nothing is left behind.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "graph/model.h"
+
+namespace trex {
+
+enum class ExternalData { kAuto, kAlways, kNever };
+
+struct WriteOptions {
+  ExternalData external = ExternalData::kAuto;
+  // kAuto switches to external data when the single file would exceed this many bytes.
+  size_t single_file_limit = (size_t{1} << 31) - (size_t{64} << 20);
+  // With external data, initializers smaller than this stay inside the .onnx file.
+  size_t external_min_bytes = 1024;
+  // Called after each initializer written (bytes done, bytes total); may be empty.
+  std::function<void(size_t, size_t)> progress;
+};
+
+struct WriteResult {
+  std::filesystem::path model_path;
+  std::filesystem::path data_path;  // empty without external data
+  size_t model_bytes = 0;
+  size_t data_bytes = 0;
+};
+
+// Throws OutputError naming the path when it cannot be written (missing folder, permissions, disk full),
+// and UsageError when kNever is asked for a model that cannot fit one file.
+WriteResult write_model(const Model& model, const std::filesystem::path& path, const WriteOptions& options = {});
+
+// The .onnx.data path used for a model path.
+std::filesystem::path external_data_path(const std::filesystem::path& model_path);
+
+}  // namespace trex
