@@ -47,20 +47,12 @@ std::vector<GraphOutput> build_albert(BuildContext& ctx) {
         const std::string L = w.base("encoder.albert_layer_groups." + std::to_string(group) + ".albert_layers." +
                                      std::to_string(j) + ".");
         auto layer = g.scope("layer." + std::to_string(i) + "." + std::to_string(j));
-        Value attn;
-        {
-          auto s = g.scope("attention");
-          Value ctx_v = layers::self_attention(g, w, x, mask_bias,
-                                               {L + "attention.query", L + "attention.key", L + "attention.value"},
-                                               {d.hidden, d.heads, false});
-          Value proj = layers::linear(g, w, ctx_v, L + "attention.dense", d.hidden, d.hidden);
-          attn = layers::layer_norm(g, w, g.add(x, proj), L + "attention.LayerNorm", d.hidden, d.eps);
-        }
-        auto s = g.scope("ffn");
-        Value f = layers::activation(g, layers::linear(g, w, attn, L + "ffn", d.hidden, d.intermediate), d.hidden_act,
-                                     c.file());
-        f = layers::linear(g, w, f, L + "ffn_output", d.intermediate, d.hidden);
-        x = layers::layer_norm(g, w, g.add(f, attn), L + "full_layer_layer_norm", d.hidden, d.eps);
+        x = layers::attention_block(g, w, x, mask_bias,
+                                    {L + "attention.query", L + "attention.key", L + "attention.value",
+                                     L + "attention.dense", L + "attention.LayerNorm"},
+                                    {d.hidden, d.heads, false}, d.eps);
+        x = layers::feed_forward_block(g, w, x, {L + "ffn", L + "ffn_output", L + "full_layer_layer_norm"}, d.hidden,
+                                       d.intermediate, d.hidden_act, d.eps, c.file());
       }
     }
   }

@@ -35,25 +35,12 @@ Value encoder(GraphBuilder& g, Weights& w, Value x, const Value& mask_bias, cons
   for (int64_t i = 0; i < d.layers; ++i) {
     const std::string L = w.base("encoder.layer." + std::to_string(i) + ".");
     auto layer = g.scope("layer." + std::to_string(i));
-    Value attn_out;
-    {
-      auto s = g.scope("attention");
-      Value ctx = layers::self_attention(g, w, x, mask_bias,
-                                         {L + "attention.self.query", L + "attention.self.key", L + "attention.self.value"},
-                                         {d.hidden, d.heads, false});
-      auto o = g.scope("output");
-      Value proj = layers::linear(g, w, ctx, L + "attention.output.dense", d.hidden, d.hidden);
-      attn_out = layers::layer_norm(g, w, g.add(proj, x), L + "attention.output.LayerNorm", d.hidden, d.eps);
-    }
-    Value inter;
-    {
-      auto s = g.scope("intermediate");
-      inter = layers::activation(g, layers::linear(g, w, attn_out, L + "intermediate.dense", d.hidden, d.intermediate),
-                                 d.hidden_act, config_file);
-    }
-    auto s = g.scope("output");
-    Value out = layers::linear(g, w, inter, L + "output.dense", d.intermediate, d.hidden);
-    x = layers::layer_norm(g, w, g.add(out, attn_out), L + "output.LayerNorm", d.hidden, d.eps);
+    x = layers::attention_block(g, w, x, mask_bias,
+                                {L + "attention.self.query", L + "attention.self.key", L + "attention.self.value",
+                                 L + "attention.output.dense", L + "attention.output.LayerNorm"},
+                                {d.hidden, d.heads, false}, d.eps);
+    x = layers::feed_forward_block(g, w, x, {L + "intermediate.dense", L + "output.dense", L + "output.LayerNorm"},
+                                   d.hidden, d.intermediate, d.hidden_act, d.eps, config_file);
   }
   return x;
 }

@@ -33,19 +33,12 @@ std::vector<GraphOutput> build_distilbert(BuildContext& ctx) {
     for (int64_t i = 0; i < layers_n; ++i) {
       const std::string L = w.base("transformer.layer." + std::to_string(i) + ".");
       auto layer = g.scope("layer." + std::to_string(i));
-      Value sa;
-      {
-        auto s = g.scope("attention");
-        Value ctx_v = layers::self_attention(g, w, x, mask_bias,
-                                             {L + "attention.q_lin", L + "attention.k_lin", L + "attention.v_lin"},
-                                             {h, heads, /*scale_query_first=*/true});
-        Value proj = layers::linear(g, w, ctx_v, L + "attention.out_lin", h, h);
-        sa = layers::layer_norm(g, w, g.add(proj, x), L + "sa_layer_norm", h, kEps);
-      }
-      auto s = g.scope("ffn");
-      Value f = layers::activation(g, layers::linear(g, w, sa, L + "ffn.lin1", h, ffn), act, c.file());
-      f = layers::linear(g, w, f, L + "ffn.lin2", ffn, h);
-      x = layers::layer_norm(g, w, g.add(f, sa), L + "output_layer_norm", h, kEps);
+      x = layers::attention_block(g, w, x, mask_bias,
+                                  {L + "attention.q_lin", L + "attention.k_lin", L + "attention.v_lin",
+                                   L + "attention.out_lin", L + "sa_layer_norm"},
+                                  {h, heads, /*scale_query_first=*/true}, kEps);
+      x = layers::feed_forward_block(g, w, x, {L + "ffn.lin1", L + "ffn.lin2", L + "output_layer_norm"}, h, ffn, act,
+                                     kEps, c.file());
     }
   }
 

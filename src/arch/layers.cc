@@ -83,6 +83,22 @@ Value self_attention(GraphBuilder& g, Weights& w, const Value& x, const Value& m
   return g.reshape(g.transpose(ctx, {0, 2, 1, 3}), {0, 0, h});
 }
 
+Value attention_block(GraphBuilder& g, Weights& w, const Value& x, const Value& mask_bias,
+                      const AttentionBlockNames& names, const AttentionOptions& opt, float eps) {
+  auto s = g.scope("attention");
+  Value ctx = self_attention(g, w, x, mask_bias, {names.query, names.key, names.value}, opt);
+  Value proj = linear(g, w, ctx, names.output, opt.hidden, opt.hidden);
+  return layer_norm(g, w, g.add(proj, x), names.layer_norm, opt.hidden, eps);
+}
+
+Value feed_forward_block(GraphBuilder& g, Weights& w, const Value& x, const FeedForwardNames& names, int64_t hidden,
+                         int64_t inner, const std::string& act, float eps, const std::string& config_file) {
+  auto s = g.scope("ffn");
+  Value h = activation(g, linear(g, w, x, names.up, hidden, inner), act, config_file);
+  Value out = linear(g, w, h, names.down, inner, hidden);
+  return layer_norm(g, w, g.add(out, x), names.layer_norm, hidden, eps);
+}
+
 Value first_token(GraphBuilder& g, const Value& x) { return g.gather(x, g.const_i64({0}, /*scalar=*/true), 1); }
 
 Value embedding(GraphBuilder& g, Weights& w, const Value& ids, const std::string& name, int64_t rows, int64_t dim) {

@@ -42,6 +42,24 @@ struct AttentionOptions {
 Value self_attention(GraphBuilder& g, Weights& w, const Value& x, const Value& mask_bias, const AttentionNames& names,
                      const AttentionOptions& opt);
 
+// A transformer sub-block with its residual: LayerNorm(x + Linear(f(x))). The lowering decides the ops
+// (plain: MatMul/Add/LayerNormalization; fused lowerings may use Attention / SkipLayerNormalization).
+struct AttentionBlockNames {
+  std::string query, key, value;  // nn.Linear names
+  std::string output;             // output projection nn.Linear
+  std::string layer_norm;         // nn.LayerNorm after the residual
+};
+// LayerNorm(x + output(self_attention(x))).
+Value attention_block(GraphBuilder& g, Weights& w, const Value& x, const Value& mask_bias,
+                      const AttentionBlockNames& names, const AttentionOptions& opt, float eps);
+
+struct FeedForwardNames {
+  std::string up, down, layer_norm;  // Linear(hidden→inner), Linear(inner→hidden), LayerNorm
+};
+// LayerNorm(x + down(act(up(x)))).
+Value feed_forward_block(GraphBuilder& g, Weights& w, const Value& x, const FeedForwardNames& names, int64_t hidden,
+                         int64_t inner, const std::string& act, float eps, const std::string& config_file);
+
 // hidden[:, 0] → [B, H].
 Value first_token(GraphBuilder& g, const Value& x);
 

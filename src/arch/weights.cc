@@ -68,7 +68,7 @@ Value Weights::get_transposed(const std::string& name, const Shape& expected) {
     // Convert (if needed) then transpose in cache-friendly tiles.
     std::vector<float> tmp;
     const float* in = reinterpret_cast<const float*>(src.data);
-    if (src.dtype != DType::kF32) {
+    if (src.dtype != DType::kF32 || reinterpret_cast<uintptr_t>(src.data) % alignof(float) != 0) {
       tmp.resize(static_cast<size_t>(rows * cols));
       convert_to_f32(src, tmp.data());
       in = tmp.data();
