@@ -23,20 +23,12 @@ std::vector<GraphOutput> build_albert(BuildContext& ctx) {
   Weights w(ctx.weights, g, "albert");
   const bool token_types = d.type_vocab > 1;
   layers::Inputs in = layers::declare_inputs(ctx, token_types);
-  Value mask_bias = layers::attention_mask_bias(g, in.attention_mask);
+  Value mask_bias = layers::prepare_attention_mask(g, in.attention_mask);
 
-  Value x;
-  {
-    auto s = g.scope("embeddings");
-    Value words = layers::embedding(g, w, in.input_ids, w.base("embeddings.word_embeddings.weight"), d.vocab, e);
-    Value pos = layers::leading_positions(g, w, in.input_ids, w.base("embeddings.position_embeddings.weight"),
-                                          d.max_positions, e);
-    Value types = token_types ? layers::embedding(g, w, in.token_type_ids, w.base("embeddings.token_type_embeddings.weight"),
-                                                  d.type_vocab, e)
-                              : w.get_row(w.base("embeddings.token_type_embeddings.weight"), {d.type_vocab, e}, 0);
-    x = g.add(g.add(words, types), pos);
-    x = layers::layer_norm(g, w, x, w.base("embeddings.LayerNorm"), e, d.eps);
-  }
+  Value x = layers::embeddings(g, w, in,
+                               {w.base("embeddings.word_embeddings.weight"), w.base("embeddings.position_embeddings.weight"),
+                                w.base("embeddings.token_type_embeddings.weight"), w.base("embeddings.LayerNorm")},
+                               {d.vocab, d.max_positions, d.type_vocab, e, d.eps});
   {
     auto enc = g.scope("encoder");
     x = layers::linear(g, w, x, w.base("encoder.embedding_hidden_mapping_in"), e, d.hidden);
@@ -85,9 +77,7 @@ std::vector<GraphOutput> build_albert(BuildContext& ctx) {
       Value t = layers::linear(g, w, x, "predictions.dense", d.hidden, e);
       t = layers::activation(g, t, d.hidden_act, c.file());
       t = layers::layer_norm(g, w, t, "predictions.LayerNorm", e, d.eps);
-      Value dec = g.matmul(t, g.transpose(w.get_or("predictions.decoder.weight",
-                                                   w.base("embeddings.word_embeddings.weight"), {d.vocab, e}),
-                                          {1, 0}));
+      Value dec = layers::tied_decoder(g, w, t, "predictions.decoder.weight", w.base("embeddings.word_embeddings.weight"), d.vocab, e);
       Value bias = w.get_or("predictions.bias", "predictions.decoder.bias", {d.vocab});
       outs.push_back({"logits", g.add(dec, bias), {ctx.batch, ctx.seq, d.vocab}});
       break;

@@ -55,20 +55,12 @@ std::vector<GraphOutput> build_bert(BuildContext& ctx) {
   Weights w(ctx.weights, g, "bert");
   const bool token_types = d.type_vocab > 1;
   layers::Inputs in = layers::declare_inputs(ctx, token_types);
-  Value mask_bias = layers::attention_mask_bias(g, in.attention_mask);
+  Value mask_bias = layers::prepare_attention_mask(g, in.attention_mask);
 
-  Value x;
-  {
-    auto s = g.scope("embeddings");
-    Value words = layers::embedding(g, w, in.input_ids, w.base("embeddings.word_embeddings.weight"), d.vocab, d.hidden);
-    Value pos = layers::leading_positions(g, w, in.input_ids, w.base("embeddings.position_embeddings.weight"),
-                                          d.max_positions, d.hidden);
-    Value types = token_types ? layers::embedding(g, w, in.token_type_ids, w.base("embeddings.token_type_embeddings.weight"),
-                                                  d.type_vocab, d.hidden)
-                              : w.get_row(w.base("embeddings.token_type_embeddings.weight"), {d.type_vocab, d.hidden}, 0);
-    x = g.add(g.add(words, types), pos);
-    x = layers::layer_norm(g, w, x, w.base("embeddings.LayerNorm"), d.hidden, d.eps);
-  }
+  Value x = layers::embeddings(g, w, in,
+                               {w.base("embeddings.word_embeddings.weight"), w.base("embeddings.position_embeddings.weight"),
+                                w.base("embeddings.token_type_embeddings.weight"), w.base("embeddings.LayerNorm")},
+                               {d.vocab, d.max_positions, d.type_vocab, d.hidden, d.eps});
   x = bert::encoder(g, w, x, mask_bias, d, ctx.config.file());
 
   auto pooled = [&]() {
@@ -101,9 +93,7 @@ std::vector<GraphOutput> build_bert(BuildContext& ctx) {
       t = layers::activation(g, t, d.hidden_act, ctx.config.file());
       t = layers::layer_norm(g, w, t, "cls.predictions.transform.LayerNorm", d.hidden, d.eps);
       // The decoder is tied to the word embeddings; checkpoints often omit it.
-      Value dec = g.matmul(t, g.transpose(w.get_or("cls.predictions.decoder.weight",
-                                                   w.base("embeddings.word_embeddings.weight"), {d.vocab, d.hidden}),
-                                          {1, 0}));
+      Value dec = layers::tied_decoder(g, w, t, "cls.predictions.decoder.weight", w.base("embeddings.word_embeddings.weight"), d.vocab, d.hidden);
       Value bias = w.get_or("cls.predictions.bias", "cls.predictions.decoder.bias", {d.vocab});
       outs.push_back({"logits", g.add(dec, bias), {ctx.batch, ctx.seq, d.vocab}});
       break;

@@ -19,15 +19,12 @@ std::vector<GraphOutput> build_distilbert(BuildContext& ctx) {
 
   Weights w(ctx.weights, g, "distilbert");
   layers::Inputs in = layers::declare_inputs(ctx, false);
-  Value mask_bias = layers::attention_mask_bias(g, in.attention_mask);
+  Value mask_bias = layers::prepare_attention_mask(g, in.attention_mask);
 
-  Value x;
-  {
-    auto s = g.scope("embeddings");
-    Value words = layers::embedding(g, w, in.input_ids, w.base("embeddings.word_embeddings.weight"), vocab, h);
-    Value pos = layers::leading_positions(g, w, in.input_ids, w.base("embeddings.position_embeddings.weight"), max_pos, h);
-    x = layers::layer_norm(g, w, g.add(words, pos), w.base("embeddings.LayerNorm"), h, kEps);
-  }
+  Value x = layers::embeddings(g, w, in,
+                               {w.base("embeddings.word_embeddings.weight"), w.base("embeddings.position_embeddings.weight"),
+                                /*token_type=*/"", w.base("embeddings.LayerNorm")},
+                               {vocab, max_pos, 0, h, kEps});
   {
     auto tr = g.scope("transformer");
     for (int64_t i = 0; i < layers_n; ++i) {
@@ -64,8 +61,7 @@ std::vector<GraphOutput> build_distilbert(BuildContext& ctx) {
       auto s = g.scope("vocab");
       Value t = layers::activation(g, layers::linear(g, w, x, "vocab_transform", h, h), act, c.file());
       t = layers::layer_norm(g, w, t, "vocab_layer_norm", h, kEps);
-      Value dec = g.matmul(
-          t, g.transpose(w.get_or("vocab_projector.weight", w.base("embeddings.word_embeddings.weight"), {vocab, h}), {1, 0}));
+      Value dec = layers::tied_decoder(g, w, t, "vocab_projector.weight", w.base("embeddings.word_embeddings.weight"), vocab, h);
       outs.push_back({"logits", g.add(dec, w.get("vocab_projector.bias", {vocab})), {ctx.batch, ctx.seq, vocab}});
       break;
     }

@@ -13,20 +13,12 @@ std::vector<GraphOutput> build_electra(BuildContext& ctx) {
   Weights w(ctx.weights, g, "electra");
   const bool token_types = d.type_vocab > 1;
   layers::Inputs in = layers::declare_inputs(ctx, token_types);
-  Value mask_bias = layers::attention_mask_bias(g, in.attention_mask);
+  Value mask_bias = layers::prepare_attention_mask(g, in.attention_mask);
 
-  Value x;
-  {
-    auto s = g.scope("embeddings");
-    Value words = layers::embedding(g, w, in.input_ids, w.base("embeddings.word_embeddings.weight"), d.vocab, e);
-    Value pos = layers::leading_positions(g, w, in.input_ids, w.base("embeddings.position_embeddings.weight"),
-                                          d.max_positions, e);
-    Value types = token_types ? layers::embedding(g, w, in.token_type_ids, w.base("embeddings.token_type_embeddings.weight"),
-                                                  d.type_vocab, e)
-                              : w.get_row(w.base("embeddings.token_type_embeddings.weight"), {d.type_vocab, e}, 0);
-    x = g.add(g.add(words, types), pos);
-    x = layers::layer_norm(g, w, x, w.base("embeddings.LayerNorm"), e, d.eps);
-  }
+  Value x = layers::embeddings(g, w, in,
+                               {w.base("embeddings.word_embeddings.weight"), w.base("embeddings.position_embeddings.weight"),
+                                w.base("embeddings.token_type_embeddings.weight"), w.base("embeddings.LayerNorm")},
+                               {d.vocab, d.max_positions, d.type_vocab, e, d.eps});
   if (e != d.hidden) {
     auto s = g.scope("embeddings_project");
     x = layers::linear(g, w, x, w.base("embeddings_project"), e, d.hidden);
@@ -57,9 +49,7 @@ std::vector<GraphOutput> build_electra(BuildContext& ctx) {
       Value t = layers::linear(g, w, x, "generator_predictions.dense", d.hidden, e);
       t = layers::activation(g, t, "gelu", ctx.config.file());  // ElectraGeneratorPredictions uses GELU
       t = layers::layer_norm(g, w, t, "generator_predictions.LayerNorm", e, d.eps);
-      Value dec = g.matmul(t, g.transpose(w.get_or("generator_lm_head.weight", w.base("embeddings.word_embeddings.weight"),
-                                                   {d.vocab, e}),
-                                          {1, 0}));
+      Value dec = layers::tied_decoder(g, w, t, "generator_lm_head.weight", w.base("embeddings.word_embeddings.weight"), d.vocab, e);
       outs.push_back({"logits", g.add(dec, w.get("generator_lm_head.bias", {d.vocab})), {ctx.batch, ctx.seq, d.vocab}});
       break;
     }

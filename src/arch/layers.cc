@@ -16,12 +16,47 @@ Inputs declare_inputs(BuildContext& ctx, bool with_token_types) {
   return in;
 }
 
-Value attention_mask_bias(GraphBuilder& g, const Value& attention_mask) {
+Value prepare_attention_mask(GraphBuilder& g, const Value& attention_mask) {
   auto s = g.scope("attention_mask");
+  if (g.fused()) return g.cast(attention_mask, DType::kI32);
   Value m = g.cast(attention_mask, DType::kF32);
   Value inverted = g.sub(g.const_f32(1.0f), m);
   Value bias = g.mul(inverted, g.const_f32(std::numeric_limits<float>::lowest()));
   return g.unsqueeze(bias, {1, 2});
+}
+
+Value embeddings(GraphBuilder& g, Weights& w, const Inputs& in, const EmbeddingNames& names, const EmbeddingDims& d,
+                 const Value& position_ids) {
+  auto s = g.scope("embeddings");
+  const bool has_types = !names.token_type.empty();
+  const Shape type_shape{d.type_vocab, d.dim}, pos_shape{d.max_positions, d.dim};
+  if (g.fused()) {
+    // EmbedLayerNormalization: int32 ids; a constant token type is folded into the position table.
+    Value pos_table = (has_types && in.token_type_ids.empty())
+                          ? w.get_plus_row(names.position, pos_shape, names.token_type, type_shape, 0)
+                          : w.get(names.position, pos_shape);
+    const bool segments = has_types && !in.token_type_ids.empty();
+    std::vector<Value> inputs = {g.cast(in.input_ids, DType::kI32),
+                                 segments ? g.cast(in.token_type_ids, DType::kI32) : Value(),
+                                 w.get(names.word, {d.vocab, d.dim}),
+                                 pos_table,
+                                 segments ? w.get(names.token_type, type_shape) : Value(),
+                                 w.get(names.layer_norm + ".weight", {d.dim}),
+                                 w.get(names.layer_norm + ".bias", {d.dim}),
+                                 Value()};
+    if (!position_ids.empty()) inputs.push_back(g.cast(position_ids, DType::kI32));
+    return g.node("EmbedLayerNormalization", inputs, {GraphBuilder::Attr::Float("epsilon", d.eps)}, 2,
+                  GraphBuilder::kMsDomain)[0];
+  }
+  Value x = embedding(g, w, in.input_ids, names.word, d.vocab, d.dim);
+  if (has_types) {
+    Value types = in.token_type_ids.empty() ? w.get_row(names.token_type, type_shape, 0)
+                                            : embedding(g, w, in.token_type_ids, names.token_type, d.type_vocab, d.dim);
+    x = g.add(x, types);
+  }
+  Value pos = position_ids.empty() ? leading_positions(g, w, in.input_ids, names.position, d.max_positions, d.dim)
+                                   : embedding(g, w, position_ids, names.position, d.max_positions, d.dim);
+  return layer_norm(g, w, g.add(x, pos), names.layer_norm, d.dim, d.eps);
 }
 
 Value linear(GraphBuilder& g, Weights& w, const Value& x, const std::string& name, int64_t in, int64_t out, bool bias) {
@@ -83,20 +118,62 @@ Value self_attention(GraphBuilder& g, Weights& w, const Value& x, const Value& m
   return g.reshape(g.transpose(ctx, {0, 2, 1, 3}), {0, 0, h});
 }
 
+namespace {
+// ORT's SkipLayerNormalization: LayerNorm(input + skip + bias).
+Value skip_layer_norm(GraphBuilder& g, Weights& w, const Value& input, const Value& skip, const std::string& bias_name,
+                      const std::string& ln_name, int64_t dim, float eps) {
+  return g.node("SkipLayerNormalization",
+                {input, skip, w.get(ln_name + ".weight", {dim}), w.get(ln_name + ".bias", {dim}), w.get(bias_name, {dim})},
+                {GraphBuilder::Attr::Float("epsilon", eps)}, 1, GraphBuilder::kMsDomain)[0];
+}
+}  // namespace
+
 Value attention_block(GraphBuilder& g, Weights& w, const Value& x, const Value& mask_bias,
                       const AttentionBlockNames& names, const AttentionOptions& opt, float eps) {
   auto s = g.scope("attention");
+  const int64_t h = opt.hidden;
+  if (g.fused()) {
+    auto [qkv_w, qkv_b] = w.get_packed_qkv(names.query, names.key, names.value, h);
+    Value ctx = g.node("Attention", {x, qkv_w, qkv_b, mask_bias},
+                       {GraphBuilder::Attr::Int("num_heads", opt.num_heads),
+                        GraphBuilder::Attr::Float("mask_filter_value", std::numeric_limits<float>::lowest())},
+                       1, GraphBuilder::kMsDomain)[0];
+    Value proj = g.matmul(ctx, w.get_transposed(names.output + ".weight", {h, h}));
+    return skip_layer_norm(g, w, proj, x, names.output + ".bias", names.layer_norm, h, eps);
+  }
   Value ctx = self_attention(g, w, x, mask_bias, {names.query, names.key, names.value}, opt);
-  Value proj = linear(g, w, ctx, names.output, opt.hidden, opt.hidden);
-  return layer_norm(g, w, g.add(proj, x), names.layer_norm, opt.hidden, eps);
+  Value proj = linear(g, w, ctx, names.output, h, h);
+  return layer_norm(g, w, g.add(proj, x), names.layer_norm, h, eps);
 }
 
 Value feed_forward_block(GraphBuilder& g, Weights& w, const Value& x, const FeedForwardNames& names, int64_t hidden,
                          int64_t inner, const std::string& act, float eps, const std::string& config_file) {
   auto s = g.scope("ffn");
+  if (g.fused()) {
+    Value up = g.matmul(x, w.get_transposed(names.up + ".weight", {inner, hidden}));
+    Value up_bias = w.get(names.up + ".bias", {inner});
+    Value h;
+    if (act == "gelu" && !g.gelu_approximation()) {
+      h = g.node("BiasGelu", {up, up_bias}, {}, 1, GraphBuilder::kMsDomain)[0];
+    } else if (act == "gelu" || act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") {
+      // FastGelu is exactly gelu_new's tanh formula; for exact "gelu" only when approximation was asked for.
+      h = g.node("FastGelu", {up, up_bias}, {}, 1, GraphBuilder::kMsDomain)[0];
+    } else {
+      h = activation(g, g.add(up, up_bias), act, config_file);
+    }
+    Value down = g.matmul(h, w.get_transposed(names.down + ".weight", {hidden, inner}));
+    return skip_layer_norm(g, w, down, x, names.down + ".bias", names.layer_norm, hidden, eps);
+  }
   Value h = activation(g, linear(g, w, x, names.up, hidden, inner), act, config_file);
   Value out = linear(g, w, h, names.down, inner, hidden);
   return layer_norm(g, w, g.add(out, x), names.layer_norm, hidden, eps);
+}
+
+Value tied_decoder(GraphBuilder& g, Weights& w, const Value& x, const std::string& name, const std::string& fallback,
+                   int64_t vocab, int64_t dim) {
+  const std::string& source = w.has(name) ? name : fallback;
+  if (g.fused()) return g.matmul(x, w.get_transposed(source, {vocab, dim}));
+  return g.matmul(x, g.transpose(w.get(source, {vocab, dim}), {1, 0}));
 }
 
 Value first_token(GraphBuilder& g, const Value& x) { return g.gather(x, g.const_i64({0}, /*scalar=*/true), 1); }

@@ -17,8 +17,23 @@ struct Inputs {
 };
 Inputs declare_inputs(BuildContext& ctx, bool with_token_types);
 
-// Additive attention bias from a 0/1 mask [B, S]: 0 where attended, float32 min where masked; shape [B, 1, 1, S].
-Value attention_mask_bias(GraphBuilder& g, const Value& attention_mask);
+// The attention mask in the form the lowering's attention wants. Plain: an additive bias from the 0/1 mask
+// [B, S] — 0 where attended, float32 min where masked (as transformers' eager path) — shaped [B, 1, 1, S].
+// ORT: the raw mask as int32 [B, S] (Attention's mask_index).
+Value prepare_attention_mask(GraphBuilder& g, const Value& attention_mask);
+
+// word + token type + position embeddings, then LayerNorm. Token types: gathered by `token_type_ids` when the
+// inputs have them, else row 0 of the token-type table when the model has one (names.token_type non-empty).
+// Positions: `position_ids` when given (RoBERTa), else 0..S-1.
+struct EmbeddingNames {
+  std::string word, position, token_type, layer_norm;  // full tensor names (layer_norm without .weight)
+};
+struct EmbeddingDims {
+  int64_t vocab = 0, max_positions = 0, type_vocab = 0, dim = 0;
+  float eps = 1e-12f;
+};
+Value embeddings(GraphBuilder& g, Weights& w, const Inputs& in, const EmbeddingNames& names, const EmbeddingDims& d,
+                 const Value& position_ids = "");
 
 // x @ W^T + b for an nn.Linear named `name` (`name.weight` [out, in], `name.bias` [out]).
 Value linear(GraphBuilder& g, Weights& w, const Value& x, const std::string& name, int64_t in, int64_t out,
@@ -59,6 +74,12 @@ struct FeedForwardNames {
 // LayerNorm(x + down(act(up(x)))).
 Value feed_forward_block(GraphBuilder& g, Weights& w, const Value& x, const FeedForwardNames& names, int64_t hidden,
                          int64_t inner, const std::string& act, float eps, const std::string& config_file);
+
+// x @ W^T for a vocabulary projection whose weight [vocab, dim] may be absent from the checkpoint because it is
+// tied to the word embeddings (`fallback`). Plain: a runtime Transpose of the shared table (one copy in the
+// file); fused: a transposed initializer (folded at export).
+Value tied_decoder(GraphBuilder& g, Weights& w, const Value& x, const std::string& name, const std::string& fallback,
+                   int64_t vocab, int64_t dim);
 
 // hidden[:, 0] → [B, H].
 Value first_token(GraphBuilder& g, const Value& x);

@@ -21,20 +21,13 @@ std::vector<GraphOutput> build_roberta(BuildContext& ctx) {
   Weights w(ctx.weights, g, "roberta");
   const bool token_types = d.type_vocab > 1;
   layers::Inputs in = layers::declare_inputs(ctx, token_types);
-  Value mask_bias = layers::attention_mask_bias(g, in.attention_mask);
+  Value mask_bias = layers::prepare_attention_mask(g, in.attention_mask);
 
-  Value x;
-  {
-    auto s = g.scope("embeddings");
-    Value words = layers::embedding(g, w, in.input_ids, w.base("embeddings.word_embeddings.weight"), d.vocab, d.hidden);
-    Value types = token_types ? layers::embedding(g, w, in.token_type_ids, w.base("embeddings.token_type_embeddings.weight"),
-                                                  d.type_vocab, d.hidden)
-                              : w.get_row(w.base("embeddings.token_type_embeddings.weight"), {d.type_vocab, d.hidden}, 0);
-    Value pos = layers::embedding(g, w, padded_positions(g, in.input_ids, d.pad_token_id),
-                                  w.base("embeddings.position_embeddings.weight"), d.max_positions, d.hidden);
-    x = g.add(g.add(words, types), pos);
-    x = layers::layer_norm(g, w, x, w.base("embeddings.LayerNorm"), d.hidden, d.eps);
-  }
+  Value x = layers::embeddings(g, w, in,
+                               {w.base("embeddings.word_embeddings.weight"), w.base("embeddings.position_embeddings.weight"),
+                                w.base("embeddings.token_type_embeddings.weight"), w.base("embeddings.LayerNorm")},
+                               {d.vocab, d.max_positions, d.type_vocab, d.hidden, d.eps},
+                               padded_positions(g, in.input_ids, d.pad_token_id));
   x = bert::encoder(g, w, x, mask_bias, d, ctx.config.file());
 
   std::vector<GraphOutput> outs;
@@ -65,9 +58,7 @@ std::vector<GraphOutput> build_roberta(BuildContext& ctx) {
       Value t = layers::linear(g, w, x, "lm_head.dense", d.hidden, d.hidden);
       t = layers::activation(g, t, "gelu", ctx.config.file());  // RobertaLMHead always uses exact GELU
       t = layers::layer_norm(g, w, t, "lm_head.layer_norm", d.hidden, d.eps);
-      Value dec = g.matmul(t, g.transpose(w.get_or("lm_head.decoder.weight", w.base("embeddings.word_embeddings.weight"),
-                                                   {d.vocab, d.hidden}),
-                                          {1, 0}));
+      Value dec = layers::tied_decoder(g, w, t, "lm_head.decoder.weight", w.base("embeddings.word_embeddings.weight"), d.vocab, d.hidden);
       Value bias = w.get_or("lm_head.bias", "lm_head.decoder.bias", {d.vocab});
       outs.push_back({"logits", g.add(dec, bias), {ctx.batch, ctx.seq, d.vocab}});
       break;

@@ -1,5 +1,6 @@
 #include "arch/weights.h"
 
+#include <array>
 #include <cstring>
 
 #include "util/error.h"
@@ -93,6 +94,59 @@ Value Weights::get_row(const std::string& name, const Shape& expected, int64_t r
   r.nbytes = static_cast<size_t>(cols) * es;
   r.shape = {cols};
   return graph_.initializer(out_name, as_f32(r));
+}
+
+namespace {
+// Reads a float tensor as f32 values (any float dtype, any alignment).
+std::vector<float> read_f32(const TensorView& t) {
+  std::vector<float> out(static_cast<size_t>(num_elements(t.shape)));
+  convert_to_f32(t, out.data());
+  return out;
+}
+}  // namespace
+
+std::pair<Value, Value> Weights::get_packed_qkv(const std::string& q, const std::string& k, const std::string& v,
+                                                int64_t hidden) {
+  size_t common = 0;
+  while (common < q.size() && common < k.size() && q[common] == k[common]) ++common;
+  while (common > 0 && q[common - 1] != '.') --common;
+  const std::string base = q.substr(0, common) + "qkv";
+  const TensorView* tw[3] = {lookup(q + ".weight", {hidden, hidden}), lookup(k + ".weight", {hidden, hidden}),
+                             lookup(v + ".weight", {hidden, hidden})};
+  const TensorView* tb[3] = {lookup(q + ".bias", {hidden}), lookup(k + ".bias", {hidden}), lookup(v + ".bias", {hidden})};
+  for (int i = 0; i < 3; ++i)
+    if (!tw[i] || !tb[i]) return {base + ".weight", base + ".bias"};
+  std::array<TensorView, 3> w{*tw[0], *tw[1], *tw[2]}, b{*tb[0], *tb[1], *tb[2]};
+  Value wv = graph_.initializer(base + ".weight", TensorData::produced(DType::kF32, {hidden, 3 * hidden}, [w, hidden](std::byte* dst) {
+    float* out = reinterpret_cast<float*>(dst);
+    for (int m = 0; m < 3; ++m) {
+      std::vector<float> src = read_f32(w[m]);  // [out=hidden, in=hidden]
+      for (int64_t o = 0; o < hidden; ++o)
+        for (int64_t i = 0; i < hidden; ++i) out[i * 3 * hidden + m * hidden + o] = src[static_cast<size_t>(o * hidden + i)];
+    }
+  }));
+  Value bv = graph_.initializer(base + ".bias", TensorData::produced(DType::kF32, {3 * hidden}, [b, hidden](std::byte* dst) {
+    float* out = reinterpret_cast<float*>(dst);
+    for (int m = 0; m < 3; ++m) convert_to_f32(b[m], out + m * hidden);
+  }));
+  return {wv, bv};
+}
+
+Value Weights::get_plus_row(const std::string& table, const Shape& table_shape, const std::string& row_source,
+                            const Shape& row_source_shape, int64_t row) {
+  const TensorView* t = lookup(table, table_shape);
+  const TensorView* r = lookup(row_source, row_source_shape);
+  const std::string name = table + "+" + row_source + ".row" + std::to_string(row);
+  if (!t || !r) return name;
+  TensorView tv = *t, rv = *r;
+  return graph_.initializer(name, TensorData::produced(DType::kF32, table_shape, [tv, rv, row](std::byte* dst) {
+    float* out = reinterpret_cast<float*>(dst);
+    convert_to_f32(tv, out);
+    std::vector<float> rows = read_f32(rv);
+    const int64_t dim = tv.shape[1];
+    for (int64_t i = 0; i < tv.shape[0]; ++i)
+      for (int64_t j = 0; j < dim; ++j) out[i * dim + j] += rows[static_cast<size_t>(row * dim + j)];
+  }));
 }
 
 void Weights::check() const {

@@ -29,6 +29,14 @@ class Weights {
   // Like get(), but when `full_name` is absent uses `fallback` (e.g. an untied decoder weight → word embeddings).
   Value get_or(const std::string& full_name, const std::string& fallback, const Shape& expected);
 
+  // Q, K, V nn.Linear weights [hidden, hidden] packed as one transposed [hidden, 3 * hidden] tensor and their
+  // biases as [3 * hidden] (ONNX Runtime's Attention layout). Named `<common prefix>qkv.weight` / `.bias`.
+  std::pair<Value, Value> get_packed_qkv(const std::string& q, const std::string& k, const std::string& v, int64_t hidden);
+  // table [rows, dim] with row `row` of `row_source` [n, dim] added to every row (folds a constant token-type
+  // embedding into the position table). Named `<table>+<row_source>.row<i>`.
+  Value get_plus_row(const std::string& table, const Shape& table_shape, const std::string& row_source,
+                     const Shape& row_source_shape, int64_t row);
+
   void record_problem(std::string p) { problems_.push_back(std::move(p)); }
   // Throws InputError listing every missing / mis-shaped tensor, naming the checkpoint files.
   void check() const;

@@ -4,10 +4,17 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <functional>
 #include <iostream>
 
 #include "export/export.h"
+#include "runtime/ort_optimize.h"
+#include "runtime/verify.h"
 #include "util/error.h"
+
+// Subcommands defined in their own files.
+CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action);
 
 namespace {
 
@@ -27,7 +34,7 @@ std::string mib(size_t bytes) {
 struct ExportArgs {
   std::string model, output, pipeline, static_shape, external = "auto";
   int opset = trex::kDefaultOpset;
-  bool no_check = false, quiet = false;
+  bool no_check = false, quiet = false, optimize = false, gelu_approximation = false;
 };
 
 int run_export(const ExportArgs& a) {
@@ -37,6 +44,10 @@ int run_export(const ExportArgs& a) {
   o.pipeline = a.pipeline;
   o.opset = a.opset;
   o.check = !a.no_check;
+  o.optimize = a.optimize;
+  o.gelu_approximation = a.gelu_approximation;
+  if (a.gelu_approximation && !a.optimize) throw trex::UsageError("--gelu-approximation only applies with --optimize");
+  if (a.gelu_approximation) o.optimize_atol = 1e-2;  // the tanh approximation moves outputs by ~1e-3
   if (a.external == "auto") o.external = trex::ExternalData::kAuto;
   else if (a.external == "always") o.external = trex::ExternalData::kAlways;
   else if (a.external == "never") o.external = trex::ExternalData::kNever;
@@ -78,6 +89,10 @@ int run_export(const ExportArgs& a) {
                 << ": " << r.check->summary() << ")\n";
     else
       std::cout << "load check: skipped (--no-check)\n";
+    if (r.optimized) {
+      std::cout << "wrote " << r.optimized->model_path.string() << " (" << mib(r.optimized->model_bytes) << ")\n";
+      std::cout << "optimized vs plain (ONNX Runtime, same random inputs):\n" << r.optimized_verify->table();
+    }
     std::printf("done in %.2f s\n", secs);
   }
   return 0;
@@ -106,7 +121,35 @@ int main(int argc, char** argv) {
                  "auto (weights in OUTPUT.onnx.data when the model passes 2 GB), always, never");
   ex->add_flag("--no-check", ea.no_check, "Skip the ONNX Runtime load check after writing");
   ex->add_flag("--quiet,-q", ea.quiet, "Print nothing but errors");
+  ex->add_flag("--optimize", ea.optimize,
+               "Also write <stem>-optimized.onnx using ONNX Runtime's fused ops (EmbedLayerNormalization, Attention, "
+               "SkipLayerNormalization, BiasGelu/FastGelu), checked against the plain model (atol 1e-4)");
+  ex->add_flag("--gelu-approximation", ea.gelu_approximation,
+               "With --optimize: replace exact GELU by FastGelu's tanh approximation. Faster, but CHANGES RESULTS "
+               "(typically ~1e-3); checked with atol 1e-2");
   ex->add_option("output", ea.output, "Output .onnx path")->required();
+
+  std::string opt_in, opt_out, opt_level = "all";
+  auto* op = app.add_subcommand("optimize", "ONNX Runtime's offline graph optimization of any ONNX file");
+  op->add_option("input", opt_in, "Input .onnx")->required();
+  op->add_option("output", opt_out, "Output .onnx")->required();
+  op->add_option("--level", opt_level, "basic, extended or all (default; may add CPU-specific layouts)");
+
+  std::string ver_a, ver_b;
+  trex::VerifyOptions vo;
+  std::string ver_report;
+  auto* ve = app.add_subcommand("verify", "Run two ONNX models on the same random inputs and compare outputs");
+  ve->add_option("model", ver_a, "Model to check")->required();
+  ve->add_option("--against", ver_b, "Reference model")->required();
+  ve->add_option("--atol", vo.atol, "Max abs diff allowed per output (default 1e-4); exit 3 when exceeded");
+  ve->add_option("--batch", vo.batch, "Batch size for symbolic batch dims (default 2)");
+  ve->add_option("--seq", vo.seq, "Length for other symbolic dims (default 16)");
+  int64_t vocab = 100;
+  ve->add_option("--vocab", vocab, "Random input_ids are drawn from [0, VOCAB) (default 100)");
+  ve->add_option("--report", ver_report, "Also write the comparison as JSON to this file");
+
+  std::function<int()> quantize_action;
+  auto* qu = add_quantize_command(app, &quantize_action);
 
   try {
     app.parse(argc, argv);
@@ -117,12 +160,35 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "trex: error: " << e.what() << " (see trex " << (ex->parsed() ? "export " : "") << "--help)\n";
+    std::cerr << "trex: error: " << e.what() << " (see trex --help)\n";
     return static_cast<int>(ExitCode::kUsage);
   }
 
   try {
     if (ex->parsed()) return run_export(ea);
+    if (op->parsed()) {
+      trex::OrtOptLevel level;
+      if (opt_level == "basic") level = trex::OrtOptLevel::kBasic;
+      else if (opt_level == "extended") level = trex::OrtOptLevel::kExtended;
+      else if (opt_level == "all") level = trex::OrtOptLevel::kAll;
+      else throw trex::UsageError("--level must be basic, extended or all, got '" + opt_level + "'");
+      auto r = trex::ort_optimize(opt_in, opt_out, level);
+      std::cout << "wrote " << opt_out << (r.data_path.empty() ? "" : " + " + r.data_path.string()) << "\n";
+      return 0;
+    }
+    if (ve->parsed()) {
+      vo.input_limits["input_ids"] = vocab;
+      auto report = trex::verify_models(ver_a, ver_b, vo);
+      std::cout << report.table();
+      if (!ver_report.empty()) {
+        std::ofstream f(ver_report);
+        f << report.json() << "\n";
+        if (!f) throw trex::OutputError(ver_report, "cannot write");
+      }
+      if (!report.ok()) return fail(ExitCode::kVerification, ver_a + ": outputs differ from " + ver_b + " beyond atol " + std::to_string(vo.atol));
+      return 0;
+    }
+    if (qu->parsed() && quantize_action) return quantize_action();
   } catch (const trex::Error& e) {
     return fail(e.code(), e.what());
   } catch (const std::exception& e) {

@@ -52,11 +52,17 @@ const Architecture& resolve(const ModelConfig& config, const ExportOptions& opti
   return *arch;
 }
 
-BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options) {
+fs::path optimized_path(const fs::path& output) {
+  return output.parent_path() / (output.stem().string() + "-optimized" + output.extension().string());
+}
+
+BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
+                       Lowering lowering) {
   Task task;
   const Architecture* arch = &resolve(config, options, &task);
 
-  GraphBuilder g(options.opset, config.model_type + "_" + task_name(task));
+  GraphBuilder g(options.opset, config.model_type + "_" + task_name(task), lowering);
+  g.set_gelu_approximation(options.gelu_approximation);
   Dim batch("batch_size"), seq("sequence_length");
   if (options.static_shape) {
     batch = Dim(options.static_shape->first);
@@ -77,6 +83,7 @@ BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, co
   add_meta(proto, "pipeline", task_name(task));
   if (!config.architectures.empty()) add_meta(proto, "architecture", config.architectures[0]);
   add_meta(proto, "trex_version", TREX_VERSION);
+  add_meta(proto, "graph", lowering == Lowering::kOrt ? "onnxruntime-fused" : "plain");
 
   // Dummy input ranges for the load check.
   auto& spec = built.check_spec;
@@ -131,12 +138,43 @@ ExportResult export_onnx(const ExportOptions& options) {
   wo.progress = options.progress;
   result.written = write_model(built.model, options.output, wo);
 
+  auto remove_written = [&](const WriteResult& w) {
+    fs::remove(w.model_path, ec);
+    if (!w.data_path.empty()) fs::remove(w.data_path, ec);
+  };
   if (options.check) {
     try {
       result.check = load_check(options.output, built.check_spec);
     } catch (const Error&) {
-      fs::remove(result.written.model_path, ec);
-      if (!result.written.data_path.empty()) fs::remove(result.written.data_path, ec);
+      remove_written(result.written);
+      throw;
+    }
+  }
+
+  if (options.optimize) {
+    BuiltModel fused = build_model(config, weights, options, Lowering::kOrt);
+    const fs::path opt_path = optimized_path(options.output);
+    log("built optimized graph: " + std::to_string(fused.model.proto.graph().node_size()) + " nodes (ONNX Runtime fused ops)");
+    result.optimized = write_model(fused.model, opt_path, wo);
+    try {
+      load_check(opt_path, fused.check_spec);
+      VerifyOptions vo;
+      vo.atol = options.optimize_atol;
+      vo.input_limits = built.check_spec.input_limits;
+      if (options.static_shape) {
+        vo.batch = options.static_shape->first;
+        vo.seq = options.static_shape->second;
+      }
+      result.optimized_verify = verify_models(options.output, opt_path, vo);
+      if (!result.optimized_verify->ok()) {
+        std::string worst;
+        for (const auto& o : result.optimized_verify->outputs)
+          worst += (worst.empty() ? "" : ", ") + o.name + " max abs diff " + std::to_string(o.max_abs_diff);
+        throw VerificationError(opt_path.string() + ": optimized model differs from the plain model beyond atol " +
+                                std::to_string(vo.atol) + " (" + worst + ")");
+      }
+    } catch (const Error&) {
+      remove_written(*result.optimized);
       throw;
     }
   }

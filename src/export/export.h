@@ -9,6 +9,7 @@
 #include "arch/architecture.h"
 #include "onnx/writer.h"
 #include "runtime/ort_check.h"
+#include "runtime/verify.h"
 
 namespace trex {
 
@@ -26,6 +27,10 @@ struct ExportOptions {
   std::optional<std::pair<int64_t, int64_t>> static_shape;  // batch, sequence
   ExternalData external = ExternalData::kAuto;
   bool check = true;
+  // Also write <stem>-optimized.onnx with ONNX Runtime's fused ops, verified against the plain model.
+  bool optimize = false;
+  bool gelu_approximation = false;  // FastGelu (tanh) for exact-GELU models in the optimized graph
+  double optimize_atol = 1e-4;
   // Progress and status lines (may be empty).
   std::function<void(const std::string&)> log;
   std::function<void(size_t done, size_t total)> progress;
@@ -39,6 +44,8 @@ struct ExportResult {
   size_t num_initializers = 0;
   std::vector<std::string> unused_tensors;
   std::optional<LoadCheckResult> check;
+  std::optional<WriteResult> optimized;
+  std::optional<VerifyReport> optimized_verify;
 };
 
 // Throws trex::Error subclasses (InputError, UsageError, OutputError, VerificationError).
@@ -51,6 +58,10 @@ struct BuiltModel {
   Task task;
   LoadCheckSpec check_spec;
 };
-BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options);
+BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
+                       Lowering lowering = Lowering::kPlain);
+
+// <stem>-optimized.onnx beside `output`.
+std::filesystem::path optimized_path(const std::filesystem::path& output);
 
 }  // namespace trex

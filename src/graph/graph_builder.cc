@@ -21,7 +21,7 @@ int onnx_elem_type(DType t) {
   throw std::logic_error("unknown dtype");
 }
 
-GraphBuilder::GraphBuilder(int opset, std::string graph_name) : opset_(opset) {
+GraphBuilder::GraphBuilder(int opset, std::string graph_name, Lowering lowering) : opset_(opset), lowering_(lowering) {
   model_.proto.mutable_graph()->set_name(std::move(graph_name));
 }
 
@@ -110,6 +110,7 @@ std::vector<Value> GraphBuilder::node(const std::string& op_type, const std::vec
   auto* n = graph().add_node();
   n->set_op_type(op_type);
   if (!domain.empty()) n->set_domain(domain);
+  if (domain == kMsDomain) uses_ms_domain_ = true;
   n->set_name(node_name(op_type));
   for (const auto& in : inputs) n->add_input(in);
   std::vector<Value> outs;
@@ -200,6 +201,11 @@ Model GraphBuilder::finish(const std::string& producer_version) {
   auto* os = model_.proto.add_opset_import();
   os->set_domain("");
   os->set_version(opset_);
+  if (uses_ms_domain_) {
+    auto* ms = model_.proto.add_opset_import();
+    ms->set_domain(kMsDomain);
+    ms->set_version(1);
+  }
   Model out = std::move(model_);
   model_ = Model{};
   return out;

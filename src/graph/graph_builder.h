@@ -22,11 +22,21 @@ struct Dim {
   Dim(std::string s) : symbol(std::move(s)) {}  // NOLINT
 };
 
+// How layer helpers turn into ops: standard ONNX only (portable, the reference), or ONNX Runtime's fused
+// com.microsoft ops (Attention, SkipLayerNormalization, EmbedLayerNormalization, BiasGelu, FastGelu).
+enum class Lowering { kPlain, kOrt };
+
 class GraphBuilder {
  public:
-  explicit GraphBuilder(int opset, std::string graph_name = "trex");
+  explicit GraphBuilder(int opset, std::string graph_name = "trex", Lowering lowering = Lowering::kPlain);
 
   int opset() const { return opset_; }
+  Lowering lowering() const { return lowering_; }
+  bool fused() const { return lowering_ == Lowering::kOrt; }
+  // With the ORT lowering: replace exact GELU by FastGelu's tanh approximation (changes results slightly).
+  void set_gelu_approximation(bool on) { gelu_approximation_ = on; }
+  bool gelu_approximation() const { return gelu_approximation_; }
+  static constexpr const char* kMsDomain = "com.microsoft";
 
   // Hierarchical naming: `auto s = g.scope("encoder");` makes following nodes `/encoder/...` until s dies.
   class Scope {
@@ -104,6 +114,9 @@ class GraphBuilder {
   std::string scope_prefix() const;
 
   int opset_;
+  Lowering lowering_;
+  bool gelu_approximation_ = false;
+  bool uses_ms_domain_ = false;
   Model model_;
   std::vector<std::string> scopes_;
   std::map<std::string, int> name_counts_;

@@ -117,7 +117,11 @@ onnx::TensorProto tensor_header(const Initializer& init) {
 }
 
 fs::path temp_path_for(const fs::path& p) {
-  return p.parent_path() / ("." + p.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  std::string name = ".";  // built by appends: GCC 12 warns falsely (-Wrestrict) on "." + std::string
+  name += p.filename().string();
+  name += ".tmp-";
+  name += std::to_string(::getpid());
+  return p.parent_path() / name;
 }
 
 }  // namespace
