@@ -100,67 +100,81 @@ ExportResult export_onnx(const ExportOptions& options) {
   auto log = [&](const std::string& s) {
     if (options.log) options.log(s);
   };
-  std::error_code ec;
-  if (!fs::exists(options.model_dir, ec)) throw InputError(options.model_dir.string(), "checkpoint folder does not exist");
-  if (!fs::is_directory(options.model_dir, ec)) throw InputError(options.model_dir.string(), "not a folder");
+  std::error_code dir_ec;
+  if (!fs::exists(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "checkpoint folder does not exist");
+  if (!fs::is_directory(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "not a folder");
   check_output_path(options.output);
 
   ModelConfig config = ModelConfig::load(options.model_dir / "config.json");
   Task task;
   resolve(config, options, &task);
-  WeightStore weights = WeightStore::open_dir(options.model_dir);
-  log("read " + std::to_string(weights.size()) + " tensors (" + std::to_string(weights.total_bytes() >> 20) +
-      " MiB) from " + options.model_dir.string());
 
-  BuiltModel built = build_model(config, weights, options);
   ExportResult result;
   result.model_type = config.model_type;
-  result.task = built.task;
-  result.num_nodes = static_cast<size_t>(built.model.proto.graph().node_size());
-  result.num_initializers = built.model.initializers.size();
-  {
-    std::set<std::string> used;
-    for (const auto& i : built.model.initializers) {
-      std::string n = i.name;
-      for (const char* suffix : {".T", ".row0"})
-        if (n.size() > std::strlen(suffix) && n.compare(n.size() - std::strlen(suffix), std::strlen(suffix), suffix) == 0)
-          n.resize(n.size() - std::strlen(suffix));
-      used.insert(n);
-    }
-    for (const auto& n : weights.names())
-      if (!used.count(n)) result.unused_tensors.push_back(n);
-  }
-  log("built " + task_name(built.task) + " graph: " + std::to_string(result.num_nodes) + " nodes, " +
-      std::to_string(result.num_initializers) + " initializers, opset " + std::to_string(options.opset));
-
   WriteOptions wo;
   wo.external = options.external;
   wo.progress = options.progress;
-  result.written = write_model(built.model, options.output, wo);
-
+  LoadCheckSpec plain_spec, fused_spec;
+  const fs::path opt_path = optimized_path(options.output);
+  std::error_code ec;
   auto remove_written = [&](const WriteResult& w) {
     fs::remove(w.model_path, ec);
     if (!w.data_path.empty()) fs::remove(w.data_path, ec);
   };
-  if (options.check) {
-    try {
-      result.check = load_check(options.output, built.check_spec);
-    } catch (const Error&) {
-      remove_written(result.written);
-      throw;
+  {
+    // The checkpoint stays mapped only while models are built and written; the checks below load the written
+    // files in ONNX Runtime, and the two must not be resident at the same time (peak memory).
+    WeightStore weights = WeightStore::open_dir(options.model_dir);
+    log("read " + std::to_string(weights.size()) + " tensors (" + std::to_string(weights.total_bytes() >> 20) +
+        " MiB) from " + options.model_dir.string());
+    BuiltModel built = build_model(config, weights, options);
+    result.task = built.task;
+    result.num_nodes = static_cast<size_t>(built.model.proto.graph().node_size());
+    result.num_initializers = built.model.initializers.size();
+    {
+      std::set<std::string> used;
+      for (const auto& i : built.model.initializers) {
+        std::string n = i.name;
+        for (const char* suffix : {".T", ".row0"})
+          if (n.size() > std::strlen(suffix) && n.compare(n.size() - std::strlen(suffix), std::strlen(suffix), suffix) == 0)
+            n.resize(n.size() - std::strlen(suffix));
+        used.insert(n);
+      }
+      for (const auto& n : weights.names())
+        if (!used.count(n)) result.unused_tensors.push_back(n);
+    }
+    log("built " + task_name(built.task) + " graph: " + std::to_string(result.num_nodes) + " nodes, " +
+        std::to_string(result.num_initializers) + " initializers, opset " + std::to_string(options.opset));
+    result.written = write_model(built.model, options.output, wo);
+    plain_spec = built.check_spec;
+    if (options.optimize) {
+      built.model = Model{};  // release the plain graph before building the fused one
+      BuiltModel fused = build_model(config, weights, options, Lowering::kOrt);
+      log("built optimized graph: " + std::to_string(fused.model.proto.graph().node_size()) +
+          " nodes (ONNX Runtime fused ops)");
+      try {
+        result.optimized = write_model(fused.model, opt_path, wo);
+      } catch (const Error&) {
+        remove_written(result.written);
+        throw;
+      }
+      fused_spec = fused.check_spec;
     }
   }
 
+  try {
+    if (options.check) result.check = load_check(options.output, plain_spec);
+  } catch (const Error&) {
+    remove_written(result.written);
+    if (result.optimized) remove_written(*result.optimized);
+    throw;
+  }
   if (options.optimize) {
-    BuiltModel fused = build_model(config, weights, options, Lowering::kOrt);
-    const fs::path opt_path = optimized_path(options.output);
-    log("built optimized graph: " + std::to_string(fused.model.proto.graph().node_size()) + " nodes (ONNX Runtime fused ops)");
-    result.optimized = write_model(fused.model, opt_path, wo);
     try {
-      load_check(opt_path, fused.check_spec);
+      load_check(opt_path, fused_spec);
       VerifyOptions vo;
       vo.atol = options.optimize_atol;
-      vo.input_limits = built.check_spec.input_limits;
+      vo.input_limits = plain_spec.input_limits;
       if (options.static_shape) {
         vo.batch = options.static_shape->first;
         vo.seq = options.static_shape->second;

@@ -23,6 +23,11 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
     static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "trex");
     Ort::SessionOptions opts;
     opts.SetIntraOpNumThreads(1);
+    // The check only needs to prove the model loads and runs: skip weight prepacking and the memory arena,
+    // which would otherwise hold extra copies of the weights during the export.
+    opts.AddConfigEntry("session.disable_prepacking", "1");
+    opts.DisableCpuMemArena();
+    opts.DisableMemPattern();
     auto t0 = clock::now();
     Ort::Session session(env, model.c_str(), opts);
     auto t1 = clock::now();
