@@ -144,8 +144,9 @@ int main(int argc, char** argv) {
   ve->add_option("--atol", vo.atol, "Max abs diff allowed per output (default 1e-4); exit 3 when exceeded");
   ve->add_option("--batch", vo.batch, "Batch size for symbolic batch dims (default 2)");
   ve->add_option("--seq", vo.seq, "Length for other symbolic dims (default 16)");
-  int64_t vocab = 100;
-  ve->add_option("--vocab", vocab, "Random input_ids are drawn from [0, VOCAB) (default 100)");
+  int64_t vocab = 0;
+  ve->add_option("--vocab", vocab, "Random input_ids are drawn from [0, VOCAB) (default: the size of the table "
+                                   "input_ids index in the model, else 100)");
   ve->add_option("--report", ver_report, "Also write the comparison as JSON to this file");
 
   std::function<int()> quantize_action;
@@ -177,7 +178,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (ve->parsed()) {
-      vo.input_limits["input_ids"] = vocab;
+      if (vocab > 0) vo.input_limits["input_ids"] = vocab;
       auto report = trex::verify_models(ver_a, ver_b, vo);
       std::cout << report.table();
       if (!ver_report.empty()) {

@@ -1,5 +1,5 @@
-// Runs two ONNX models on the same random inputs in ONNX Runtime and compares their outputs
-// (max abs diff and cosine similarity per output). Used by `trex verify` and by `export --optimize`.
+// `trex verify` and the check of `export --optimize`: two ONNX models run on the same random inputs
+// (runtime/compare.h), judged against an absolute tolerance.
 #pragma once
 
 #include <filesystem>
@@ -7,24 +7,19 @@
 #include <string>
 #include <vector>
 
+#include "runtime/compare.h"
+
 namespace trex {
 
 struct VerifyOptions {
   int64_t batch = 2;
   int64_t seq = 16;
+  int batches = 2;
   double atol = 1e-4;
-  uint64_t seed = 42;
-  // Exclusive upper bound of random integer inputs by name (input_ids → vocab). Integer inputs named like
-  // *mask* get ones with padding at the end of later rows; other integer inputs default to [0, 2).
+  // Exclusive upper bounds of random integer inputs (input_ids → vocab). Inputs not listed get the bound read
+  // off the model (the table an input indexes), else 100 for *ids*.
   std::map<std::string, int64_t> input_limits;
   int threads = 1;
-};
-
-struct OutputComparison {
-  std::string name;
-  std::vector<int64_t> shape;
-  double max_abs_diff = 0;
-  double cosine = 1;
 };
 
 struct VerifyReport {
@@ -35,7 +30,8 @@ struct VerifyReport {
   std::string json() const;
 };
 
-// Throws InputError when a model cannot be loaded/run, VerificationError when the models' inputs/outputs differ.
-VerifyReport verify_models(const std::filesystem::path& a, const std::filesystem::path& b, const VerifyOptions& options);
+// Throws InputError when a file is missing, VerificationError when the models cannot be run or compared.
+VerifyReport verify_models(const std::filesystem::path& model, const std::filesystem::path& reference,
+                           const VerifyOptions& options);
 
 }  // namespace trex

@@ -1,0 +1,216 @@
+// `trex quantize IN.onnx OUT.onnx`: dynamic int8 quantization of any ONNX model's MatMul/Gemm weights,
+// then an fp32-vs-int8 comparison in ONNX Runtime (with an automatic fp32 fallback for the most sensitive
+// layers when the comparison misses its target).
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "onnx/reader.h"
+#include "onnx/writer.h"
+#include "runtime/compare.h"
+#include "passes/quantize.h"
+#include "util/error.h"
+
+namespace {
+
+struct QuantizeArgs {
+  std::string input, output, weight_type = "s8", ops = "microsoft", external = "auto", report;
+  bool per_tensor = false, reduce_range = false, no_auto = false, no_check = false, no_fallback = false, quiet = false;
+  std::vector<std::string> exclude, exclude_op_types;
+  int64_t min_elements = 1024;
+  double min_cosine = 0.99, min_label_agreement = 0.95;
+  int samples = 4, fallback_rounds = 3;
+  int64_t batch = 2, seq = 16;
+};
+
+std::string mib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+bool below_target(const trex::CompareResult& c, const QuantizeArgs& a) {
+  return c.mean_cosine < a.min_cosine || (c.label_agreement >= 0 && c.label_agreement < a.min_label_agreement);
+}
+
+int run_quantize(const QuantizeArgs& a) {
+  using clock = std::chrono::steady_clock;
+  trex::QuantizePolicy policy;
+  policy.params.type = a.weight_type == "s8" ? trex::WeightType::kS8 : trex::WeightType::kU8;
+  policy.params.per_channel = !a.per_tensor;
+  policy.params.reduce_range = a.reduce_range;
+  policy.ops = a.ops == "microsoft" ? trex::QuantOps::kMicrosoft : trex::QuantOps::kStandard;
+  policy.exclude_nodes = a.exclude;
+  policy.exclude_op_types = a.exclude_op_types;
+  policy.auto_policy = !a.no_auto;
+  policy.min_elements = a.min_elements;
+  trex::WriteOptions wo;
+  wo.external = a.external == "always" ? trex::ExternalData::kAlways
+                : a.external == "never" ? trex::ExternalData::kNever
+                                        : trex::ExternalData::kAuto;
+  if (std::filesystem::weakly_canonical(a.input) == std::filesystem::weakly_canonical(a.output))
+    throw trex::UsageError("quantize: the output would overwrite the input model (" + a.input + ")");
+
+  const auto t0 = clock::now();
+  const trex::Model in = trex::read_model(a.input);
+  trex::QuantizeReport rep;
+  trex::Model out = trex::quantize_model(in, policy, &rep);
+  trex::WriteResult written = trex::write_model(out, a.output, wo);
+  const double quantize_s = seconds_since(t0);
+
+  std::optional<trex::CompareResult> cmp;
+  std::vector<std::string> fallback;  // nodes put back to fp32 by the accuracy check
+  bool missed = false;
+  if (!a.no_check) {
+    trex::CompareOptions co;
+    co.batches = a.samples;
+    co.batch = a.batch;
+    co.seq = a.seq;
+    co.input_limits = trex::sample_input_limits(in);
+    cmp = trex::compare_models(a.input, a.output, co);
+    // Accuracy fallback: rank the quantized layers by their weight quantization error (reference quantizer) and
+    // put the worst eighth back to fp32, up to fallback_rounds times.
+    for (int round = 0; round < a.fallback_rounds && !a.no_fallback && below_target(*cmp, a) && !rep.quantized.empty();
+         ++round) {
+      std::vector<std::pair<double, std::string>> ranked;
+      std::set<std::string> seen;
+      for (const auto& l : rep.quantized)
+        if (seen.insert(l.weight).second)
+          ranked.emplace_back(trex::weight_quantization_error(in, l.weight, policy.params), l.weight);
+      std::sort(ranked.rbegin(), ranked.rend());
+      const size_t drop = std::max<size_t>(1, ranked.size() / 8);
+      for (size_t i = 0; i < drop && i < ranked.size(); ++i) {
+        policy.exclude_nodes.push_back(ranked[i].second);  // a weight name matches as an exact pattern
+        fallback.push_back(ranked[i].second);
+      }
+      out = trex::quantize_model(in, policy, &rep);
+      written = trex::write_model(out, a.output, wo);
+      cmp = trex::compare_models(a.input, a.output, co);
+    }
+    missed = below_target(*cmp, a);
+  }
+
+  if (!a.quiet) {
+    std::printf("%-28s %s\n", "input", a.input.c_str());
+    std::printf("%-28s %s%s\n", "output", a.output.c_str(),
+                written.data_path.empty() ? "" : (" + " + written.data_path.filename().string()).c_str());
+    std::printf("%-28s %s -> %s (%.2fx smaller)\n", "weights", mib(rep.weight_bytes_before).c_str(),
+                mib(rep.weight_bytes_after).c_str(),
+                rep.weight_bytes_after ? static_cast<double>(rep.weight_bytes_before) / static_cast<double>(rep.weight_bytes_after) : 0.0);
+    std::printf("%-28s %zu quantized, %zu kept fp32\n", "MatMul/Gemm nodes", rep.quantized.size(), rep.skipped.size());
+    std::printf("%-28s %s, %s, %s%s\n", "mode", policy.params.type == trex::WeightType::kS8 ? "s8" : "u8",
+                policy.params.per_channel ? "per-channel" : "per-tensor",
+                policy.ops == trex::QuantOps::kMicrosoft ? "MatMulIntegerToFloat" : "MatMulInteger",
+                policy.params.reduce_range ? ", reduce-range" : "");
+    std::printf("%-28s %.3f s\n", "quantize time", quantize_s);
+    if (!fallback.empty()) std::printf("%-28s %zu weight(s) back to fp32 by the accuracy check\n", "fallback", fallback.size());
+    if (cmp) {
+      std::printf("%-28s %.3e\n", "max abs diff vs fp32", cmp->max_abs_diff);
+      std::printf("%-28s %.5f (min row %.5f)\n", "cosine vs fp32", cmp->mean_cosine, cmp->min_cosine);
+      if (cmp->label_agreement >= 0) std::printf("%-28s %.2f %%\n", "label agreement", 100.0 * cmp->label_agreement);
+      std::printf("%-28s %.2f ms fp32, %.2f ms int8 (batch %lld x %lld)\n", "sample run time", cmp->reference_ms,
+                  cmp->candidate_ms, static_cast<long long>(a.batch), static_cast<long long>(a.seq));
+    } else {
+      std::printf("%-28s skipped (--no-check)\n", "comparison");
+    }
+  }
+
+  if (!a.report.empty()) {
+    nlohmann::json j;
+    j["input"] = a.input;
+    j["output"] = a.output;
+    j["mode"] = {{"weight_type", a.weight_type},
+                 {"per_channel", policy.params.per_channel},
+                 {"reduce_range", policy.params.reduce_range},
+                 {"ops", a.ops}};
+    j["weight_bytes_before"] = rep.weight_bytes_before;
+    j["weight_bytes_after"] = rep.weight_bytes_after;
+    j["model_bytes"] = written.model_bytes;
+    j["data_bytes"] = written.data_bytes;
+    j["quantize_seconds"] = quantize_s;
+    j["quantized"] = nlohmann::json::array();
+    for (const auto& l : rep.quantized)
+      j["quantized"].push_back({{"node", l.node}, {"op_type", l.op_type}, {"weight", l.weight}, {"k", l.k}, {"n", l.n},
+                                {"bias_fused", l.bias_fused}});
+    j["skipped"] = nlohmann::json::array();
+    for (const auto& s : rep.skipped)
+      j["skipped"].push_back({{"node", s.node}, {"op_type", s.op_type}, {"weight", s.weight}, {"reason", s.reason}});
+    j["fallback_fp32"] = fallback;
+    if (cmp) {
+      nlohmann::json c;
+      c["max_abs_diff"] = cmp->max_abs_diff;
+      c["mean_cosine"] = cmp->mean_cosine;
+      c["min_cosine"] = cmp->min_cosine;
+      c["label_agreement"] = cmp->label_agreement >= 0 ? nlohmann::json(cmp->label_agreement) : nlohmann::json();
+      c["fp32_ms"] = cmp->reference_ms;
+      c["int8_ms"] = cmp->candidate_ms;
+      c["outputs"] = nlohmann::json::array();
+      for (const auto& o : cmp->outputs)
+        c["outputs"].push_back({{"name", o.name},
+                                {"max_abs_diff", o.max_abs_diff},
+                                {"mean_abs_diff", o.mean_abs_diff},
+                                {"mean_cosine", o.mean_cosine},
+                                {"min_cosine", o.min_cosine},
+                                {"label_agreement", o.label_agreement >= 0 ? nlohmann::json(o.label_agreement) : nlohmann::json()}});
+      c["passed"] = !missed;
+      j["comparison"] = c;
+    }
+    std::ofstream f(a.report);
+    f << j.dump(2) << "\n";
+    if (!f) throw trex::OutputError(a.report, "cannot write the report");
+  }
+  if (missed) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "cosine %.5f, label agreement %s (targets %.3f / %.3f)", cmp->mean_cosine,
+                  cmp->label_agreement >= 0 ? std::to_string(cmp->label_agreement).c_str() : "n/a", a.min_cosine,
+                  a.min_label_agreement);
+    throw trex::VerificationError(a.output + ": int8 model misses its accuracy target vs fp32: " + buf +
+                                  " (the model was written; pass --no-check to skip the comparison)");
+  }
+  return 0;
+}
+
+}  // namespace
+
+CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
+  auto args = std::make_shared<QuantizeArgs>();
+  auto* q = app.add_subcommand("quantize", "Dynamic int8 quantization of an ONNX model's MatMul/Gemm weights");
+  q->add_option("input", args->input, "ONNX model to quantize (any exporter; external data is followed)")->required();
+  q->add_option("output", args->output, "Quantized model to write")->required();
+  q->add_flag("--per-tensor", args->per_tensor, "One scale per weight tensor (default: one per output channel)");
+  q->add_option("--weight-type", args->weight_type, "Stored weight type: s8 (symmetric, default) or u8 (asymmetric)")
+      ->check(CLI::IsMember({"s8", "u8"}));
+  q->add_flag("--reduce-range", args->reduce_range,
+              "7-bit weights (for CPUs without VNNI, whose u8 x s8 kernels can saturate)");
+  q->add_option("--ops", args->ops,
+                "Emitted ops: microsoft (DynamicQuantizeLinear + com.microsoft.MatMulIntegerToFloat, default) or "
+                "standard (DynamicQuantizeLinear + MatMulInteger + Cast + Mul)")
+      ->check(CLI::IsMember({"microsoft", "standard"}));
+  q->add_option("--exclude", args->exclude, "Keep fp32: node or weight name, glob patterns (* ?); repeatable");
+  q->add_option("--exclude-op-type", args->exclude_op_types, "Keep fp32 every node of this op type (MatMul, Gemm)");
+  q->add_flag("--no-auto-policy", args->no_auto, "Quantize every eligible weight (no size / logit-layer rules)");
+  q->add_option("--min-elements", args->min_elements, "Automatic policy: smallest weight quantized (default 1024)");
+  q->add_option("--external-data", args->external, "auto (above 2 GB), always or never")
+      ->check(CLI::IsMember({"auto", "always", "never"}));
+  q->add_flag("--no-check", args->no_check, "Skip the fp32 vs int8 comparison in ONNX Runtime");
+  q->add_flag("--no-fallback", args->no_fallback, "Report a missed accuracy target instead of keeping layers fp32");
+  q->add_option("--min-cosine", args->min_cosine, "Accuracy target: mean cosine vs fp32 (default 0.99)");
+  q->add_option("--min-label-agreement", args->min_label_agreement, "Accuracy target: argmax agreement of *logits outputs on the random-token samples (default 0.95)");
+  q->add_option("--samples", args->samples, "Sample batches compared (default 4)");
+  q->add_option("--batch", args->batch, "Sample batch size (default 2)");
+  q->add_option("--seq", args->seq, "Sample sequence length (default 16)");
+  q->add_option("--report", args->report, "Write a JSON report here");
+  q->add_flag("-q,--quiet", args->quiet, "Print nothing on success");
+  q->callback([args, action] { *action = [args] { return run_quantize(*args); }; });
+  return q;
+}

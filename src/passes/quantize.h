@@ -1,0 +1,77 @@
+// Dynamic int8 quantization of an ONNX model's MatMul / Gemm weights (constant initializers).
+//
+// Weights are quantized offline (per tensor or per output channel, s8 symmetric or u8 asymmetric, optionally
+// 7-bit); activations are quantized at run time by DynamicQuantizeLinear (u8, per tensor), shared by every
+// quantized consumer of the same activation. Emitted forms (see docs/quantization.md for the measurements):
+//   kMicrosoft: DynamicQuantizeLinear + com.microsoft.MatMulIntegerToFloat (bias Add fused in)
+//   kStandard:  DynamicQuantizeLinear + MatMulInteger + Cast + Mul (standard ONNX only; any runtime)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "graph/model.h"
+#include "passes/quantize_reference.h"
+
+namespace trex {
+
+enum class QuantOps { kMicrosoft, kStandard };
+
+struct QuantizePolicy {
+  QuantParams params;  // s8, per-channel, full range by default
+  QuantOps ops = QuantOps::kMicrosoft;
+  // Nodes to leave in fp32: glob patterns (`*`, `?`) matched against node names and weight initializer names.
+  std::vector<std::string> exclude_nodes;
+  // Op types to leave in fp32 ("MatMul", "Gemm").
+  std::vector<std::string> exclude_op_types;
+  // The automatic policy (documented in docs/quantization.md): keep fp32 the weights where int8 saves little
+  // and costs accuracy: fewer than min_elements values, or fewer than min_channels rows/columns (the
+  // classification / QA logit projections).
+  bool auto_policy = true;
+  int64_t min_elements = 1024;
+  int64_t min_channels = 16;
+};
+
+struct QuantizedLayer {
+  std::string node;    // original node name
+  std::string op_type; // MatMul or Gemm
+  std::string weight;  // fp32 initializer name
+  int64_t k = 0, n = 0;
+  bool bias_fused = false;
+};
+
+struct SkippedLayer {
+  std::string node, op_type, weight, reason;
+};
+
+struct QuantizeReport {
+  std::vector<QuantizedLayer> quantized;
+  std::vector<SkippedLayer> skipped;
+  size_t weight_bytes_before = 0;
+  size_t weight_bytes_after = 0;
+};
+
+// Returns the quantized model; `in` is untouched (the new model shares its unchanged initializers, and the
+// quantized bytes are produced from the source weights when the model is written). Throws UsageError when the
+// model's opset is below 11 (DynamicQuantizeLinear) and InputError on inconsistent graphs.
+Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeReport* report = nullptr);
+
+// The fast weight quantizer (bit-identical to quantize_reference). `w` is K×N row-major, or N×K row-major
+// when `transposed` (Gemm transB=1); the result is always K×N. Returns false (and leaves `out` empty) when `w`
+// holds NaN or infinity.
+bool quantize_weight(const float* w, int64_t k, int64_t n, bool transposed, const QuantParams& p, QuantizedWeight* out);
+
+// Scales and zero points only (the first half of quantize_weight), so the bytes can be produced later.
+bool weight_scales(const float* w, int64_t k, int64_t n, bool transposed, const QuantParams& p, QuantizedWeight* out);
+// The second half: q (K×N) from scales and zero points already in `qw`.
+void quantize_with_scales(const float* w, int64_t k, int64_t n, bool transposed, const QuantizedWeight& qw, uint8_t* q);
+
+// Relative Frobenius error ||W - deq(q(W))|| / ||W|| of one weight under `p`, measured with the reference
+// quantizer; used to rank layers when the accuracy check asks for some to be kept in fp32.
+double weight_quantization_error(const Model& model, const std::string& weight, const QuantParams& p);
+
+// Glob match with `*` and `?`.
+bool glob_match(const std::string& pattern, const std::string& text);
+
+}  // namespace trex

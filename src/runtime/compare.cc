@@ -1,0 +1,190 @@
+#include "runtime/compare.h"
+
+#include <onnxruntime_cxx_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "util/error.h"
+
+namespace trex {
+
+std::map<std::string, int64_t> sample_input_limits(const Model& model) {
+  std::map<std::string, int64_t> limits;
+  std::map<std::string, const TensorData*> inits;
+  for (const auto& i : model.initializers) inits[i.name] = &i.data;
+  for (const auto& node : model.proto.graph().node()) {
+    if (node.op_type() != "Gather" || node.input_size() < 2) continue;
+    auto it = inits.find(node.input(0));
+    if (it == inits.end() || it->second->dims().empty()) continue;
+    const int64_t rows = it->second->dims()[0];
+    auto [pos, inserted] = limits.emplace(node.input(1), rows);
+    if (!inserted) pos->second = std::min(pos->second, rows);
+  }
+  return limits;
+}
+
+namespace {
+
+struct Feed {
+  std::vector<std::vector<int64_t>> i64;
+  std::vector<std::vector<int32_t>> i32;
+  std::vector<std::vector<float>> f32;
+  std::vector<Ort::Value> values;
+};
+
+bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+
+}  // namespace
+
+CompareResult compare_models(const std::filesystem::path& reference, const std::filesystem::path& candidate,
+                             const CompareOptions& o) {
+  CompareResult result;
+  try {
+    static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "trex-compare");
+    Ort::SessionOptions so;
+    so.SetIntraOpNumThreads(o.threads);
+    so.SetInterOpNumThreads(1);
+    Ort::Session ref(env, reference.c_str(), so);
+    Ort::Session cand(env, candidate.c_str(), so);
+    Ort::AllocatorWithDefaultOptions alloc;
+
+    std::vector<std::string> in_names, out_names, cand_out;
+    for (size_t i = 0; i < ref.GetInputCount(); ++i) in_names.push_back(ref.GetInputNameAllocated(i, alloc).get());
+    for (size_t i = 0; i < ref.GetOutputCount(); ++i) out_names.push_back(ref.GetOutputNameAllocated(i, alloc).get());
+    for (size_t i = 0; i < cand.GetOutputCount(); ++i) cand_out.push_back(cand.GetOutputNameAllocated(i, alloc).get());
+    if (out_names != cand_out)
+      throw VerificationError(candidate.string() + ": outputs differ from " + reference.string() + "'s");
+
+    std::vector<const char*> in_c, out_c;
+    for (auto& n : in_names) in_c.push_back(n.c_str());
+    for (auto& n : out_names) out_c.push_back(n.c_str());
+    Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+
+    result.outputs.resize(out_names.size());
+    std::vector<double> cos_sum(out_names.size(), 0), abs_sum(out_names.size(), 0);
+    std::vector<size_t> rows(out_names.size(), 0), elems(out_names.size(), 0), agree(out_names.size(), 0);
+    for (size_t i = 0; i < out_names.size(); ++i) result.outputs[i].name = out_names[i];
+    std::mt19937_64 rng(o.seed);
+    double ref_ms = 0, cand_ms = 0;
+
+    for (int b = 0; b < o.batches; ++b) {
+      Feed feed;
+      feed.i64.reserve(in_names.size());
+      feed.i32.reserve(in_names.size());
+      feed.f32.reserve(in_names.size());
+      for (size_t i = 0; i < in_names.size(); ++i) {
+        Ort::TypeInfo type_info = ref.GetInputTypeInfo(i);
+        auto info = type_info.GetTensorTypeAndShapeInfo();
+        std::vector<int64_t> shape = info.GetShape();
+        for (size_t d = 0; d < shape.size(); ++d)
+          if (shape[d] < 0) shape[d] = d == 0 ? o.batch : o.seq;
+        int64_t count = 1;
+        for (auto d : shape) count *= d;
+        const std::string& name = in_names[i];
+        const auto type = info.GetElementType();
+        // Integer inputs: masks get ones with padding at the end of the last row; ids stay below their limit.
+        std::vector<int64_t> ints(static_cast<size_t>(count), 0);
+        if (contains(name, "mask")) {
+          std::fill(ints.begin(), ints.end(), 1);
+          if (shape.size() == 2 && shape[0] > 1)
+            for (int64_t j = shape[1] / 2; j < shape[1]; ++j) ints[static_cast<size_t>((shape[0] - 1) * shape[1] + j)] = 0;
+        } else if (contains(name, "position")) {
+          const int64_t last = shape.empty() ? 1 : shape.back();
+          for (int64_t j = 0; j < count; ++j) ints[static_cast<size_t>(j)] = j % last;
+        } else {
+          auto it = o.input_limits.find(name);
+          const int64_t limit = it != o.input_limits.end() ? it->second : (contains(name, "ids") ? 100 : 1);
+          std::uniform_int_distribution<int64_t> dist(0, std::max<int64_t>(limit, 1) - 1);
+          for (auto& v : ints) v = dist(rng);
+        }
+        if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
+          feed.i64.push_back(std::move(ints));
+          feed.values.push_back(Ort::Value::CreateTensor<int64_t>(mem, feed.i64.back().data(), feed.i64.back().size(),
+                                                                  shape.data(), shape.size()));
+        } else if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
+          feed.i32.emplace_back(ints.begin(), ints.end());
+          feed.values.push_back(Ort::Value::CreateTensor<int32_t>(mem, feed.i32.back().data(), feed.i32.back().size(),
+                                                                  shape.data(), shape.size()));
+        } else if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+          std::normal_distribution<float> dist;
+          std::vector<float> f(static_cast<size_t>(count));
+          for (auto& v : f) v = dist(rng);
+          feed.f32.push_back(std::move(f));
+          feed.values.push_back(Ort::Value::CreateTensor<float>(mem, feed.f32.back().data(), feed.f32.back().size(),
+                                                                shape.data(), shape.size()));
+        } else {
+          throw VerificationError(reference.string() + ": input '" + name + "' has an element type the comparison does not feed");
+        }
+      }
+      auto t0 = std::chrono::steady_clock::now();
+      auto ra = ref.Run(Ort::RunOptions{nullptr}, in_c.data(), feed.values.data(), feed.values.size(), out_c.data(), out_c.size());
+      auto t1 = std::chrono::steady_clock::now();
+      auto ca = cand.Run(Ort::RunOptions{nullptr}, in_c.data(), feed.values.data(), feed.values.size(), out_c.data(), out_c.size());
+      auto t2 = std::chrono::steady_clock::now();
+      ref_ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
+      cand_ms += std::chrono::duration<double, std::milli>(t2 - t1).count();
+
+      for (size_t k = 0; k < out_names.size(); ++k) {
+        auto ri = ra[k].GetTensorTypeAndShapeInfo();
+        auto ci = ca[k].GetTensorTypeAndShapeInfo();
+        if (ri.GetShape() != ci.GetShape())
+          throw VerificationError(candidate.string() + ": output '" + out_names[k] + "' has shape " +
+                                  shape_str(ci.GetShape()) + ", the reference " + shape_str(ri.GetShape()));
+        if (ri.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) continue;
+        const float* x = ra[k].GetTensorData<float>();
+        const float* y = ca[k].GetTensorData<float>();
+        const size_t n = ri.GetElementCount();
+        const std::vector<int64_t> shp = ri.GetShape();
+        const size_t last = shp.empty() ? 1 : static_cast<size_t>(std::max<int64_t>(shp.back(), 1));
+        OutputComparison& oc = result.outputs[k];
+        const bool logits = contains(out_names[k], "logits");
+        for (size_t r0 = 0; r0 + last <= n; r0 += last) {
+          double dot = 0, nx = 0, ny = 0;
+          size_t ax = 0, ay = 0;
+          for (size_t j = r0; j < r0 + last; ++j) {
+            double d = std::fabs(static_cast<double>(x[j]) - y[j]);
+            if (std::isnan(d)) d = INFINITY;  // a NaN must never pass as "no difference"
+            oc.max_abs_diff = std::max(oc.max_abs_diff, d);
+            abs_sum[k] += d;
+            dot += static_cast<double>(x[j]) * y[j];
+            nx += static_cast<double>(x[j]) * x[j];
+            ny += static_cast<double>(y[j]) * y[j];
+            if (x[j] > x[r0 + ax]) ax = j - r0;
+            if (y[j] > y[r0 + ay]) ay = j - r0;
+          }
+          const double cos = (nx == 0 && ny == 0) ? 1.0 : (nx == 0 || ny == 0) ? 0.0 : dot / std::sqrt(nx * ny);
+          oc.min_cosine = std::min(oc.min_cosine, cos);
+          cos_sum[k] += cos;
+          ++rows[k];
+          if (logits) {
+            ++oc.labels;
+            if (ax == ay) ++agree[k];
+          }
+        }
+        elems[k] += n;
+      }
+    }
+    for (size_t k = 0; k < out_names.size(); ++k) {
+      OutputComparison& oc = result.outputs[k];
+      if (elems[k]) oc.mean_abs_diff = abs_sum[k] / static_cast<double>(elems[k]);
+      if (rows[k]) oc.mean_cosine = cos_sum[k] / static_cast<double>(rows[k]);
+      if (oc.labels) oc.label_agreement = static_cast<double>(agree[k]) / static_cast<double>(oc.labels);
+      result.max_abs_diff = std::max(result.max_abs_diff, oc.max_abs_diff);
+      result.min_cosine = std::min(result.min_cosine, oc.min_cosine);
+      result.mean_cosine = std::min(result.mean_cosine, oc.mean_cosine);
+      if (oc.label_agreement >= 0)
+        result.label_agreement = result.label_agreement < 0 ? oc.label_agreement
+                                                            : std::min(result.label_agreement, oc.label_agreement);
+    }
+    result.reference_ms = ref_ms / std::max(o.batches, 1);
+    result.candidate_ms = cand_ms / std::max(o.batches, 1);
+  } catch (const Ort::Exception& e) {
+    throw VerificationError("comparing " + candidate.string() + " with " + reference.string() + ": ONNX Runtime: " + e.what());
+  }
+  return result;
+}
+
+}  // namespace trex
