@@ -34,7 +34,7 @@ std::string mib(size_t bytes) {
 struct ExportArgs {
   std::string model, output, pipeline, static_shape, external = "auto";
   int opset = trex::kDefaultOpset;
-  bool no_check = false, quiet = false, optimize = false, gelu_approximation = false;
+  bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false;
 };
 
 int run_export(const ExportArgs& a) {
@@ -45,6 +45,7 @@ int run_export(const ExportArgs& a) {
   o.opset = a.opset;
   o.check = !a.no_check;
   o.optimize = a.optimize;
+  o.quantize = a.quantize;
   o.gelu_approximation = a.gelu_approximation;
   if (a.gelu_approximation && !a.optimize) throw trex::UsageError("--gelu-approximation only applies with --optimize");
   if (a.gelu_approximation) o.optimize_atol = 1e-2;  // the tanh approximation moves outputs by ~1e-3
@@ -93,6 +94,19 @@ int run_export(const ExportArgs& a) {
       std::cout << "wrote " << r.optimized->model_path.string() << " (" << mib(r.optimized->model_bytes) << ")\n";
       std::cout << "optimized vs plain (ONNX Runtime, same random inputs):\n" << r.optimized_verify->table();
     }
+    if (r.quantized) {
+      const auto& q = *r.quantized;
+      std::printf("wrote %s (%s, int8 weights: %zu MatMul/Gemm quantized, %zu kept fp32%s)\n",
+                  q.written.model_path.string().c_str(), mib(q.written.model_bytes + q.written.data_bytes).c_str(),
+                  q.report.quantized.size(), q.report.skipped.size() + 0,
+                  q.fallback.empty() ? "" : (", " + std::to_string(q.fallback.size()) + " by the accuracy check").c_str());
+      if (q.comparison)
+        std::printf("int8 vs fp32: max abs diff %.3e, mean cosine %.5f (min %.5f)%s\n", q.comparison->max_abs_diff,
+                    q.comparison->mean_cosine, q.comparison->min_cosine,
+                    q.comparison->label_agreement >= 0
+                        ? (", label agreement " + std::to_string(100 * q.comparison->label_agreement) + " %").c_str()
+                        : "");
+    }
     std::printf("done in %.2f s\n", secs);
   }
   return 0;
@@ -127,6 +141,10 @@ int main(int argc, char** argv) {
   ex->add_flag("--gelu-approximation", ea.gelu_approximation,
                "With --optimize: replace exact GELU by FastGelu's tanh approximation. Faster, but CHANGES RESULTS "
                "(typically ~1e-3); checked with atol 1e-2");
+  ex->add_flag("--quantize", ea.quantize,
+               "Also write <stem>-quantized.onnx: int8 dynamic quantization (per-channel s8 weights, "
+               "MatMulIntegerToFloat) of the optimized model with --optimize, else of the plain one, compared with "
+               "its fp32 source; layers that cost accuracy fall back to fp32 (see trex quantize for options)");
   ex->add_option("output", ea.output, "Output .onnx path")->required();
 
   std::string opt_in, opt_out, opt_level = "all";

@@ -11,10 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "onnx/reader.h"
-#include "onnx/writer.h"
-#include "runtime/compare.h"
-#include "passes/quantize.h"
+#include "passes/quantize_file.h"
 #include "util/error.h"
 
 namespace {
@@ -35,17 +32,10 @@ std::string mib(size_t bytes) {
   return buf;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-bool below_target(const trex::CompareResult& c, const QuantizeArgs& a) {
-  return c.mean_cosine < a.min_cosine || (c.label_agreement >= 0 && c.label_agreement < a.min_label_agreement);
-}
 
 int run_quantize(const QuantizeArgs& a) {
-  using clock = std::chrono::steady_clock;
-  trex::QuantizePolicy policy;
+  trex::QuantizeFileOptions o;
+  trex::QuantizePolicy& policy = o.policy;
   policy.params.type = a.weight_type == "s8" ? trex::WeightType::kS8 : trex::WeightType::kU8;
   policy.params.per_channel = !a.per_tensor;
   policy.params.reduce_range = a.reduce_range;
@@ -54,51 +44,25 @@ int run_quantize(const QuantizeArgs& a) {
   policy.exclude_op_types = a.exclude_op_types;
   policy.auto_policy = !a.no_auto;
   policy.min_elements = a.min_elements;
-  trex::WriteOptions wo;
-  wo.external = a.external == "always" ? trex::ExternalData::kAlways
-                : a.external == "never" ? trex::ExternalData::kNever
-                                        : trex::ExternalData::kAuto;
-  if (std::filesystem::weakly_canonical(a.input) == std::filesystem::weakly_canonical(a.output))
-    throw trex::UsageError("quantize: the output would overwrite the input model (" + a.input + ")");
-
-  const auto t0 = clock::now();
-  const trex::Model in = trex::read_model(a.input);
-  trex::QuantizeReport rep;
-  trex::Model out = trex::quantize_model(in, policy, &rep);
-  trex::WriteResult written = trex::write_model(out, a.output, wo);
-  const double quantize_s = seconds_since(t0);
-
-  std::optional<trex::CompareResult> cmp;
-  std::vector<std::string> fallback;  // nodes put back to fp32 by the accuracy check
-  bool missed = false;
-  if (!a.no_check) {
-    trex::CompareOptions co;
-    co.batches = a.samples;
-    co.batch = a.batch;
-    co.seq = a.seq;
-    co.input_limits = trex::sample_input_limits(in);
-    cmp = trex::compare_models(a.input, a.output, co);
-    // Accuracy fallback: rank the quantized layers by their weight quantization error (reference quantizer) and
-    // put the worst eighth back to fp32, up to fallback_rounds times.
-    for (int round = 0; round < a.fallback_rounds && !a.no_fallback && below_target(*cmp, a) && !rep.quantized.empty();
-         ++round) {
-      std::vector<std::pair<double, std::string>> ranked;
-      std::set<std::string> seen;
-      for (const auto& l : rep.quantized)
-        if (seen.insert(l.weight).second)
-          ranked.emplace_back(trex::weight_quantization_error(in, l.weight, policy.params), l.weight);
-      std::sort(ranked.rbegin(), ranked.rend());
-      const size_t drop = std::max<size_t>(1, ranked.size() / 8);
-      for (size_t i = 0; i < drop && i < ranked.size(); ++i) {
-        policy.exclude_nodes.push_back(ranked[i].second);  // a weight name matches as an exact pattern
-        fallback.push_back(ranked[i].second);
-      }
-      out = trex::quantize_model(in, policy, &rep);
-      written = trex::write_model(out, a.output, wo);
-      cmp = trex::compare_models(a.input, a.output, co);
-    }
-    missed = below_target(*cmp, a);
-  }
+  o.write.external = a.external == "always" ? trex::ExternalData::kAlways
+                     : a.external == "never" ? trex::ExternalData::kNever
+                                             : trex::ExternalData::kAuto;
+  o.check = !a.no_check;
+  o.fallback = !a.no_fallback;
+  o.fallback_rounds = a.fallback_rounds;
+  o.min_cosine = a.min_cosine;
+  o.min_label_agreement = a.min_label_agreement;
+  o.samples = a.samples;
+  o.batch = a.batch;
+  o.seq = a.seq;
+  trex::QuantizeFileResult res = trex::quantize_file(a.input, a.output, o);
+  const trex::QuantizeReport& rep = res.report;
+  const trex::WriteResult& written = res.written;
+  const std::optional<trex::CompareResult>& cmp = res.comparison;
+  const std::vector<std::string>& fallback = res.fallback;
+  const bool missed = res.missed_target;
+  const double quantize_s = res.seconds;
+  policy = res.policy;
 
   if (!a.quiet) {
     std::printf("%-28s %s\n", "input", a.input.c_str());

@@ -56,6 +56,10 @@ fs::path optimized_path(const fs::path& output) {
   return output.parent_path() / (output.stem().string() + "-optimized" + output.extension().string());
 }
 
+fs::path quantized_path(const fs::path& output) {
+  return output.parent_path() / (output.stem().string() + "-quantized" + output.extension().string());
+}
+
 BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
                        Lowering lowering) {
   Task task;
@@ -190,6 +194,22 @@ ExportResult export_onnx(const ExportOptions& options) {
     } catch (const Error&) {
       remove_written(*result.optimized);
       throw;
+    }
+  }
+
+  if (options.quantize) {
+    QuantizeFileOptions qo;
+    qo.write = wo;
+    qo.write.progress = nullptr;
+    qo.check = true;  // the accuracy check drives the fp32 fallback of sensitive layers
+    const fs::path source = options.optimize ? opt_path : options.output;
+    log("quantizing " + source.filename().string() + " (int8, dynamic)");
+    result.quantized = quantize_file(source, quantized_path(options.output), qo);
+    if (result.quantized->missed_target) {
+      const auto& c = *result.quantized->comparison;
+      throw VerificationError(quantized_path(options.output).string() +
+                              ": int8 model misses its accuracy target vs fp32 (mean cosine " +
+                              std::to_string(c.mean_cosine) + "; the model was written, see trex quantize --help)");
     }
   }
   return result;

@@ -8,6 +8,7 @@
 
 #include "arch/architecture.h"
 #include "onnx/writer.h"
+#include "passes/quantize_file.h"
 #include "runtime/ort_check.h"
 #include "runtime/verify.h"
 
@@ -31,6 +32,9 @@ struct ExportOptions {
   bool optimize = false;
   bool gelu_approximation = false;  // FastGelu (tanh) for exact-GELU models in the optimized graph
   double optimize_atol = 1e-4;
+  // Also write <stem>-quantized.onnx: int8 dynamic quantization of the optimized model when `optimize`,
+  // else of the plain one, compared with it in ONNX Runtime.
+  bool quantize = false;
   // Progress and status lines (may be empty).
   std::function<void(const std::string&)> log;
   std::function<void(size_t done, size_t total)> progress;
@@ -46,6 +50,7 @@ struct ExportResult {
   std::optional<LoadCheckResult> check;
   std::optional<WriteResult> optimized;
   std::optional<VerifyReport> optimized_verify;
+  std::optional<QuantizeFileResult> quantized;
 };
 
 // Throws trex::Error subclasses (InputError, UsageError, OutputError, VerificationError).
@@ -61,7 +66,8 @@ struct BuiltModel {
 BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
                        Lowering lowering = Lowering::kPlain);
 
-// <stem>-optimized.onnx beside `output`.
+// <stem>-optimized.onnx / <stem>-quantized.onnx beside `output`.
 std::filesystem::path optimized_path(const std::filesystem::path& output);
+std::filesystem::path quantized_path(const std::filesystem::path& output);
 
 }  // namespace trex

@@ -15,13 +15,29 @@ std::map<std::string, int64_t> sample_input_limits(const Model& model) {
   std::map<std::string, int64_t> limits;
   std::map<std::string, const TensorData*> inits;
   for (const auto& i : model.initializers) inits[i.name] = &i.data;
-  for (const auto& node : model.proto.graph().node()) {
-    if (node.op_type() != "Gather" || node.input_size() < 2) continue;
-    auto it = inits.find(node.input(0));
-    if (it == inits.end() || it->second->dims().empty()) continue;
+  // Follow Cast nodes back to the graph input they convert (fused graphs feed int32 ids).
+  std::map<std::string, std::string> cast_source;
+  for (const auto& node : model.proto.graph().node())
+    if (node.op_type() == "Cast" && node.input_size() == 1 && node.output_size() == 1)
+      cast_source[node.output(0)] = node.input(0);
+  auto source = [&](std::string v) {
+    for (int hops = 0; hops < 4 && cast_source.count(v); ++hops) v = cast_source[v];
+    return v;
+  };
+  auto bound = [&](const std::string& index_value, const std::string& table) {
+    auto it = inits.find(table);
+    if (index_value.empty() || it == inits.end() || it->second->dims().empty()) return;
     const int64_t rows = it->second->dims()[0];
-    auto [pos, inserted] = limits.emplace(node.input(1), rows);
+    auto [pos, inserted] = limits.emplace(source(index_value), rows);
     if (!inserted) pos->second = std::min(pos->second, rows);
+  };
+  for (const auto& node : model.proto.graph().node()) {
+    if (node.op_type() == "Gather" && node.input_size() >= 2) bound(node.input(1), node.input(0));
+    // com.microsoft EmbedLayerNormalization: input_ids → word table, segment_ids → segment table.
+    if (node.op_type() == "EmbedLayerNormalization" && node.input_size() >= 5) {
+      bound(node.input(0), node.input(2));
+      bound(node.input(1), node.input(4));
+    }
   }
   return limits;
 }

@@ -1,0 +1,43 @@
+// Quantizes an ONNX file end to end: read, quantize (passes/quantize.h), write, compare int8 with fp32 in
+// ONNX Runtime, and — when the comparison misses its accuracy target — put the most sensitive weights back
+// to fp32 and retry. Used by `trex quantize` and `trex export --quantize`.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "onnx/writer.h"
+#include "passes/quantize.h"
+#include "runtime/compare.h"
+
+namespace trex {
+
+struct QuantizeFileOptions {
+  QuantizePolicy policy;
+  WriteOptions write;
+  bool check = true;          // compare with fp32 in ONNX Runtime
+  bool fallback = true;       // on a missed target, move the worst eighth of weights back to fp32 and retry
+  int fallback_rounds = 3;
+  double min_cosine = 0.99;   // mean row cosine vs fp32
+  double min_label_agreement = 0.95;
+  int samples = 4;            // sample batches
+  int64_t batch = 2, seq = 16;
+};
+
+struct QuantizeFileResult {
+  QuantizePolicy policy;  // as finally applied (with fallback exclusions)
+  QuantizeReport report;
+  WriteResult written;
+  double seconds = 0;     // read + quantize + write (first pass)
+  std::optional<CompareResult> comparison;
+  std::vector<std::string> fallback;  // weights put back to fp32 by the accuracy check
+  bool missed_target = false;
+};
+
+// Throws InputError / OutputError / UsageError. A missed target is reported in the result, not thrown.
+QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::filesystem::path& output,
+                                 const QuantizeFileOptions& options);
+
+}  // namespace trex
