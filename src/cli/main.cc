@@ -96,7 +96,7 @@ int run_export(const ExportArgs& a) {
     }
     if (r.quantized) {
       const auto& q = *r.quantized;
-      std::printf("wrote %s (%s, int8 weights: %zu MatMul/Gemm quantized, %zu kept fp32%s)\n",
+      std::printf("wrote %s (%s, int8 weights: %zu MatMul/Gemm/Attention quantized, %zu kept fp32%s)\n",
                   q.written.model_path.string().c_str(), mib(q.written.model_bytes + q.written.data_bytes).c_str(),
                   q.report.quantized.size(), q.report.skipped.size() + 0,
                   q.fallback.empty() ? "" : (", " + std::to_string(q.fallback.size()) + " by the accuracy check").c_str());

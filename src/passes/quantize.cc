@@ -263,6 +263,7 @@ struct Plan {
   int fused_add = -1;        // index of the Add node the bias came from (removed)
   std::string extra_add;     // Gemm C that cannot be fused: added after
   std::string output;        // final output value name
+  bool attention = false;    // com.microsoft Attention → QAttention (packed QKV weight [K, 3H])
 };
 
 }  // namespace
@@ -325,7 +326,12 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
   for (int i = 0; i < g.node_size(); ++i) {
     const onnx::NodeProto& node = g.node(i);
     const bool std_domain = node.domain().empty() || node.domain() == "ai.onnx";
-    if (!std_domain || (node.op_type() != "MatMul" && node.op_type() != "Gemm")) continue;
+    // ONNX Runtime's fused Attention (as trex's optimized export emits it): its packed QKV weight becomes
+    // QAttention's int8 weight. Only the self-attention form without past state.
+    const bool fused_attention = node.domain() == "com.microsoft" && node.op_type() == "Attention" &&
+                                 policy.ops == QuantOps::kMicrosoft && node.input_size() >= 3 && node.input_size() <= 4 &&
+                                 node.output_size() == 1;
+    if (!fused_attention && (!std_domain || (node.op_type() != "MatMul" && node.op_type() != "Gemm"))) continue;
     const std::string node_name = node.name().empty() ? node.output(0) : node.name();
     const std::string weight = node.input_size() > 1 ? node.input(1) : "";
     auto skip = [&](const std::string& why) { report.skipped.push_back({node_name, node.op_type(), weight, why}); };
@@ -351,6 +357,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     plan.node_index = static_cast<size_t>(i);
     plan.weight = weight;
     plan.output = node.output(0);
+    plan.attention = fused_attention;
     if (node.op_type() == "Gemm") {
       if (int_attr(node, "transA", 0) != 0) {
         skip("Gemm with transA=1");
@@ -384,7 +391,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
       }
     }
     // Bias fusion (com.microsoft form only): a Gemm C of shape [N], or MatMul -> Add(y, b[N]).
-    if (policy.ops == QuantOps::kMicrosoft) {
+    if (policy.ops == QuantOps::kMicrosoft && !plan.attention) {
       if (!plan.extra_add.empty()) {
         const TensorData* c = is_f32_initializer(plan.extra_add, 1);
         if (c && c->dims()[0] == plan.n) {
@@ -490,7 +497,16 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     }
     const QAct& qa = it->second;
     const std::string result = plan.extra_add.empty() ? plan.output : names.fresh(plan.output + "_matmul");
-    if (policy.ops == QuantOps::kMicrosoft) {
+    if (plan.attention) {
+      // QAttention(input u8, weight, bias, input_scale, weight_scale, mask_index, input_zero_point, weight_zero_point)
+      const std::string mask = node.input_size() > 3 ? node.input(3) : "";
+      onnx::NodeProto qattn = make_node("QAttention", names.fresh(base + "_quant"),
+                                        {qa.q, qwn->q, node.input(2), qa.scale, qwn->scale, mask, qa.zp, qwn->zp},
+                                        {plan.output}, "com.microsoft");
+      for (const auto& attr : node.attribute())
+        if (attr.name() == "num_heads" || attr.name() == "unidirectional") *qattn.add_attribute() = attr;
+      *og->add_node() = qattn;
+    } else if (policy.ops == QuantOps::kMicrosoft) {
       std::vector<std::string> ins{qa.q, qwn->q, qa.scale, qwn->scale, qa.zp, qwn->zp};
       if (!plan.bias.empty()) ins.push_back(plan.bias);
       *og->add_node() = make_node("MatMulIntegerToFloat", names.fresh(base + "_quant"), ins, {result}, "com.microsoft");

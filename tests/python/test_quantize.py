@@ -262,3 +262,34 @@ def test_above_two_gigabytes(trex_bin, tmp_path):
     rep = quantize(src, tmp_path / "big_int8.onnx", "--batch", "1", "--seq", "1", "--samples", "1")
     assert len(rep["quantized"]) == 36
     assert rep["comparison"]["mean_cosine"] >= 0.98
+
+
+# `trex export --quantize`: the int8 variant is written beside the float model(s); with --optimize it is made
+# from the fused graph, whose Attention weights become QAttention's.
+EXPORT_CASES = [("bert", "feature-extraction"), ("roberta", "text-classification"), ("distilbert", "fill-mask"),
+                ("albert", "question-answering"), ("electra", "token-classification")]
+
+
+@pytest.mark.parametrize("optimize", [False, True], ids=["plain", "optimized"])
+@pytest.mark.parametrize("model_type,head", EXPORT_CASES, ids=[f"{m}-{h}" for m, h in EXPORT_CASES])
+def test_export_quantize(trex_bin, tmp_path, model_type, head, optimize):
+    import onnx
+
+    ckpt = fx.checkpoint(model_type, head)
+    out = tmp_path / "model.onnx"
+    extra = ["--optimize"] if optimize else []
+    r = fx.export(ckpt, out, "--pipeline", head, "--quantize", *extra)
+    assert r.returncode == 0, r.stderr
+    q = tmp_path / "model-quantized.onnx"
+    assert q.exists() and (tmp_path / "model-optimized.onnx").exists() == optimize
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert "MatMulIntegerToFloat" in ops
+    if optimize:
+        assert "QAttention" in ops and "Attention" not in ops
+    feeds = fx.padded_batch(model_type, pad_token_id=1 if model_type in fx.ROBERTA_FAMILY else 0)
+    ref = fx.run_oracle(ckpt, head, feeds)  # transformers fp32
+    got = fx.run_ort(q, feeds)
+    assert set(got) == set(ref) & set(got)
+    for name, value in got.items():
+        cos = float(row_cosines(ref[name], value).mean())
+        assert cos >= COSINE_MIN, f"{model_type}-{head} {name}: int8 mean cosine vs transformers {cos:.4f}"
