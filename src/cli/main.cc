@@ -11,6 +11,7 @@
 #include "export/export.h"
 #include "runtime/ort_optimize.h"
 #include "runtime/verify.h"
+#include "torchscript/torchscript_export.h"
 #include "util/error.h"
 
 // Subcommands defined in their own files.
@@ -32,9 +33,10 @@ std::string mib(size_t bytes) {
 }
 
 struct ExportArgs {
-  std::string model, output, pipeline, static_shape, external = "auto";
+  std::string model, output, pipeline, static_shape, external = "auto", format = "onnx";
   int opset = trex::kDefaultOpset;
-  bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false;
+  bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
+       eager_attention = false;
 };
 
 int run_export(const ExportArgs& a) {
@@ -71,6 +73,18 @@ int run_export(const ExportArgs& a) {
     };
   }
   auto t0 = std::chrono::steady_clock::now();
+  if (a.format == "torchscript") {
+    trex::TorchScriptOptions ts;
+    ts.fused_attention = !a.eager_attention;
+    auto r = trex::export_torchscript_checkpoint(o, ts);
+    if (!a.quiet)
+      std::printf("wrote %s (TorchScript, %s %s, %zu parameters; load with torch.jit.load / torch::jit::load)\n"
+                  "done in %.2f s\n",
+                  o.output.c_str(), r.model_type.c_str(), trex::task_name(r.task).c_str(), r.num_parameters,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return 0;
+  }
+  if (a.eager_attention) throw trex::UsageError("--eager-attention applies to --format torchscript only");
   trex::ExportResult r = trex::export_onnx(o);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.quiet) {
@@ -145,7 +159,14 @@ int main(int argc, char** argv) {
                "Also write <stem>-quantized.onnx: int8 dynamic quantization (per-channel s8 weights, "
                "MatMulIntegerToFloat) of the optimized model with --optimize, else of the plain one, compared with "
                "its fp32 source; layers that cost accuracy fall back to fp32 (see trex quantize for options)");
-  ex->add_option("output", ea.output, "Output .onnx path")->required();
+  ex->add_option("--format", ea.format,
+                 "onnx (default) or torchscript: a scripted LibTorch module (.pt) with transformers' parameter "
+                 "names, any sequence length, loadable by torch.jit.load / torch::jit::load")
+      ->check(CLI::IsMember({"onnx", "torchscript"}));
+  ex->add_flag("--eager-attention", ea.eager_attention,
+               "TorchScript: keep transformers' eager attention ops (bit-identical to attn_implementation=eager) "
+               "instead of one scaled_dot_product_attention call (faster, ~1e-6 relative)");
+  ex->add_option("output", ea.output, "Output path (.onnx, or .pt with --format torchscript)")->required();
 
   std::string opt_in, opt_out, opt_level = "all";
   auto* op = app.add_subcommand("optimize", "ONNX Runtime's offline graph optimization of any ONNX file");

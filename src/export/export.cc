@@ -100,14 +100,18 @@ BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, co
   return built;
 }
 
-ExportResult export_onnx(const ExportOptions& options) {
-  auto log = [&](const std::string& s) {
-    if (options.log) options.log(s);
-  };
+void check_export_paths(const ExportOptions& options) {
   std::error_code dir_ec;
   if (!fs::exists(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "checkpoint folder does not exist");
   if (!fs::is_directory(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "not a folder");
   check_output_path(options.output);
+}
+
+ExportResult export_onnx(const ExportOptions& options) {
+  auto log = [&](const std::string& s) {
+    if (options.log) options.log(s);
+  };
+  check_export_paths(options);
 
   ModelConfig config = ModelConfig::load(options.model_dir / "config.json");
   Task task;

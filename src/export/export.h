@@ -56,6 +56,9 @@ struct ExportResult {
 // Throws trex::Error subclasses (InputError, UsageError, OutputError, VerificationError).
 ExportResult export_onnx(const ExportOptions& options);
 
+// Checks the checkpoint folder exists and the output folder is writable (InputError / OutputError).
+void check_export_paths(const ExportOptions& options);
+
 // Builds the model in memory without writing it (tests, later passes).
 struct BuiltModel {
   Model model;
