@@ -48,41 +48,20 @@ std::vector<GraphOutput> build_albert(BuildContext& ctx) {
       }
     }
   }
-  auto pooled = [&]() {
-    auto s = g.scope("pooler");
-    return g.tanh(layers::linear(g, w, layers::first_token(g, x), w.base("pooler"), d.hidden, d.hidden));
-  };
-
-  std::vector<GraphOutput> outs;
-  switch (ctx.task) {
-    case Task::kFeatureExtraction:
-      outs.push_back({"last_hidden_state", x, {ctx.batch, ctx.seq, d.hidden}});
-      if (w.has_base("pooler.weight")) outs.push_back({"pooler_output", pooled(), {ctx.batch, d.hidden}});
-      break;
-    case Task::kSequenceClassification: {
-      Value p = pooled();
-      auto s = g.scope("classifier");
-      const int64_t labels = c.num_labels();
-      outs.push_back({"logits", layers::linear(g, w, p, "classifier", d.hidden, labels), {ctx.batch, labels}});
-      break;
-    }
-    case Task::kTokenClassification:
-      outs.push_back(layers::token_classification_head(ctx, w, x, d.hidden));
-      break;
-    case Task::kQuestionAnswering:
-      outs = layers::question_answering_head(ctx, w, x, d.hidden);
-      break;
-    case Task::kMaskedLM: {
-      auto s = g.scope("predictions");
-      Value t = layers::linear(g, w, x, "predictions.dense", d.hidden, e);
-      t = layers::activation(g, t, d.hidden_act, c.file());
-      t = layers::layer_norm(g, w, t, "predictions.LayerNorm", e, d.eps);
-      Value dec = layers::tied_decoder(g, w, t, "predictions.decoder.weight", w.base("embeddings.word_embeddings.weight"), d.vocab, e);
-      Value bias = w.get_or("predictions.bias", "predictions.decoder.bias", {d.vocab});
-      outs.push_back({"logits", g.add(dec, bias), {ctx.batch, ctx.seq, d.vocab}});
-      break;
-    }
-  }
+  layers::HeadSpec spec;
+  spec.hidden = d.hidden;
+  spec.vocab = d.vocab;
+  spec.eps = d.eps;
+  spec.word_embeddings = w.base("embeddings.word_embeddings.weight");
+  spec.pooler = w.base("pooler");
+  spec.mlm_dense = "predictions.dense";
+  spec.mlm_act = d.hidden_act;
+  spec.mlm_layer_norm = "predictions.LayerNorm";
+  spec.mlm_decoder = "predictions.decoder.weight";
+  spec.mlm_bias = "predictions.bias";
+  spec.mlm_bias_fallback = "predictions.decoder.bias";
+  spec.mlm_dim = e;
+  std::vector<GraphOutput> outs = layers::heads(ctx, w, x, spec);
   w.check();
   return outs;
 }

@@ -63,42 +63,20 @@ std::vector<GraphOutput> build_bert(BuildContext& ctx) {
                                {d.vocab, d.max_positions, d.type_vocab, d.hidden, d.eps});
   x = bert::encoder(g, w, x, mask_bias, d, ctx.config.file());
 
-  auto pooled = [&]() {
-    auto s = g.scope("pooler");
-    return g.tanh(layers::linear(g, w, layers::first_token(g, x), w.base("pooler.dense"), d.hidden, d.hidden));
-  };
-
-  std::vector<GraphOutput> outs;
-  switch (ctx.task) {
-    case Task::kFeatureExtraction:
-      outs.push_back({"last_hidden_state", x, {ctx.batch, ctx.seq, d.hidden}});
-      if (w.has_base("pooler.dense.weight")) outs.push_back({"pooler_output", pooled(), {ctx.batch, d.hidden}});
-      break;
-    case Task::kSequenceClassification: {
-      Value p = pooled();
-      auto s = g.scope("classifier");
-      const int64_t labels = ctx.config.num_labels();
-      outs.push_back({"logits", layers::linear(g, w, p, "classifier", d.hidden, labels), {ctx.batch, labels}});
-      break;
-    }
-    case Task::kTokenClassification:
-      outs.push_back(layers::token_classification_head(ctx, w, x, d.hidden));
-      break;
-    case Task::kQuestionAnswering:
-      outs = layers::question_answering_head(ctx, w, x, d.hidden);
-      break;
-    case Task::kMaskedLM: {
-      auto s = g.scope("cls");
-      Value t = layers::linear(g, w, x, "cls.predictions.transform.dense", d.hidden, d.hidden);
-      t = layers::activation(g, t, d.hidden_act, ctx.config.file());
-      t = layers::layer_norm(g, w, t, "cls.predictions.transform.LayerNorm", d.hidden, d.eps);
-      // The decoder is tied to the word embeddings; checkpoints often omit it.
-      Value dec = layers::tied_decoder(g, w, t, "cls.predictions.decoder.weight", w.base("embeddings.word_embeddings.weight"), d.vocab, d.hidden);
-      Value bias = w.get_or("cls.predictions.bias", "cls.predictions.decoder.bias", {d.vocab});
-      outs.push_back({"logits", g.add(dec, bias), {ctx.batch, ctx.seq, d.vocab}});
-      break;
-    }
-  }
+  layers::HeadSpec spec;
+  spec.hidden = d.hidden;
+  spec.vocab = d.vocab;
+  spec.eps = d.eps;
+  spec.word_embeddings = w.base("embeddings.word_embeddings.weight");
+  spec.pooler = w.base("pooler.dense");
+  spec.mlm_dense = "cls.predictions.transform.dense";
+  spec.mlm_act = d.hidden_act;
+  spec.mlm_layer_norm = "cls.predictions.transform.LayerNorm";
+  spec.mlm_decoder = "cls.predictions.decoder.weight";
+  spec.mlm_bias = "cls.predictions.bias";
+  spec.mlm_bias_fallback = "cls.predictions.decoder.bias";
+  spec.mlm_dim = d.hidden;
+  std::vector<GraphOutput> outs = layers::heads(ctx, w, x, spec);
   w.check();
   return outs;
 }

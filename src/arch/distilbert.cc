@@ -39,33 +39,21 @@ std::vector<GraphOutput> build_distilbert(BuildContext& ctx) {
     }
   }
 
-  std::vector<GraphOutput> outs;
-  switch (ctx.task) {
-    case Task::kFeatureExtraction:
-      outs.push_back({"last_hidden_state", x, {ctx.batch, ctx.seq, h}});
-      break;
-    case Task::kSequenceClassification: {
-      auto s = g.scope("classifier");
-      const int64_t labels = c.num_labels();
-      Value p = g.relu(layers::linear(g, w, layers::first_token(g, x), "pre_classifier", h, h));
-      outs.push_back({"logits", layers::linear(g, w, p, "classifier", h, labels), {ctx.batch, labels}});
-      break;
-    }
-    case Task::kTokenClassification:
-      outs.push_back(layers::token_classification_head(ctx, w, x, h));
-      break;
-    case Task::kQuestionAnswering:
-      outs = layers::question_answering_head(ctx, w, x, h);
-      break;
-    case Task::kMaskedLM: {
-      auto s = g.scope("vocab");
-      Value t = layers::activation(g, layers::linear(g, w, x, "vocab_transform", h, h), act, c.file());
-      t = layers::layer_norm(g, w, t, "vocab_layer_norm", h, kEps);
-      Value dec = layers::tied_decoder(g, w, t, "vocab_projector.weight", w.base("embeddings.word_embeddings.weight"), vocab, h);
-      outs.push_back({"logits", g.add(dec, w.get("vocab_projector.bias", {vocab})), {ctx.batch, ctx.seq, vocab}});
-      break;
-    }
-  }
+  layers::HeadSpec spec;
+  spec.hidden = h;
+  spec.vocab = vocab;
+  spec.eps = kEps;
+  spec.word_embeddings = w.base("embeddings.word_embeddings.weight");
+  spec.classifier_dense = "pre_classifier";
+  spec.classifier_act = "relu";
+  spec.classifier_out = "classifier";
+  spec.mlm_dense = "vocab_transform";
+  spec.mlm_act = act;
+  spec.mlm_layer_norm = "vocab_layer_norm";
+  spec.mlm_decoder = "vocab_projector.weight";
+  spec.mlm_bias = "vocab_projector.bias";
+  spec.mlm_dim = h;
+  std::vector<GraphOutput> outs = layers::heads(ctx, w, x, spec);
   w.check();
   return outs;
 }

@@ -25,35 +25,21 @@ std::vector<GraphOutput> build_electra(BuildContext& ctx) {
   }
   x = bert::encoder(g, w, x, mask_bias, d, ctx.config.file());
 
-  std::vector<GraphOutput> outs;
-  switch (ctx.task) {
-    case Task::kFeatureExtraction:
-      outs.push_back({"last_hidden_state", x, {ctx.batch, ctx.seq, d.hidden}});
-      break;
-    case Task::kSequenceClassification: {
-      auto s = g.scope("classifier");
-      const int64_t labels = ctx.config.num_labels();
-      Value h = layers::linear(g, w, layers::first_token(g, x), "classifier.dense", d.hidden, d.hidden);
-      h = layers::activation(g, h, "gelu", ctx.config.file());  // ElectraClassificationHead uses GELU, not tanh
-      outs.push_back({"logits", layers::linear(g, w, h, "classifier.out_proj", d.hidden, labels), {ctx.batch, labels}});
-      break;
-    }
-    case Task::kTokenClassification:
-      outs.push_back(layers::token_classification_head(ctx, w, x, d.hidden));
-      break;
-    case Task::kQuestionAnswering:
-      outs = layers::question_answering_head(ctx, w, x, d.hidden);
-      break;
-    case Task::kMaskedLM: {
-      auto s = g.scope("generator");
-      Value t = layers::linear(g, w, x, "generator_predictions.dense", d.hidden, e);
-      t = layers::activation(g, t, "gelu", ctx.config.file());  // ElectraGeneratorPredictions uses GELU
-      t = layers::layer_norm(g, w, t, "generator_predictions.LayerNorm", e, d.eps);
-      Value dec = layers::tied_decoder(g, w, t, "generator_lm_head.weight", w.base("embeddings.word_embeddings.weight"), d.vocab, e);
-      outs.push_back({"logits", g.add(dec, w.get("generator_lm_head.bias", {d.vocab})), {ctx.batch, ctx.seq, d.vocab}});
-      break;
-    }
-  }
+  layers::HeadSpec spec;
+  spec.hidden = d.hidden;
+  spec.vocab = d.vocab;
+  spec.eps = d.eps;
+  spec.word_embeddings = w.base("embeddings.word_embeddings.weight");
+  spec.classifier_dense = "classifier.dense";
+  spec.classifier_act = "gelu";  // ElectraClassificationHead uses GELU, not tanh
+  spec.classifier_out = "classifier.out_proj";
+  spec.mlm_dense = "generator_predictions.dense";
+  spec.mlm_act = "gelu";  // ElectraGeneratorPredictions uses GELU whatever hidden_act says
+  spec.mlm_layer_norm = "generator_predictions.LayerNorm";
+  spec.mlm_decoder = "generator_lm_head.weight";
+  spec.mlm_bias = "generator_lm_head.bias";
+  spec.mlm_dim = e;
+  std::vector<GraphOutput> outs = layers::heads(ctx, w, x, spec);
   w.check();
   return outs;
 }

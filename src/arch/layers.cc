@@ -193,21 +193,50 @@ Value leading_positions(GraphBuilder& g, Weights& w, const Value& input_ids, con
 
 namespace trex::layers {
 
-GraphOutput token_classification_head(BuildContext& ctx, Weights& w, const Value& hidden, int64_t hidden_size) {
-  auto s = ctx.graph.scope("classifier");
-  const int64_t labels = ctx.config.num_labels();
-  Value logits = linear(ctx.graph, w, hidden, "classifier", hidden_size, labels);
-  return {"logits", logits, {ctx.batch, ctx.seq, labels}};
-}
-
-std::vector<GraphOutput> question_answering_head(BuildContext& ctx, Weights& w, const Value& hidden,
-                                                 int64_t hidden_size) {
+std::vector<GraphOutput> heads(BuildContext& ctx, Weights& w, const Value& x, const HeadSpec& h) {
   auto& g = ctx.graph;
-  auto s = g.scope("qa_outputs");
-  Value logits = linear(g, w, hidden, "qa_outputs", hidden_size, 2);  // [B, S, 2]
-  Value start = g.gather(logits, g.const_i64({0}, true), 2);
-  Value end = g.gather(logits, g.const_i64({1}, true), 2);
-  return {{"start_logits", start, {ctx.batch, ctx.seq}}, {"end_logits", end, {ctx.batch, ctx.seq}}};
+  const std::string& cfg = ctx.config.file();
+  auto pooled = [&]() {
+    auto s = g.scope("pooler");
+    return g.tanh(linear(g, w, first_token(g, x), h.pooler, h.hidden, h.hidden));
+  };
+  switch (ctx.task) {
+    case Task::kFeatureExtraction: {
+      std::vector<GraphOutput> outs{{"last_hidden_state", x, {ctx.batch, ctx.seq, h.hidden}}};
+      if (!h.pooler.empty() && w.has(h.pooler + ".weight"))
+        outs.push_back({"pooler_output", pooled(), {ctx.batch, h.hidden}});
+      return outs;
+    }
+    case Task::kSequenceClassification: {
+      const int64_t labels = ctx.config.num_labels();
+      Value features = h.classifier_dense.empty() ? pooled() : first_token(g, x);
+      auto s = g.scope("classifier");
+      if (!h.classifier_dense.empty())
+        features = activation(g, linear(g, w, features, h.classifier_dense, h.hidden, h.hidden), h.classifier_act, cfg);
+      return {{"logits", linear(g, w, features, h.classifier_out, h.hidden, labels), {ctx.batch, labels}}};
+    }
+    case Task::kTokenClassification: {
+      auto s = g.scope("classifier");
+      const int64_t labels = ctx.config.num_labels();
+      return {{"logits", linear(g, w, x, "classifier", h.hidden, labels), {ctx.batch, ctx.seq, labels}}};
+    }
+    case Task::kQuestionAnswering: {
+      auto s = g.scope("qa_outputs");
+      Value logits = linear(g, w, x, "qa_outputs", h.hidden, 2);  // [B, S, 2]
+      return {{"start_logits", g.gather(logits, g.const_i64({0}, true), 2), {ctx.batch, ctx.seq}},
+              {"end_logits", g.gather(logits, g.const_i64({1}, true), 2), {ctx.batch, ctx.seq}}};
+    }
+    case Task::kMaskedLM: {
+      auto s = g.scope("mlm_head");
+      Value t = activation(g, linear(g, w, x, h.mlm_dense, h.hidden, h.mlm_dim), h.mlm_act, cfg);
+      t = layer_norm(g, w, t, h.mlm_layer_norm, h.mlm_dim, h.eps);
+      Value dec = tied_decoder(g, w, t, h.mlm_decoder, h.word_embeddings, h.vocab, h.mlm_dim);
+      Value bias = h.mlm_bias_fallback.empty() ? w.get(h.mlm_bias, {h.vocab})
+                                               : w.get_or(h.mlm_bias, h.mlm_bias_fallback, {h.vocab});
+      return {{"logits", g.add(dec, bias), {ctx.batch, ctx.seq, h.vocab}}};
+    }
+  }
+  return {};
 }
 
 }  // namespace trex::layers

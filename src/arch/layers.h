@@ -94,11 +94,22 @@ Value leading_positions(GraphBuilder& g, Weights& w, const Value& input_ids, con
 
 namespace trex::layers {
 
-// Heads shared by the BERT family (names as transformers' *For* classes use them).
-// `classifier` [num_labels, hidden] on every token → logits [B, S, num_labels].
-GraphOutput token_classification_head(BuildContext& ctx, Weights& w, const Value& hidden, int64_t hidden_size);
-// `qa_outputs` [2, hidden] → start_logits, end_logits [B, S].
-std::vector<GraphOutput> question_answering_head(BuildContext& ctx, Weights& w, const Value& hidden,
-                                                 int64_t hidden_size);
+// The heads of the BERT family, described by each architecture's names; heads() builds the one the task asks for.
+struct HeadSpec {
+  int64_t hidden = 0;
+  int64_t vocab = 0;
+  float eps = 1e-12f;
+  std::string word_embeddings;  // tied decoder weight when the checkpoint has no decoder weight
+  // Pooler: Linear `pooler` + tanh on the first token ("" = the architecture has none). feature-extraction adds
+  // pooler_output when the checkpoint holds its weight.
+  std::string pooler;
+  // Sequence classification: with `classifier_dense` empty, `classifier_out` on the pooled output; else
+  // out(act(dense(first token))) (RoBERTa: tanh, ELECTRA: gelu, DistilBERT: relu).
+  std::string classifier_dense, classifier_act, classifier_out = "classifier";
+  // Fill-mask: decoder(LayerNorm(act(dense(x)))) + bias, dense mapping hidden → mlm_dim.
+  std::string mlm_dense, mlm_act, mlm_layer_norm, mlm_decoder, mlm_bias, mlm_bias_fallback;
+  int64_t mlm_dim = 0;
+};
+std::vector<GraphOutput> heads(BuildContext& ctx, Weights& w, const Value& hidden_states, const HeadSpec& spec);
 
 }  // namespace trex::layers

@@ -30,40 +30,23 @@ std::vector<GraphOutput> build_roberta(BuildContext& ctx) {
                                padded_positions(g, in.input_ids, d.pad_token_id));
   x = bert::encoder(g, w, x, mask_bias, d, ctx.config.file());
 
-  std::vector<GraphOutput> outs;
-  switch (ctx.task) {
-    case Task::kFeatureExtraction:
-      outs.push_back({"last_hidden_state", x, {ctx.batch, ctx.seq, d.hidden}});
-      if (w.has_base("pooler.dense.weight")) {
-        auto s = g.scope("pooler");
-        Value p = g.tanh(layers::linear(g, w, layers::first_token(g, x), w.base("pooler.dense"), d.hidden, d.hidden));
-        outs.push_back({"pooler_output", p, {ctx.batch, d.hidden}});
-      }
-      break;
-    case Task::kSequenceClassification: {
-      auto s = g.scope("classifier");
-      const int64_t labels = ctx.config.num_labels();
-      Value h = g.tanh(layers::linear(g, w, layers::first_token(g, x), "classifier.dense", d.hidden, d.hidden));
-      outs.push_back({"logits", layers::linear(g, w, h, "classifier.out_proj", d.hidden, labels), {ctx.batch, labels}});
-      break;
-    }
-    case Task::kTokenClassification:
-      outs.push_back(layers::token_classification_head(ctx, w, x, d.hidden));
-      break;
-    case Task::kQuestionAnswering:
-      outs = layers::question_answering_head(ctx, w, x, d.hidden);
-      break;
-    case Task::kMaskedLM: {
-      auto s = g.scope("lm_head");
-      Value t = layers::linear(g, w, x, "lm_head.dense", d.hidden, d.hidden);
-      t = layers::activation(g, t, "gelu", ctx.config.file());  // RobertaLMHead always uses exact GELU
-      t = layers::layer_norm(g, w, t, "lm_head.layer_norm", d.hidden, d.eps);
-      Value dec = layers::tied_decoder(g, w, t, "lm_head.decoder.weight", w.base("embeddings.word_embeddings.weight"), d.vocab, d.hidden);
-      Value bias = w.get_or("lm_head.bias", "lm_head.decoder.bias", {d.vocab});
-      outs.push_back({"logits", g.add(dec, bias), {ctx.batch, ctx.seq, d.vocab}});
-      break;
-    }
-  }
+  layers::HeadSpec spec;
+  spec.hidden = d.hidden;
+  spec.vocab = d.vocab;
+  spec.eps = d.eps;
+  spec.word_embeddings = w.base("embeddings.word_embeddings.weight");
+  spec.pooler = w.base("pooler.dense");
+  spec.classifier_dense = "classifier.dense";
+  spec.classifier_act = "tanh";
+  spec.classifier_out = "classifier.out_proj";
+  spec.mlm_dense = "lm_head.dense";
+  spec.mlm_act = "gelu";  // RobertaLMHead always uses exact GELU
+  spec.mlm_layer_norm = "lm_head.layer_norm";
+  spec.mlm_decoder = "lm_head.decoder.weight";
+  spec.mlm_bias = "lm_head.bias";
+  spec.mlm_bias_fallback = "lm_head.decoder.bias";
+  spec.mlm_dim = d.hidden;
+  std::vector<GraphOutput> outs = layers::heads(ctx, w, x, spec);
   w.check();
   return outs;
 }
