@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "export/export.h"
 #include "runtime/ort_optimize.h"
@@ -33,11 +34,57 @@ std::string mib(size_t bytes) {
 }
 
 struct ExportArgs {
-  std::string model, output, pipeline, static_shape, external = "auto", format = "onnx";
+  std::string model, output, pipeline, static_shape, external = "auto", format = "onnx", report;
   int opset = trex::kDefaultOpset;
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
        eager_attention = false;
 };
+
+// --report: what was written, how each variant compares, how long it took (JSON).
+void write_export_report(const std::string& path, const trex::ExportResult& r, double seconds) {
+  using nlohmann::json;
+  auto files = [](const trex::WriteResult& w) {
+    json j{{"model", w.model_path.string()}, {"model_bytes", w.model_bytes}};
+    if (!w.data_path.empty()) j["external_data"] = {{"path", w.data_path.string()}, {"bytes", w.data_bytes}};
+    return j;
+  };
+  json j;
+  j["trex_version"] = TREX_VERSION;
+  j["model_type"] = r.model_type;
+  j["pipeline"] = trex::task_name(r.task);
+  j["seconds"] = seconds;
+  j["plain"] = files(r.written);
+  j["plain"]["nodes"] = r.num_nodes;
+  j["unused_checkpoint_tensors"] = r.unused_tensors;
+  if (r.check) {
+    json outs = json::object();
+    for (const auto& [name, shape] : r.check->outputs) outs[name] = shape;
+    j["load_check"] = {{"ok", true}, {"load_ms", r.check->load_ms}, {"run_ms", r.check->run_ms}, {"outputs", outs}};
+  }
+  if (r.optimized) {
+    j["optimized"] = files(*r.optimized);
+    if (r.optimized_verify) j["optimized"]["vs_plain"] = json::parse(r.optimized_verify->json());
+  }
+  if (r.quantized) {
+    const auto& q = *r.quantized;
+    j["quantized"] = files(q.written);
+    j["quantized"]["layers_int8"] = q.report.quantized.size();
+    j["quantized"]["layers_fp32"] = q.report.skipped.size();
+    j["quantized"]["fallback_fp32"] = q.fallback;
+    if (q.comparison) {
+      const auto& c = *q.comparison;
+      j["quantized"]["vs_fp32"] = {{"max_abs_diff", c.max_abs_diff},
+                                   {"mean_cosine", c.mean_cosine},
+                                   {"min_cosine", c.min_cosine},
+                                   {"label_agreement", c.label_agreement >= 0 ? json(c.label_agreement) : json()},
+                                   {"fp32_ms", c.reference_ms},
+                                   {"int8_ms", c.candidate_ms}};
+    }
+  }
+  std::ofstream f(path);
+  f << j.dump(2) << "\n";
+  if (!f) throw trex::OutputError(path, "cannot write the report");
+}
 
 int run_export(const ExportArgs& a) {
   trex::ExportOptions o;
@@ -87,6 +134,7 @@ int run_export(const ExportArgs& a) {
   if (a.eager_attention) throw trex::UsageError("--eager-attention applies to --format torchscript only");
   trex::ExportResult r = trex::export_onnx(o);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!a.report.empty()) write_export_report(a.report, r, secs);
   if (!a.quiet) {
     if (!r.unused_tensors.empty()) {
       std::string list;
@@ -148,6 +196,9 @@ int main(int argc, char** argv) {
   ex->add_option("--external-data", ea.external,
                  "auto (weights in OUTPUT.onnx.data when the model passes 2 GB), always, never");
   ex->add_flag("--no-check", ea.no_check, "Skip the ONNX Runtime load check after writing");
+  ex->add_option("--report", ea.report,
+                 "Write a JSON report: files and sizes, load check, optimized-vs-plain and int8-vs-fp32 comparisons, "
+                 "timings");
   ex->add_flag("--quiet,-q", ea.quiet, "Print nothing but errors");
   ex->add_flag("--optimize", ea.optimize,
                "Also write <stem>-optimized.onnx using ONNX Runtime's fused ops (EmbedLayerNormalization, Attention, "

@@ -278,8 +278,15 @@ def test_export_quantize(trex_bin, tmp_path, model_type, head, optimize):
     ckpt = fx.checkpoint(model_type, head)
     out = tmp_path / "model.onnx"
     extra = ["--optimize"] if optimize else []
-    r = fx.export(ckpt, out, "--pipeline", head, "--quantize", *extra)
+    report = tmp_path / "report.json"
+    r = fx.export(ckpt, out, "--pipeline", head, "--quantize", "--report", report, *extra)
     assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    assert rep["pipeline"] == head and rep["load_check"]["ok"]
+    assert ("optimized" in rep) == optimize
+    if optimize:
+        assert rep["optimized"]["vs_plain"]["ok"] and all(o["max_abs_diff"] <= 1e-4 for o in rep["optimized"]["vs_plain"]["outputs"])
+    assert rep["quantized"]["layers_int8"] > 0 and rep["quantized"]["vs_fp32"]["mean_cosine"] >= COSINE_MIN
     q = tmp_path / "model-quantized.onnx"
     assert q.exists() and (tmp_path / "model-optimized.onnx").exists() == optimize
     ops = {n.op_type for n in onnx.load(str(q)).graph.node}
