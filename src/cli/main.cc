@@ -160,7 +160,7 @@ int run_export(const ExportArgs& a) {
       const auto& q = *r.quantized;
       std::printf("wrote %s (%s, int8 weights: %zu MatMul/Gemm/Attention quantized, %zu kept fp32%s)\n",
                   q.written.model_path.string().c_str(), mib(q.written.model_bytes + q.written.data_bytes).c_str(),
-                  q.report.quantized.size(), q.report.skipped.size() + 0,
+                  q.report.quantized.size(), q.report.skipped.size(),
                   q.fallback.empty() ? "" : (", " + std::to_string(q.fallback.size()) + " by the accuracy check").c_str());
       if (q.comparison)
         std::printf("int8 vs fp32: max abs diff %.3e, mean cosine %.5f (min %.5f)%s\n", q.comparison->max_abs_diff,
