@@ -230,8 +230,8 @@ def test_all_minilm_sentence_embeddings(trex_bin, tmp_path, record_diff):
 
 
 @pytest.mark.real_model
-@pytest.mark.xfail(reason="goal not reached yet: every sentence >= 0.99 needs activation smoothing "
-                          "(worst today ~0.967 on 1-2 word sentences)", strict=False)
+@pytest.mark.xfail(reason="goal not reached yet: every sentence >= 0.99 (worst today ~0.967, on 1-2 word "
+                          "sentences; see docs/quantization.md)", strict=False)
 def test_all_minilm_every_sentence_goal(trex_bin, tmp_path, record_diff):
     cos = test_all_minilm_sentence_embeddings(trex_bin, tmp_path, record_diff)
     assert cos.min() >= 0.99, f"min cosine {cos.min():.4f}"
