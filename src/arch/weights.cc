@@ -8,6 +8,13 @@
 namespace trex {
 
 namespace {
+// Reads a float tensor as f32 values (any float dtype, any alignment).
+std::vector<float> read_f32(const TensorView& t) {
+  std::vector<float> out(static_cast<size_t>(num_elements(t.shape)));
+  convert_to_f32(t, out.data());
+  return out;
+}
+
 bool is_float(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kF64; }
 
 std::string detect_prefix(const WeightStore& store, const std::string& base_prefix) {
@@ -95,15 +102,6 @@ Value Weights::get_row(const std::string& name, const Shape& expected, int64_t r
   r.shape = {cols};
   return graph_.initializer(out_name, as_f32(r));
 }
-
-namespace {
-// Reads a float tensor as f32 values (any float dtype, any alignment).
-std::vector<float> read_f32(const TensorView& t) {
-  std::vector<float> out(static_cast<size_t>(num_elements(t.shape)));
-  convert_to_f32(t, out.data());
-  return out;
-}
-}  // namespace
 
 std::pair<Value, Value> Weights::get_packed_qkv(const std::string& q, const std::string& k, const std::string& v,
                                                 int64_t hidden) {

@@ -13,6 +13,7 @@
 #include "runtime/ort_optimize.h"
 #include "runtime/verify.h"
 #include "torchscript/torchscript_export.h"
+#include "cli/format.h"
 #include "util/error.h"
 
 // Subcommands defined in their own files.
@@ -27,11 +28,7 @@ int fail(ExitCode code, const std::string& message) {
   return static_cast<int>(code);
 }
 
-std::string mib(size_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
-  return buf;
-}
+using trex::cli::mib;
 
 struct ExportArgs {
   std::string model, output, pipeline, static_shape, external = "auto", format = "onnx", report;

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "passes/quantize_file.h"
+#include "cli/format.h"
 #include "util/error.h"
 
 namespace {
@@ -26,11 +27,7 @@ struct QuantizeArgs {
   int64_t batch = 2, seq = 16;
 };
 
-std::string mib(size_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
-  return buf;
-}
+using trex::cli::mib;
 
 
 int run_quantize(const QuantizeArgs& a) {

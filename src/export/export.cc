@@ -1,12 +1,11 @@
 #include "export/export.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <set>
 
 #include "util/error.h"
+#include "util/output_path.h"
 
 namespace trex {
 
@@ -14,13 +13,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void check_output_path(const fs::path& out) {
-  const fs::path dir = out.parent_path().empty() ? fs::path(".") : out.parent_path();
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw OutputError(out.string(), "cannot write: folder '" + dir.string() + "' does not exist");
-  if (::access(dir.c_str(), W_OK) != 0) throw OutputError(out.string(), "cannot write: folder '" + dir.string() + "' is not writable");
-  if (fs::is_directory(out, ec)) throw OutputError(out.string(), "cannot write: it is a folder");
-}
 
 void add_meta(onnx::ModelProto& m, const std::string& k, const std::string& v) {
   auto* p = m.add_metadata_props();

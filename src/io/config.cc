@@ -1,74 +1,43 @@
 #include "io/config.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
+#include "io/json_file.h"
 #include "util/error.h"
 
 namespace trex {
 
-namespace {
-
-std::string json_type(const nlohmann::json& j) {
-  if (j.is_null()) return "null";
-  if (j.is_boolean()) return "boolean";
-  if (j.is_number_integer()) return "integer";
-  if (j.is_number_float()) return "float";
-  if (j.is_string()) return "string";
-  if (j.is_array()) return "array";
-  if (j.is_object()) return "object";
-  return "value";
-}
-
-}  // namespace
-
 ModelConfig ModelConfig::load(const std::filesystem::path& config_json) {
-  const std::string f = config_json.string();
-  std::error_code ec;
-  if (std::filesystem::is_directory(config_json, ec)) throw InputError(f, "cannot open: is a directory");
-  std::ifstream in(config_json, std::ios::binary);
-  if (!in) throw InputError(f, std::string("cannot open: ") + std::strerror(errno));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(f, std::string("invalid JSON: ") + e.what());
-  }
-  return from_json(j, f);
+  return from_json(read_json_file(config_json), config_json.string());
 }
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& file_for_messages) {
   ModelConfig c;
   c.file_ = file_for_messages;
-  if (!j.is_object()) c.fail("must be a JSON object, got " + json_type(j));
+  if (!j.is_object()) c.fail("must be a JSON object, got " + json_type_name(j));
   c.raw_ = j;
   if (!j.contains("model_type")) c.fail("missing 'model_type'");
-  if (!j["model_type"].is_string()) c.fail("'model_type' must be a string, got " + json_type(j["model_type"]));
+  if (!j["model_type"].is_string()) c.fail("'model_type' must be a string, got " + json_type_name(j["model_type"]));
   c.model_type = j["model_type"].get<std::string>();
   if (c.model_type.empty()) c.fail("'model_type' is empty");
 
   if (j.contains("architectures") && !j["architectures"].is_null()) {
     const auto& a = j["architectures"];
-    if (!a.is_array()) c.fail("'architectures' must be a list of strings, got " + json_type(a));
+    if (!a.is_array()) c.fail("'architectures' must be a list of strings, got " + json_type_name(a));
     for (const auto& e : a) {
-      if (!e.is_string()) c.fail("'architectures' must be a list of strings, got an element of type " + json_type(e));
+      if (!e.is_string()) c.fail("'architectures' must be a list of strings, got an element of type " + json_type_name(e));
       c.architectures.push_back(e.get<std::string>());
     }
   }
   for (const char* key : {"torch_dtype", "dtype"}) {
     if (!j.contains(key) || j[key].is_null()) continue;
-    if (!j[key].is_string()) c.fail(std::string("'") + key + "' must be a string, got " + json_type(j[key]));
+    if (!j[key].is_string()) c.fail(std::string("'") + key + "' must be a string, got " + json_type_name(j[key]));
     c.torch_dtype = j[key].get<std::string>();
     break;
   }
   if (j.contains("id2label") && !j["id2label"].is_null()) {
     const auto& m = j["id2label"];
-    if (!m.is_object()) c.fail("'id2label' must be an object, got " + json_type(m));
+    if (!m.is_object()) c.fail("'id2label' must be an object, got " + json_type_name(m));
     for (auto it = m.begin(); it != m.end(); ++it) {
       const std::string& k = it.key();
       int64_t id = 0;
@@ -80,7 +49,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& f
         ok = false;
       }
       if (!ok || used != k.size() || id < 0) c.fail("'id2label' key '" + k + "' is not a non-negative integer");
-      if (!it.value().is_string()) c.fail("'id2label[" + k + "]' must be a string, got " + json_type(it.value()));
+      if (!it.value().is_string()) c.fail("'id2label[" + k + "]' must be a string, got " + json_type_name(it.value()));
       if (!c.id2label.emplace(id, it.value().get<std::string>()).second) c.fail("'id2label' repeats id " + k);
     }
   }
@@ -118,7 +87,7 @@ int64_t ModelConfig::get_int(const std::string& key) const {
     return static_cast<int64_t>(u);
   }
   if (v->is_number_integer()) return v->get<int64_t>();
-  fail("'" + key + "' must be an integer, got " + json_type(*v));
+  fail("'" + key + "' must be an integer, got " + json_type_name(*v));
 }
 
 int64_t ModelConfig::get_int(const std::string& key, int64_t fallback) const {
@@ -131,7 +100,7 @@ double ModelConfig::get_float(const std::string& key) const {
   const nlohmann::json* v = lookup(raw_, key);
   if (v == nullptr) fail("missing '" + key + "'");
   if (v->is_number()) return v->get<double>();
-  fail("'" + key + "' must be a number, got " + json_type(*v));
+  fail("'" + key + "' must be a number, got " + json_type_name(*v));
 }
 
 double ModelConfig::get_float(const std::string& key, double fallback) const {
@@ -144,7 +113,7 @@ std::string ModelConfig::get_string(const std::string& key) const {
   const nlohmann::json* v = lookup(raw_, key);
   if (v == nullptr) fail("missing '" + key + "'");
   if (v->is_string()) return v->get<std::string>();
-  fail("'" + key + "' must be a string, got " + json_type(*v));
+  fail("'" + key + "' must be a string, got " + json_type_name(*v));
 }
 
 std::string ModelConfig::get_string(const std::string& key, const std::string& fallback) const {
@@ -157,7 +126,7 @@ bool ModelConfig::get_bool(const std::string& key, bool fallback) const {
   const nlohmann::json* v = lookup(raw_, key);
   if (v == nullptr || v->is_null()) return fallback;
   if (v->is_boolean()) return v->get<bool>();
-  fail("'" + key + "' must be a boolean, got " + json_type(*v));
+  fail("'" + key + "' must be a boolean, got " + json_type_name(*v));
 }
 
 int64_t ModelConfig::get_positive_int(const std::string& key) const {

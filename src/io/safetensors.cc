@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/json_file.h"
 #include "io/mapped_file.h"
 #include "io/weight_store.h"
 #include "util/error.h"
@@ -28,17 +29,6 @@ bool parse_safetensors_dtype(const std::string& name, DType* out) {
 }
 
 namespace {
-
-std::string json_type(const nlohmann::json& j) {
-  if (j.is_null()) return "null";
-  if (j.is_boolean()) return "boolean";
-  if (j.is_number_integer()) return "integer";
-  if (j.is_number_float()) return "float";
-  if (j.is_string()) return "string";
-  if (j.is_array()) return "array";
-  if (j.is_object()) return "object";
-  return "value";
-}
 
 std::string clip(std::string s, size_t n = 80) {
   if (s.size() > n) s = s.substr(0, n) + "...";
@@ -87,7 +77,7 @@ std::vector<TensorView> parse_safetensors(const MappedFile& file) {
   } catch (const nlohmann::json::exception& e) {
     bad(fname, std::string("header is not valid JSON: ") + e.what());
   }
-  if (!header.is_object()) bad(fname, "header is not a JSON object (got " + json_type(header) + ")");
+  if (!header.is_object()) bad(fname, "header is not a JSON object (got " + json_type_name(header) + ")");
 
   const uint64_t data_start = 8 + hlen;
   const uint64_t data_size = size - data_start;
@@ -99,11 +89,11 @@ std::vector<TensorView> parse_safetensors(const MappedFile& file) {
     const std::string& name = it.key();
     const nlohmann::json& v = it.value();
     if (name == "__metadata__") {
-      if (!v.is_object() && !v.is_null()) bad(fname, "'__metadata__' must be an object, got " + json_type(v));
+      if (!v.is_object() && !v.is_null()) bad(fname, "'__metadata__' must be an object, got " + json_type_name(v));
       continue;
     }
     const std::string tn = "tensor '" + clip(name) + "': ";
-    if (!v.is_object()) bad(fname, tn + "entry must be an object, got " + json_type(v));
+    if (!v.is_object()) bad(fname, tn + "entry must be an object, got " + json_type_name(v));
     for (const char* k : {"dtype", "shape", "data_offsets"}) {
       if (!v.contains(k)) bad(fname, tn + "missing '" + k + "'");
     }
@@ -111,12 +101,12 @@ std::vector<TensorView> parse_safetensors(const MappedFile& file) {
     t.name = name;
     t.file = fname;
     const auto& jd = v["dtype"];
-    if (!jd.is_string()) bad(fname, tn + "dtype must be a string, got " + json_type(jd));
+    if (!jd.is_string()) bad(fname, tn + "dtype must be a string, got " + json_type_name(jd));
     if (!parse_safetensors_dtype(jd.get<std::string>(), &t.dtype)) {
       bad(fname, tn + "unknown dtype '" + clip(jd.get<std::string>()) + "'");
     }
     const auto& js = v["shape"];
-    if (!js.is_array()) bad(fname, tn + "shape must be a list of non-negative integers, got " + json_type(js));
+    if (!js.is_array()) bad(fname, tn + "shape must be a list of non-negative integers, got " + json_type_name(js));
     uint64_t numel = 1;
     bool overflow = false;
     for (const auto& d : js) {

@@ -1,14 +1,13 @@
 #include "io/weight_store.h"
 
 #include <algorithm>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
+#include "io/json_file.h"
 #include "io/torch_bin.h"
 #include "util/error.h"
 
@@ -42,18 +41,8 @@ void read_weights_file(const fs::path& file, WeightStore& store) {
 
 void read_index(const fs::path& index, WeightStore& store) {
   const std::string iname = index.string();
-  std::ifstream in(index, std::ios::binary);
+  const nlohmann::json j = read_json_file(index);
   std::error_code ec;
-  if (fs::is_directory(index, ec)) throw InputError(iname, "cannot open: is a directory");
-  if (!in) throw InputError(iname, "cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(iname, std::string("invalid JSON: ") + e.what());
-  }
   if (!j.is_object()) throw InputError(iname, "shard index must be a JSON object");
   if (!j.contains("weight_map") || !j["weight_map"].is_object()) {
     throw InputError(iname, "shard index has no 'weight_map' object");

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "util/error.h"
+#include "util/output_path.h"
 
 namespace trex {
 namespace {
@@ -116,13 +117,6 @@ onnx::TensorProto tensor_header(const Initializer& init) {
   return t;
 }
 
-fs::path temp_path_for(const fs::path& p) {
-  std::string name = ".";  // built by appends: GCC 12 warns falsely (-Wrestrict) on "." + std::string
-  name += p.filename().string();
-  name += ".tmp-";
-  name += std::to_string(::getpid());
-  return p.parent_path() / name;
-}
 
 }  // namespace
 
@@ -131,13 +125,7 @@ fs::path external_data_path(const fs::path& model_path) {
 }
 
 WriteResult write_model(const Model& model, const fs::path& path, const WriteOptions& options) {
-  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
-  {
-    std::error_code ec;
-    if (!fs::is_directory(dir, ec))
-      throw OutputError(path.string(), "cannot write: folder '" + dir.string() + "' does not exist");
-    if (fs::is_directory(path, ec)) throw OutputError(path.string(), "cannot write: it is a folder");
-  }
+  check_output_path(path);
 
   // Decide where each initializer goes.
   size_t total_weights = model.weight_bytes();
@@ -162,7 +150,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
   size_t done = 0;
   if (external) {
     result.data_path = external_data_path(path);
-    const fs::path tmp = temp_path_for(result.data_path);
+    const fs::path tmp = temp_path_beside(result.data_path);
     temps.add(tmp);
     FileSink data(tmp, result.data_path);
     std::vector<std::byte> scratch;
@@ -214,7 +202,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
     graph_len += 1 + varint_size(tensor_len) + tensor_len;
   }
 
-  const fs::path tmp = temp_path_for(path);
+  const fs::path tmp = temp_path_beside(path);
   temps.add(tmp);
   FileSink out(tmp, path);
   std::string prefix = head.SerializeAsString();
@@ -255,7 +243,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
   // Commit: data file first, so a model file never points at a missing data file.
   std::error_code ec;
   if (external) {
-    fs::rename(temp_path_for(result.data_path), result.data_path, ec);
+    fs::rename(temp_path_beside(result.data_path), result.data_path, ec);
     if (ec) throw OutputError(result.data_path.string(), "cannot write: " + ec.message());
   }
   fs::rename(tmp, path, ec);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 
+#include "runtime/ort_session.h"
 #include "util/error.h"
 
 namespace trex {
@@ -44,13 +45,6 @@ std::map<std::string, int64_t> sample_input_limits(const Model& model) {
 
 namespace {
 
-struct Feed {
-  std::vector<std::vector<int64_t>> i64;
-  std::vector<std::vector<int32_t>> i32;
-  std::vector<std::vector<float>> f32;
-  std::vector<Ort::Value> values;
-};
-
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
@@ -59,25 +53,18 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
                              const CompareOptions& o) {
   CompareResult result;
   try {
-    static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "trex-compare");
     Ort::SessionOptions so;
     so.SetIntraOpNumThreads(o.threads);
     so.SetInterOpNumThreads(1);
-    Ort::Session ref(env, reference.c_str(), so);
-    Ort::Session cand(env, candidate.c_str(), so);
-    Ort::AllocatorWithDefaultOptions alloc;
-
-    std::vector<std::string> in_names, out_names, cand_out;
-    for (size_t i = 0; i < ref.GetInputCount(); ++i) in_names.push_back(ref.GetInputNameAllocated(i, alloc).get());
-    for (size_t i = 0; i < ref.GetOutputCount(); ++i) out_names.push_back(ref.GetOutputNameAllocated(i, alloc).get());
-    for (size_t i = 0; i < cand.GetOutputCount(); ++i) cand_out.push_back(cand.GetOutputNameAllocated(i, alloc).get());
-    if (out_names != cand_out)
+    Ort::Session ref(ort_env(), reference.c_str(), so);
+    Ort::Session cand(ort_env(), candidate.c_str(), so);
+    const std::vector<std::string> in_names = input_names(ref), out_names = output_names(ref);
+    if (out_names != output_names(cand))
       throw VerificationError(candidate.string() + ": outputs differ from " + reference.string() + "'s");
 
     std::vector<const char*> in_c, out_c;
     for (auto& n : in_names) in_c.push_back(n.c_str());
     for (auto& n : out_names) out_c.push_back(n.c_str());
-    Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
 
     result.outputs.resize(out_names.size());
     std::vector<double> cos_sum(out_names.size(), 0), abs_sum(out_names.size(), 0);
@@ -87,54 +74,7 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
     double ref_ms = 0, cand_ms = 0;
 
     for (int b = 0; b < o.batches; ++b) {
-      Feed feed;
-      feed.i64.reserve(in_names.size());
-      feed.i32.reserve(in_names.size());
-      feed.f32.reserve(in_names.size());
-      for (size_t i = 0; i < in_names.size(); ++i) {
-        Ort::TypeInfo type_info = ref.GetInputTypeInfo(i);
-        auto info = type_info.GetTensorTypeAndShapeInfo();
-        std::vector<int64_t> shape = info.GetShape();
-        for (size_t d = 0; d < shape.size(); ++d)
-          if (shape[d] < 0) shape[d] = d == 0 ? o.batch : o.seq;
-        int64_t count = 1;
-        for (auto d : shape) count *= d;
-        const std::string& name = in_names[i];
-        const auto type = info.GetElementType();
-        // Integer inputs: masks get ones with padding at the end of the last row; ids stay below their limit.
-        std::vector<int64_t> ints(static_cast<size_t>(count), 0);
-        if (contains(name, "mask")) {
-          std::fill(ints.begin(), ints.end(), 1);
-          if (shape.size() == 2 && shape[0] > 1)
-            for (int64_t j = shape[1] / 2; j < shape[1]; ++j) ints[static_cast<size_t>((shape[0] - 1) * shape[1] + j)] = 0;
-        } else if (contains(name, "position")) {
-          const int64_t last = shape.empty() ? 1 : shape.back();
-          for (int64_t j = 0; j < count; ++j) ints[static_cast<size_t>(j)] = j % last;
-        } else {
-          auto it = o.input_limits.find(name);
-          const int64_t limit = it != o.input_limits.end() ? it->second : (contains(name, "ids") ? 100 : 1);
-          std::uniform_int_distribution<int64_t> dist(0, std::max<int64_t>(limit, 1) - 1);
-          for (auto& v : ints) v = dist(rng);
-        }
-        if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
-          feed.i64.push_back(std::move(ints));
-          feed.values.push_back(Ort::Value::CreateTensor<int64_t>(mem, feed.i64.back().data(), feed.i64.back().size(),
-                                                                  shape.data(), shape.size()));
-        } else if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
-          feed.i32.emplace_back(ints.begin(), ints.end());
-          feed.values.push_back(Ort::Value::CreateTensor<int32_t>(mem, feed.i32.back().data(), feed.i32.back().size(),
-                                                                  shape.data(), shape.size()));
-        } else if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-          std::normal_distribution<float> dist;
-          std::vector<float> f(static_cast<size_t>(count));
-          for (auto& v : f) v = dist(rng);
-          feed.f32.push_back(std::move(f));
-          feed.values.push_back(Ort::Value::CreateTensor<float>(mem, feed.f32.back().data(), feed.f32.back().size(),
-                                                                shape.data(), shape.size()));
-        } else {
-          throw VerificationError(reference.string() + ": input '" + name + "' has an element type the comparison does not feed");
-        }
-      }
+      SampleInputs feed = make_sample_inputs(ref, o.batch, o.seq, o.input_limits, rng, reference.string());
       auto t0 = std::chrono::steady_clock::now();
       auto ra = ref.Run(Ort::RunOptions{nullptr}, in_c.data(), feed.values.data(), feed.values.size(), out_c.data(), out_c.size());
       auto t1 = std::chrono::steady_clock::now();

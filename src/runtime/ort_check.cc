@@ -6,6 +6,7 @@
 #include <cmath>
 #include <random>
 
+#include "runtime/ort_session.h"
 #include "util/error.h"
 
 namespace trex {
@@ -20,7 +21,6 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
   using clock = std::chrono::steady_clock;
   LoadCheckResult result;
   try {
-    static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "trex");
     Ort::SessionOptions opts;
     opts.SetIntraOpNumThreads(1);
     // The check only needs to prove the model loads and runs: skip weight prepacking and the memory arena,
@@ -29,15 +29,11 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
     opts.DisableCpuMemArena();
     opts.DisableMemPattern();
     auto t0 = clock::now();
-    Ort::Session session(env, model.c_str(), opts);
+    Ort::Session session(ort_env(), model.c_str(), opts);
     auto t1 = clock::now();
     result.load_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
 
-    Ort::AllocatorWithDefaultOptions alloc;
-    std::vector<std::string> in_names, out_names;
-    for (size_t i = 0; i < session.GetInputCount(); ++i) in_names.push_back(session.GetInputNameAllocated(i, alloc).get());
-    for (size_t i = 0; i < session.GetOutputCount(); ++i)
-      out_names.push_back(session.GetOutputNameAllocated(i, alloc).get());
+    const std::vector<std::string> out_names = output_names(session);
 
     std::vector<std::string> expected_names;
     for (const auto& o : spec.outputs) expected_names.push_back(o.first);
@@ -50,29 +46,11 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
 
     std::mt19937_64 rng(1234);
     const int64_t b = spec.batch, s = spec.seq;
-    std::vector<std::vector<int64_t>> buffers;
-    std::vector<Ort::Value> inputs;
-    Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-    const std::array<int64_t, 2> shape{b, s};
-    for (const auto& name : in_names) {
-      std::vector<int64_t> data(static_cast<size_t>(b * s));
-      if (name == "attention_mask") {
-        std::fill(data.begin(), data.end(), 1);
-        for (int64_t j = s / 2; j < s && b > 1; ++j) data[static_cast<size_t>((b - 1) * s + j)] = 0;  // a padded row
-      } else {
-        auto it = spec.input_limits.find(name);
-        const int64_t limit = it == spec.input_limits.end() ? 1 : std::max<int64_t>(it->second, 1);
-        std::uniform_int_distribution<int64_t> dist(0, limit - 1);
-        for (auto& v : data) v = dist(rng);
-      }
-      buffers.push_back(std::move(data));
-      inputs.push_back(Ort::Value::CreateTensor<int64_t>(mem, buffers.back().data(), buffers.back().size(), shape.data(),
-                                                         shape.size()));
-    }
+    SampleInputs inputs = make_sample_inputs(session, b, s, spec.input_limits, rng, model.string());
     std::vector<const char*> in_c, out_c;
-    for (auto& n : in_names) in_c.push_back(n.c_str());
+    for (auto& n : inputs.names) in_c.push_back(n.c_str());
     for (auto& n : out_names) out_c.push_back(n.c_str());
-    auto outputs = session.Run(Ort::RunOptions{nullptr}, in_c.data(), inputs.data(), inputs.size(), out_c.data(),
+    auto outputs = session.Run(Ort::RunOptions{nullptr}, in_c.data(), inputs.values.data(), inputs.values.size(), out_c.data(),
                                out_c.size());
     result.run_ms = std::chrono::duration<double, std::milli>(clock::now() - t1).count();
 

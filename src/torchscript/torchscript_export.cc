@@ -4,7 +4,6 @@
 #include "torchscript/torchscript_export.h"
 
 #include <dlfcn.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <mutex>
@@ -17,6 +16,7 @@
 #include "torchscript/lowering.h"
 #include "torchscript/module_spec.h"
 #include "util/error.h"
+#include "util/output_path.h"
 
 namespace trex {
 
@@ -102,11 +102,8 @@ void export_torchscript(const BuiltModel& built, const fs::path& config_json, co
                         const TorchScriptOptions& options) {
   require_torchscript();
   const Plugin& plug = plugin();
-  const fs::path dir = output.parent_path().empty() ? fs::path(".") : output.parent_path();
+  check_output_path(output);
   std::error_code ec;
-  if (!fs::is_directory(dir, ec))
-    throw OutputError(output.string(), "cannot write: folder '" + dir.string() + "' does not exist");
-  if (fs::is_directory(output, ec)) throw OutputError(output.string(), "cannot write: it is a folder");
 
   torchscript::Program program = torchscript::lower(built.model, built.task, {options.fused_attention});
 
@@ -133,10 +130,7 @@ void export_torchscript(const BuiltModel& built, const fs::path& config_json, co
   spec.extra_files["config.json"] = read_file(config_json);
   spec.extra_files["trex.json"] = meta.dump(2);
 
-  std::string tmp_name = output.filename().string();
-  tmp_name.insert(0, 1, '.');
-  tmp_name += ".tmp-" + std::to_string(::getpid());
-  const fs::path tmp = dir / tmp_name;
+  const fs::path tmp = temp_path_beside(output);
   char error[4096] = {0};
   const int status = plug.save(&spec, tmp.c_str(), torchscript::kPluginAbiVersion, error, sizeof error);
   if (status != torchscript::kPluginOk) {

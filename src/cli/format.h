@@ -1,0 +1,17 @@
+// Small formatting helpers shared by the CLI commands.
+#pragma once
+
+#include <cstddef>
+#include <cstdio>
+#include <string>
+
+namespace trex::cli {
+
+// "86.7 MiB"
+inline std::string mib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+}  // namespace trex::cli
