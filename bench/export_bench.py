@@ -60,6 +60,7 @@ def build_checkpoint(work: Path, layers: int, hidden: int, heads: int, intermedi
     cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=intermediate, max_position_embeddings=512, type_vocab_size=2)
     model = BertModel(cfg).eval()
+    work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build.", dir=work))
     model.save_pretrained(tmp, safe_serialization=True)
     (tmp / ".complete").write_text("ok")

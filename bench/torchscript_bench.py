@@ -29,7 +29,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "results" / "work"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_bench import build_checkpoint  # noqa: E402  (shared, seeded, cached checkpoint layout)
 
 
 def exporter_argv() -> list[str]:
@@ -62,25 +63,7 @@ def minilm_dir() -> Path | None:
 
 
 def bert_base_dir() -> Path:
-    d = WORK / "bert-L12-H768-A12-I3072-V30522"
-    if (d / ".complete").exists():
-        return d
-    import torch
-    from transformers import BertConfig, BertModel
-
-    print(f"building checkpoint {d.name} ...", file=sys.stderr, flush=True)
-    WORK.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                     intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
-    model = BertModel(cfg).eval()
-    tmp = Path(tempfile.mkdtemp(prefix=".build.", dir=WORK))
-    model.save_pretrained(tmp, safe_serialization=True)
-    (tmp / ".complete").write_text("ok")
-    if d.exists():
-        shutil.rmtree(d)
-    os.replace(tmp, d)
-    return d
+    return build_checkpoint(WORK, layers=12, hidden=768, heads=12, intermediate=3072, vocab=30522)
 
 
 def inputs(batch: int, seq: int, vocab: int, with_types: bool):
