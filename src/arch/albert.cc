@@ -33,18 +33,23 @@ std::vector<GraphOutput> build_albert(BuildContext& ctx) {
     auto enc = g.scope("encoder");
     x = layers::linear(g, w, x, w.base("encoder.embedding_hidden_mapping_in"), e, d.hidden);
     const int64_t per_group = d.layers / groups;
+    const BlockSpec spec = bert::block_spec(d);
     for (int64_t i = 0; i < d.layers; ++i) {
+      // Layers share weights by group: the `{i}` of the name table is the group, the inner index is fixed.
       const int64_t group = i / per_group;
       for (int64_t j = 0; j < inner; ++j) {
-        const std::string L = w.base("encoder.albert_layer_groups." + std::to_string(group) + ".albert_layers." +
-                                     std::to_string(j) + ".");
+        LayerNames names;
+        const std::string L = w.base("encoder.albert_layer_groups.{i}.albert_layers." + std::to_string(j) + ".");
+        names.q = L + "attention.query";
+        names.k = L + "attention.key";
+        names.v = L + "attention.value";
+        names.o = L + "attention.dense";
+        names.attn_norm = L + "attention.LayerNorm";
+        names.up = L + "ffn";
+        names.down = L + "ffn_output";
+        names.mlp_norm = L + "full_layer_layer_norm";
         auto layer = g.scope("layer." + std::to_string(i) + "." + std::to_string(j));
-        x = layers::attention_block(g, w, x, mask_bias,
-                                    {L + "attention.query", L + "attention.key", L + "attention.value",
-                                     L + "attention.dense", L + "attention.LayerNorm"},
-                                    {d.hidden, d.heads, false}, d.eps);
-        x = layers::feed_forward_block(g, w, x, {L + "ffn", L + "ffn_output", L + "full_layer_layer_norm"}, d.hidden,
-                                       d.intermediate, d.hidden_act, d.eps, c.file());
+        x = layers::encoder_block(g, w, x, mask_bias, spec, names.at(group), c.file());
       }
     }
   }

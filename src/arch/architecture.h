@@ -14,7 +14,14 @@
 namespace trex {
 
 // The heads trex exports (transformers' task names; the seed's pipeline names map onto them).
-enum class Task { kFeatureExtraction, kSequenceClassification, kTokenClassification, kQuestionAnswering, kMaskedLM };
+enum class Task {
+  kFeatureExtraction,
+  kSequenceClassification,
+  kTokenClassification,
+  kQuestionAnswering,
+  kMaskedLM,
+  kCausalLM,  // text-generation: logits + KV cache (present.*), one graph for prefill and decode
+};
 
 std::string task_name(Task t);  // "feature-extraction", "text-classification", ...
 // Accepts the seed's names (sentiment-analysis, ner) and the modern ones; nullopt when unknown.
@@ -40,12 +47,25 @@ struct BuildContext {
   Dim seq;
 };
 
+// What an architecture supports beyond its tasks, checked before any weight is read so that an unsupported
+// combination is a clear usage error rather than a failure deep in a lowering.
+struct Capabilities {
+  bool torchscript = true;   // --format torchscript
+  bool optimize = true;      // --optimize (ONNX Runtime fused lowering)
+  bool quantize = true;      // --quantize
+  bool static_shape = true;  // --static-shape
+  static Capabilities Encoder() { return {}; }
+  // Decoders (KV cache): ONNX, plain and fused (GroupQueryAttention) graphs; no TorchScript, no static shapes.
+  static Capabilities Decoder() { return {false, true, false, false}; }
+};
+
 struct Architecture {
   std::vector<std::string> model_types;  // config.json model_type values handled
   std::set<Task> tasks;
   // Builds inputs, the encoder, the head and returns the outputs. Throws InputError for missing or mis-shaped
   // weights (all of them listed at once) and unsupported config values.
   std::vector<GraphOutput> (*build)(BuildContext& ctx);
+  Capabilities capabilities = Capabilities::Encoder();
 };
 
 // nullptr when no architecture handles model_type.

@@ -29,18 +29,41 @@ Dims read_dims(const ModelConfig& c) {
   return d;
 }
 
+BlockSpec block_spec(const Dims& d) {
+  BlockSpec b;
+  b.hidden = d.hidden;
+  b.norm = NormKind::kLayerNorm;
+  b.placement = NormPlacement::kPost;
+  b.eps = d.eps;
+  b.attention.num_heads = b.attention.num_kv_heads = d.heads;
+  b.attention.head_dim = d.hidden / d.heads;
+  b.attention.qkv_bias = b.attention.o_bias = true;
+  b.mlp = MlpKind::kPlain;
+  b.activation = d.hidden_act;
+  b.intermediate = d.intermediate;
+  return b;
+}
+
 Value encoder(GraphBuilder& g, Weights& w, Value x, const Value& mask_bias, const Dims& d,
               const std::string& config_file) {
   auto enc = g.scope("encoder");
+  const BlockSpec spec = block_spec(d);
+  LayerNames names;
+  const std::string L = w.base("encoder.layer.{i}.");
+  names.q = L + "attention.self.query";
+  names.k = L + "attention.self.key";
+  names.v = L + "attention.self.value";
+  names.o = L + "attention.output.dense";
+  names.attn_norm = L + "attention.output.LayerNorm";
+  names.up = L + "intermediate.dense";
+  names.down = L + "output.dense";
+  names.mlp_norm = L + "output.LayerNorm";
+  if (w.has(names.at(d.layers).q + ".weight"))
+    throw InputError(config_file, "num_hidden_layers is " + std::to_string(d.layers) +
+                                      " but the checkpoint has more layers (" + names.at(d.layers).q + ".weight exists)");
   for (int64_t i = 0; i < d.layers; ++i) {
-    const std::string L = w.base("encoder.layer." + std::to_string(i) + ".");
     auto layer = g.scope("layer." + std::to_string(i));
-    x = layers::attention_block(g, w, x, mask_bias,
-                                {L + "attention.self.query", L + "attention.self.key", L + "attention.self.value",
-                                 L + "attention.output.dense", L + "attention.output.LayerNorm"},
-                                {d.hidden, d.heads, false}, d.eps);
-    x = layers::feed_forward_block(g, w, x, {L + "intermediate.dense", L + "output.dense", L + "output.LayerNorm"},
-                                   d.hidden, d.intermediate, d.hidden_act, d.eps, config_file);
+    x = layers::encoder_block(g, w, x, mask_bias, spec, names.at(i), config_file);
   }
   return x;
 }

@@ -18,6 +18,9 @@ struct Dims {
 // Reads and validates BERT-style config fields (hidden_size, num_hidden_layers, ...).
 Dims read_dims(const ModelConfig& c);
 
+// The post-norm block these dimensions describe (LayerNorm after each residual, plain MLP, no cache).
+BlockSpec block_spec(const Dims& d);
+
 // `encoder.layer.<i>.*` (base-model names) applied to x [B, S, hidden].
 Value encoder(GraphBuilder& g, Weights& w, Value x, const Value& mask_bias, const Dims& d,
               const std::string& config_file);

@@ -27,15 +27,27 @@ std::vector<GraphOutput> build_distilbert(BuildContext& ctx) {
                                {vocab, max_pos, 0, h, kEps});
   {
     auto tr = g.scope("transformer");
+    BlockSpec spec;
+    spec.hidden = h;
+    spec.eps = kEps;
+    spec.attention.num_heads = spec.attention.num_kv_heads = heads;
+    spec.attention.head_dim = h / heads;
+    spec.attention.scaling = ScoreScaling::kDivideQuery;  // DistilBERT scales q before q k^T
+    spec.activation = act;
+    spec.intermediate = ffn;
+    LayerNames names;
+    const std::string L = w.base("transformer.layer.{i}.");
+    names.q = L + "attention.q_lin";
+    names.k = L + "attention.k_lin";
+    names.v = L + "attention.v_lin";
+    names.o = L + "attention.out_lin";
+    names.attn_norm = L + "sa_layer_norm";
+    names.up = L + "ffn.lin1";
+    names.down = L + "ffn.lin2";
+    names.mlp_norm = L + "output_layer_norm";
     for (int64_t i = 0; i < layers_n; ++i) {
-      const std::string L = w.base("transformer.layer." + std::to_string(i) + ".");
       auto layer = g.scope("layer." + std::to_string(i));
-      x = layers::attention_block(g, w, x, mask_bias,
-                                  {L + "attention.q_lin", L + "attention.k_lin", L + "attention.v_lin",
-                                   L + "attention.out_lin", L + "sa_layer_norm"},
-                                  {h, heads, /*scale_query_first=*/true}, kEps);
-      x = layers::feed_forward_block(g, w, x, {L + "ffn.lin1", L + "ffn.lin2", L + "output_layer_norm"}, h, ffn, act,
-                                     kEps, c.file());
+      x = layers::encoder_block(g, w, x, mask_bias, spec, names.at(i), c.file());
     }
   }
 

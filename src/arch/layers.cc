@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "arch/blocks.h"
 #include "util/error.h"
 
 namespace trex::layers {
@@ -103,19 +104,13 @@ Value self_attention(GraphBuilder& g, Weights& w, const Value& x, const Value& m
   Value q = heads(names.query, "query");
   Value k = heads(names.key, "key");
   Value v = heads(names.value, "value");
-  // transformers divides by sqrt(head_dim) (a double rounded once to float); keep the same constant.
-  Value scale = g.const_f32(static_cast<float>(std::sqrt(static_cast<double>(hd))));
-  Value kt = g.transpose(k, {0, 1, 3, 2});
-  Value scores;
-  if (opt.scale_query_first) {
-    scores = g.matmul(g.div(q, scale), kt);
-  } else {
-    scores = g.div(g.matmul(q, kt), scale);
-  }
-  scores = g.add(scores, mask_bias);
-  Value probs = g.softmax(scores, -1);
-  Value ctx = g.matmul(probs, v);
-  return g.reshape(g.transpose(ctx, {0, 2, 1, 3}), {0, 0, h});
+  AttentionSpec spec;
+  spec.num_heads = spec.num_kv_heads = nh;
+  spec.head_dim = hd;
+  spec.scaling = opt.scale_query_first ? ScoreScaling::kDivideQuery : ScoreScaling::kDivideScores;
+  blocks::AttentionInputs in;
+  in.mask_bias = mask_bias;
+  return blocks::attention_core(g, q, k, v, spec, in).context;
 }
 
 namespace {
@@ -144,6 +139,15 @@ Value attention_block(GraphBuilder& g, Weights& w, const Value& x, const Value& 
   Value ctx = self_attention(g, w, x, mask_bias, {names.query, names.key, names.value}, opt);
   Value proj = linear(g, w, ctx, names.output, h, h);
   return layer_norm(g, w, g.add(proj, x), names.layer_norm, h, eps);
+}
+
+Value encoder_block(GraphBuilder& g, Weights& w, const Value& x, const Value& mask_bias, const BlockSpec& spec,
+                    const LayerNames& n, const std::string& config_file) {
+  const AttentionOptions opt{spec.hidden, spec.attention.num_heads,
+                             spec.attention.scaling == ScoreScaling::kDivideQuery};
+  Value y = attention_block(g, w, x, mask_bias, {n.q, n.k, n.v, n.o, n.attn_norm}, opt, spec.eps);
+  return feed_forward_block(g, w, y, {n.up, n.down, n.mlp_norm}, spec.hidden, spec.intermediate, spec.activation,
+                            spec.eps, config_file);
 }
 
 Value feed_forward_block(GraphBuilder& g, Weights& w, const Value& x, const FeedForwardNames& names, int64_t hidden,
@@ -235,6 +239,8 @@ std::vector<GraphOutput> heads(BuildContext& ctx, Weights& w, const Value& x, co
                                                : w.get_or(h.mlm_bias, h.mlm_bias_fallback, {h.vocab});
       return {{"logits", g.add(dec, bias), {ctx.batch, ctx.seq, h.vocab}}};
     }
+    case Task::kCausalLM:
+      break;  // decoders are built by blocks::build_decoder
   }
   return {};
 }

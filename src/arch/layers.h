@@ -5,6 +5,7 @@
 #include <string>
 
 #include "arch/architecture.h"
+#include "arch/spec.h"
 #include "arch/weights.h"
 
 namespace trex::layers {
@@ -67,6 +68,12 @@ struct AttentionBlockNames {
 // LayerNorm(x + output(self_attention(x))).
 Value attention_block(GraphBuilder& g, Weights& w, const Value& x, const Value& mask_bias,
                       const AttentionBlockNames& names, const AttentionOptions& opt, float eps);
+
+// A post-norm encoder layer (BERT family) described by the block spec: attention_block then
+// feed_forward_block, with the layer's names from a LayerNames table (roles q, k, v, o, attn_norm, up, down,
+// mlp_norm). Pre-norm decoder layers are built by blocks::build_decoder.
+Value encoder_block(GraphBuilder& g, Weights& w, const Value& x, const Value& mask_bias, const BlockSpec& spec,
+                    const LayerNames& names, const std::string& config_file);
 
 struct FeedForwardNames {
   std::string up, down, layer_norm;  // Linear(hidden→inner), Linear(inner→hidden), LayerNorm

@@ -10,10 +10,13 @@ extern const Architecture kRobertaArchitecture;
 extern const Architecture kDistilBertArchitecture;
 extern const Architecture kAlbertArchitecture;
 extern const Architecture kElectraArchitecture;
+extern const Architecture kGpt2Architecture;
+extern const Architecture kLlamaArchitecture;
 
 namespace {
 const Architecture* const kArchitectures[] = {
     &kBertArchitecture, &kRobertaArchitecture, &kDistilBertArchitecture, &kAlbertArchitecture, &kElectraArchitecture,
+    &kGpt2Architecture, &kLlamaArchitecture,
 };
 
 struct TaskName {
@@ -27,10 +30,13 @@ const TaskName kTaskNames[] = {
     {"token-classification", Task::kTokenClassification},
     {"question-answering", Task::kQuestionAnswering},
     {"fill-mask", Task::kMaskedLM},
+    {"text-generation", Task::kCausalLM},
     {"sentiment-analysis", Task::kSequenceClassification},  // the seed script's names
     {"ner", Task::kTokenClassification},
     {"sequence-classification", Task::kSequenceClassification},
     {"masked-lm", Task::kMaskedLM},
+    {"causal-lm", Task::kCausalLM},
+    {"text-generation-with-past", Task::kCausalLM},  // optimum's task name
     {"default", Task::kFeatureExtraction},
 };
 }  // namespace
@@ -75,6 +81,7 @@ Task default_task(const ModelConfig& config) {
   if (ends_with("ForTokenClassification")) return Task::kTokenClassification;
   if (ends_with("ForQuestionAnswering")) return Task::kQuestionAnswering;
   if (ends_with("ForMaskedLM")) return Task::kMaskedLM;
+  if (ends_with("ForCausalLM") || ends_with("LMHeadModel")) return Task::kCausalLM;
   return Task::kFeatureExtraction;
 }
 

@@ -147,6 +147,63 @@ Value Weights::get_plus_row(const std::string& table, const Shape& table_shape, 
   }));
 }
 
+Value Weights::get_packed(const std::string& name, const std::vector<std::pair<std::string, int64_t>>& parts,
+                          int64_t in, bool conv1d) {
+  std::vector<TensorView> views;
+  int64_t total = 0;
+  for (const auto& [part, out] : parts) {
+    const TensorView* t = lookup(part, conv1d ? Shape{in, out} : Shape{out, in});
+    if (t) views.push_back(*t);
+    total += out;
+  }
+  if (views.size() != parts.size()) return name;
+  if (graph_.has_initializer(name)) return name;
+  return graph_.initializer(name, TensorData::produced(DType::kF32, {in, total}, [views, in, total, conv1d](std::byte* dst) {
+    float* out = reinterpret_cast<float*>(dst);
+    int64_t col0 = 0;
+    for (const TensorView& v : views) {
+      std::vector<float> src = read_f32(v);
+      const int64_t cols = conv1d ? v.shape[1] : v.shape[0];
+      for (int64_t i = 0; i < in; ++i)
+        for (int64_t c = 0; c < cols; ++c)
+          out[i * total + col0 + c] =
+              conv1d ? src[static_cast<size_t>(i * cols + c)] : src[static_cast<size_t>(c * in + i)];
+      col0 += cols;
+    }
+  }));
+}
+
+Value Weights::get_concat(const std::string& name, const std::vector<std::pair<std::string, int64_t>>& parts) {
+  std::vector<TensorView> views;
+  int64_t total = 0;
+  for (const auto& [part, n] : parts) {
+    const TensorView* t = lookup(part, {n});
+    if (t) views.push_back(*t);
+    total += n;
+  }
+  if (views.size() != parts.size()) return name;
+  if (graph_.has_initializer(name)) return name;
+  return graph_.initializer(name, TensorData::produced(DType::kF32, {total}, [views](std::byte* dst) {
+    float* out = reinterpret_cast<float*>(dst);
+    for (const TensorView& v : views) {
+      convert_to_f32(v, out);
+      out += v.shape[0];
+    }
+  }));
+}
+
+Value Weights::get_plus_one(const std::string& name, const Shape& expected) {
+  const TensorView* t = lookup(name, expected);
+  const std::string out_name = name + "+1";
+  if (!t) return out_name;
+  TensorView src = *t;
+  return graph_.initializer(out_name, TensorData::produced(DType::kF32, expected, [src](std::byte* dst) {
+    float* out = reinterpret_cast<float*>(dst);
+    convert_to_f32(src, out);
+    for (int64_t i = 0; i < num_elements(src.shape); ++i) out[i] = 1.0f + out[i];
+  }));
+}
+
 void Weights::check() const {
   if (missing_.empty() && problems_.empty()) return;
   std::string files;

@@ -37,6 +37,17 @@ class Weights {
   Value get_plus_row(const std::string& table, const Shape& table_shape, const std::string& row_source,
                      const Shape& row_source_shape, int64_t row);
 
+  // nn.Linear weights [out_i, in] stacked on the output axis and stored transposed as one [in, sum(out_i)]
+  // tensor named `name` (one MatMul instead of several: packed Q/K/V, gate+up). Conv1D weights ([in, out_i],
+  // `conv1d`) are concatenated as they are.
+  Value get_packed(const std::string& name, const std::vector<std::pair<std::string, int64_t>>& parts, int64_t in,
+                   bool conv1d = false);
+  // 1-D tensors concatenated (the biases of packed projections), named `name`.
+  Value get_concat(const std::string& name, const std::vector<std::pair<std::string, int64_t>>& parts);
+
+  // A 1-D tensor with 1 added to every element (Gemma's RMSNorm scales by 1 + weight), named `<name>+1`.
+  Value get_plus_one(const std::string& full_name, const Shape& expected);
+
   void record_problem(std::string p) { problems_.push_back(std::move(p)); }
   // Throws InputError listing every missing / mis-shaped tensor, naming the checkpoint files.
   void check() const;

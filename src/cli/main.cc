@@ -129,6 +129,7 @@ int run_export(const ExportArgs& a) {
     return 0;
   }
   if (a.eager_attention) throw trex::UsageError("--eager-attention applies to --format torchscript only");
+  o.write_companions = trex::resolve_output_file(o.output) != o.output;  // OUTPUT names a folder
   trex::ExportResult r = trex::export_onnx(o);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.report.empty()) write_export_report(a.report, r, secs);
@@ -144,6 +145,11 @@ int run_export(const ExportArgs& a) {
     if (!r.written.data_path.empty())
       std::cout << " + external data " << r.written.data_path.string() << " (" << mib(r.written.data_bytes) << ")";
     std::cout << "\n";
+    if (!r.companions.empty()) {
+      std::string list;
+      for (const auto& c : r.companions) list += (list.empty() ? "" : ", ") + c.filename().string();
+      std::cout << "wrote beside it: " << list << "\n";
+    }
     if (r.check)
       std::cout << "load check: ok (ONNX Runtime ran batch " << o.static_shape.value_or(std::make_pair(2L, 8L)).first
                 << ": " << r.check->summary() << ")\n";
@@ -186,8 +192,9 @@ int main(int argc, char** argv) {
                                          "sharded or not)")->required();
   ex->add_option("--pipeline,-p", ea.pipeline,
                  "Head to export: feature-extraction, text-classification (= sentiment-analysis), "
-                 "token-classification (= ner), question-answering, fill-mask. Default: the head named by "
-                 "config.json's architectures, else feature-extraction");
+                 "token-classification (= ner), question-answering, fill-mask, text-generation (= causal-lm; "
+                 "decoders: logits + KV cache). Default: the head named by config.json's architectures, else the "
+                 "architecture's first (feature-extraction for encoders)");
   ex->add_option("--opset", ea.opset, "ONNX opset, 11-21 (default 17: first opset with LayerNormalization)");
   ex->add_option("--static-shape", ea.static_shape, "Fix the input shape to BATCH,SEQUENCE instead of dynamic axes");
   ex->add_option("--external-data", ea.external,
@@ -214,7 +221,7 @@ int main(int argc, char** argv) {
   ex->add_flag("--eager-attention", ea.eager_attention,
                "TorchScript: keep transformers' eager attention ops (bit-identical to attn_implementation=eager) "
                "instead of one scaled_dot_product_attention call (faster, ~1e-6 relative)");
-  ex->add_option("output", ea.output, "Output path (.onnx, or .pt with --format torchscript)")->required();
+  ex->add_option("output", ea.output, "Output: a .onnx path, a folder (created; gets model.onnx plus config.json, tokenizer files and, for decoders, generation_config.json and genai_config.json), or .pt with --format torchscript")->required();
 
   std::string opt_in, opt_out, opt_level = "all";
   auto* op = app.add_subcommand("optimize", "ONNX Runtime's offline graph optimization of any ONNX file");

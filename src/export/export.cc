@@ -4,6 +4,7 @@
 #include <cstring>
 #include <set>
 
+#include "export/companions.h"
 #include "util/error.h"
 #include "util/output_path.h"
 
@@ -31,6 +32,8 @@ const Architecture& resolve(const ModelConfig& config, const ExportOptions& opti
     throw InputError(config.file(), "unsupported model_type '" + config.model_type + "' (supported: " + types + ")");
   }
   *task = default_task(config);
+  // A checkpoint without a head named in config.json gets the architecture's own first task (decoders: LM).
+  if (!arch->tasks.count(*task)) *task = *arch->tasks.begin();
   if (!options.pipeline.empty()) {
     auto t = parse_task(options.pipeline);
     if (!t) throw UsageError("unknown pipeline '" + options.pipeline + "' (known: " + known_task_names() + ")");
@@ -38,10 +41,29 @@ const Architecture& resolve(const ModelConfig& config, const ExportOptions& opti
   }
   if (!arch->tasks.count(*task))
     throw UsageError("pipeline '" + task_name(*task) + "' is not supported for model_type '" + config.model_type + "'");
+  const Capabilities& caps = arch->capabilities;
+  const std::string what = "model_type '" + config.model_type + "'";
+  if (options.optimize && !caps.optimize)
+    throw UsageError("--optimize is not supported yet for " + what + " (the plain graph is exported without it)");
+  if (options.quantize && !caps.quantize) throw UsageError("--quantize is not supported yet for " + what);
+  if (options.static_shape && !caps.static_shape)
+    throw UsageError("--static-shape does not apply to " + what + " (its cache lengths change at every step)");
   if (options.opset < kMinOpset || options.opset > kMaxOpset)
     throw UsageError("opset " + std::to_string(options.opset) + " is not supported (" + std::to_string(kMinOpset) + "-" +
                      std::to_string(kMaxOpset) + ")");
   return *arch;
+}
+
+void check_torchscript_supported(const ModelConfig& config) {
+  const Architecture* arch = find_architecture(config.model_type);
+  if (arch && !arch->capabilities.torchscript)
+    throw UsageError("TorchScript export is not supported for model_type '" + config.model_type +
+                     "' (decoders with a KV cache export to ONNX only)");
+}
+
+fs::path resolve_output_file(const fs::path& output) {
+  if (output.extension() == ".onnx" || output.extension() == ".pt") return output;
+  return output / "model.onnx";
 }
 
 fs::path optimized_path(const fs::path& output) {
@@ -87,8 +109,11 @@ BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, co
     spec.batch = options.static_shape->first;
     spec.seq = options.static_shape->second;
   }
-  spec.input_limits["input_ids"] = config.get_int("vocab_size", 2);
-  spec.input_limits["token_type_ids"] = config.get_int("type_vocab_size", 1);
+  for (const auto& [name, sample] : g.input_samples())
+    if (sample.kind == InputSample::kIds) spec.input_limits[name] = sample.limit;
+  if (!spec.input_limits.count("input_ids")) spec.input_limits["input_ids"] = config.get_int("vocab_size", 2);
+  if (!spec.input_limits.count("token_type_ids"))
+    spec.input_limits["token_type_ids"] = config.get_int("type_vocab_size", 1);
   return built;
 }
 
@@ -99,7 +124,58 @@ void check_export_paths(const ExportOptions& options) {
   check_output_path(options.output);
 }
 
-ExportResult export_onnx(const ExportOptions& options) {
+namespace {
+
+// What genai_config.json needs about a decoder, read off its declared outputs and config.json.
+CompanionOptions companion_options(const ExportOptions& options, const ModelConfig& config, const LoadCheckSpec& spec,
+                                   Task task) {
+  CompanionOptions c;
+  c.model_dir = options.model_dir;
+  c.output_dir = options.output.parent_path().empty() ? fs::path(".") : options.output.parent_path();
+  c.model_file = options.output.filename().string();
+  c.task = task;
+  for (const auto& [name, dims] : spec.outputs) {
+    if (name == "logits" && dims.size() == 3) c.vocab = dims[2].value;
+    if (name.rfind("present.", 0) == 0 && name.size() > 4 && name.compare(name.size() - 4, 4, ".key") == 0 &&
+        dims.size() == 4) {
+      ++c.num_layers;
+      c.num_kv_heads = dims[1].value;
+      c.head_dim = dims[3].value;
+    }
+  }
+  c.num_heads = config.get_int("num_attention_heads", config.get_int("n_head", 0));
+  c.hidden = config.get_int("hidden_size", config.get_int("n_embd", 0));
+  return c;
+}
+
+ExportResult export_to(const ExportOptions& options);
+
+}  // namespace
+
+ExportResult export_onnx(const ExportOptions& requested) {
+  // OUTPUT is a .onnx path or a folder (model.onnx inside); missing folders are created, and removed again when
+  // the export fails.
+  ExportOptions options = requested;
+  options.output = resolve_output_file(requested.output);
+  const fs::path out_dir = options.output.parent_path();
+  std::vector<fs::path> created;
+  std::error_code ec;
+  if (!out_dir.empty() && !fs::exists(out_dir, ec) && fs::exists(options.model_dir, ec)) {
+    for (fs::path p = out_dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) created.push_back(p);
+    fs::create_directories(out_dir, ec);
+    if (ec) throw OutputError(out_dir.string(), "cannot create the output folder: " + ec.message());
+  }
+  try {
+    return export_to(options);
+  } catch (...) {
+    for (const auto& p : created) fs::remove(p, ec);  // innermost first; only folders left empty
+    throw;
+  }
+}
+
+namespace {
+
+ExportResult export_to(const ExportOptions& options) {
   auto log = [&](const std::string& s) {
     if (options.log) options.log(s);
   };
@@ -179,7 +255,17 @@ ExportResult export_onnx(const ExportOptions& options) {
         vo.batch = options.static_shape->first;
         vo.seq = options.static_shape->second;
       }
+      // Decoders: a padded query row attends to nothing, and what each graph returns for it differs (garbage in
+      // both, then cached as the padding's K/V, which later steps mask out). The comparison runs unpadded rows;
+      // left-padded batches are checked against transformers by the step-by-step oracle tests.
+      if (task == Task::kCausalLM) vo.padded = false;
       result.optimized_verify = verify_models(options.output, opt_path, vo);
+      if (task == Task::kCausalLM && result.optimized_verify->ok()) {
+        // Decoders: the prefill above (empty cache), then a decode step over a random 7-token cache.
+        vo.seq = 1;
+        vo.past = 7;
+        result.optimized_verify = verify_models(options.output, opt_path, vo);
+      }
       if (!result.optimized_verify->ok()) {
         std::string worst;
         for (const auto& o : result.optimized_verify->outputs)
@@ -189,6 +275,17 @@ ExportResult export_onnx(const ExportOptions& options) {
       }
     } catch (const Error&) {
       remove_written(*result.optimized);
+      throw;
+    }
+  }
+
+  // Files that make the output folder loadable as it is (decoders always; encoders when OUTPUT is a folder).
+  if (task == Task::kCausalLM || options.write_companions) {
+    try {
+      result.companions = write_companion_files(config, companion_options(options, config, plain_spec, task));
+    } catch (const Error&) {
+      remove_written(result.written);
+      if (result.optimized) remove_written(*result.optimized);
       throw;
     }
   }
@@ -210,5 +307,7 @@ ExportResult export_onnx(const ExportOptions& options) {
   }
   return result;
 }
+
+}  // namespace
 
 }  // namespace trex

@@ -22,7 +22,10 @@ constexpr int kDefaultOpset = 17;
 
 struct ExportOptions {
   std::filesystem::path model_dir;
+  // A .onnx path, or a folder (created when missing) that receives model.onnx. Decoders always get their
+  // companion files (config, generation config, tokenizer, genai_config.json) beside the model.
   std::filesystem::path output;
+  bool write_companions = false;  // also for encoders (set by the CLI when OUTPUT is a folder)
   std::string pipeline;  // empty: the default head of the checkpoint
   int opset = kDefaultOpset;
   std::optional<std::pair<int64_t, int64_t>> static_shape;  // batch, sequence
@@ -51,6 +54,7 @@ struct ExportResult {
   std::optional<WriteResult> optimized;
   std::optional<VerifyReport> optimized_verify;
   std::optional<QuantizeFileResult> quantized;
+  std::vector<std::filesystem::path> companions;  // config.json, tokenizer files, genai_config.json, ...
 };
 
 // Throws trex::Error subclasses (InputError, UsageError, OutputError, VerificationError).
@@ -68,6 +72,12 @@ struct BuiltModel {
 };
 BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
                        Lowering lowering = Lowering::kPlain);
+
+// OUTPUT as given (a .onnx or .pt path) or OUTPUT/model.onnx when it names a folder.
+std::filesystem::path resolve_output_file(const std::filesystem::path& output);
+
+// UsageError when the checkpoint's architecture cannot be exported to TorchScript (decoders).
+void check_torchscript_supported(const ModelConfig& config);
 
 // <stem>-optimized.onnx / <stem>-quantized.onnx beside `output`.
 std::filesystem::path optimized_path(const std::filesystem::path& output);

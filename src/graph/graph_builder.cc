@@ -3,6 +3,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include <nlohmann/json.hpp>
+
 namespace trex {
 
 int onnx_elem_type(DType t) {
@@ -53,7 +55,19 @@ static void set_dims(onnx::ValueInfoProto* vi, DType dtype, const std::vector<Di
   }
 }
 
-Value GraphBuilder::input(const std::string& name, DType dtype, const std::vector<Dim>& dims) {
+const char* sample_kind_name(InputSample::Kind k) {
+  switch (k) {
+    case InputSample::kAuto: return "auto";
+    case InputSample::kIds: return "ids";
+    case InputSample::kMask: return "mask";
+    case InputSample::kPositions: return "positions";
+    case InputSample::kState: return "state";
+  }
+  return "auto";
+}
+
+Value GraphBuilder::input(const std::string& name, DType dtype, const std::vector<Dim>& dims, InputSample sample) {
+  if (sample.kind != InputSample::kAuto) samples_.emplace_back(name, sample);
   set_dims(graph().add_input(), dtype, dims);
   graph().mutable_input(graph().input_size() - 1)->set_name(name);
   return name;
@@ -103,6 +117,18 @@ Value GraphBuilder::const_f32(float value) {
   initializer(name, TensorData::from_vector(DType::kF32, {}, std::vector<float>{value}));
   const_cache_[key] = name;
   return name;
+}
+
+Value GraphBuilder::const_f32s(const std::vector<float>& values, const std::string& name) {
+  std::string key = "f32s:" + name + ":";
+  for (float v : values) key += std::to_string(v) + ",";
+  auto it = const_cache_.find(key);
+  if (it != const_cache_.end()) return it->second;
+  std::string unique = name;
+  for (int n = 1; init_index_.count(unique); ++n) unique = name + "_" + std::to_string(n);
+  initializer(unique, TensorData::from_vector(DType::kF32, {static_cast<int64_t>(values.size())}, values));
+  const_cache_[key] = unique;
+  return unique;
 }
 
 std::vector<Value> GraphBuilder::node(const std::string& op_type, const std::vector<Value>& inputs,
@@ -182,6 +208,19 @@ Value GraphBuilder::concat(const std::vector<Value>& xs, int64_t axis) {
   return op("Concat", xs, {Attr::Int("axis", axis)});
 }
 
+Value GraphBuilder::less_or_equal(const Value& a, const Value& b) {
+  if (opset_ >= 12) return op("LessOrEqual", {a, b});
+  return op("Not", {op("Greater", {a, b})});
+}
+
+Value GraphBuilder::slice_axis(const Value& x, int64_t axis, int64_t start, int64_t end) {
+  return slice(x, const_i64({start}), const_i64({end}), const_i64({axis}));
+}
+
+Value GraphBuilder::dim(const Value& x, int64_t axis) {
+  return slice(shape(x), const_i64({axis}), const_i64({axis + 1}), const_i64({0}));
+}
+
 Value GraphBuilder::layer_norm(const Value& x, const Value& scale, const Value& bias, float epsilon) {
   if (opset_ >= 17) {
     return op("LayerNormalization", {x, scale, bias}, {Attr::Int("axis", -1), Attr::Float("epsilon", epsilon)});
@@ -205,6 +244,19 @@ Model GraphBuilder::finish(const std::string& producer_version) {
     auto* ms = model_.proto.add_opset_import();
     ms->set_domain(kMsDomain);
     ms->set_version(1);
+  }
+  if (!samples_.empty()) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& [name, s] : samples_) {
+      nlohmann::json e = {{"sample", sample_kind_name(s.kind)}};
+      if (s.kind == InputSample::kIds) e["limit"] = s.limit;
+      if (s.kind == InputSample::kMask) e["padding"] = s.pad_left ? "left" : "right";
+      if (!s.fed_by.empty()) e["fed_by"] = s.fed_by;
+      j[name] = e;
+    }
+    auto* p = model_.proto.add_metadata_props();
+    p->set_key(kInputsMetadataKey);
+    p->set_value(j.dump());
   }
   Model out = std::move(model_);
   model_ = Model{};

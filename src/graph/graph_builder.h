@@ -22,6 +22,29 @@ struct Dim {
   Dim(std::string s) : symbol(std::move(s)) {}  // NOLINT
 };
 
+// How a check (load check, verify, comparisons) fills a graph input with sample values. Declared by the
+// architecture with the input and stored in the model's metadata (`trex.inputs`), so the runtime code reads the
+// declaration instead of guessing from input names.
+struct InputSample {
+  enum Kind {
+    kAuto,       // not declared: name heuristics (other exporters' models)
+    kIds,        // uniform integers in [0, limit)
+    kMask,       // 0/1 attention mask; the last row padded (left or right)
+    kPositions,  // position ids as transformers derives them from the mask (cumsum - 1, pads 1)
+    kState,      // a cache tensor: standard normal, or the previous step's `fed_by` output
+  } kind = kAuto;
+  int64_t limit = 0;
+  bool pad_left = false;
+  std::string fed_by;
+  static InputSample Ids(int64_t limit) { return {kIds, limit, false, {}}; }
+  static InputSample Mask(bool pad_left) { return {kMask, 0, pad_left, {}}; }
+  static InputSample Positions() { return {kPositions, 0, false, {}}; }
+  static InputSample State(std::string fed_by) { return {kState, 0, false, std::move(fed_by)}; }
+};
+const char* sample_kind_name(InputSample::Kind k);
+// The metadata key holding the declarations as JSON ({"input": {"sample": "ids", "limit": 99}, ...}).
+constexpr const char* kInputsMetadataKey = "trex.inputs";
+
 // How layer helpers turn into ops: standard ONNX only (portable, the reference), or ONNX Runtime's fused
 // com.microsoft ops (Attention, SkipLayerNormalization, EmbedLayerNormalization, BiasGelu, FastGelu).
 enum class Lowering { kPlain, kOrt };
@@ -52,7 +75,8 @@ class GraphBuilder {
   [[nodiscard]] Scope scope(const std::string& name) { return Scope(this, name); }
 
   // Graph interface.
-  Value input(const std::string& name, DType dtype, const std::vector<Dim>& dims);
+  Value input(const std::string& name, DType dtype, const std::vector<Dim>& dims, InputSample sample = {});
+  const std::vector<std::pair<std::string, InputSample>>& input_samples() const { return samples_; }
   void output(const Value& value, const std::string& name, DType dtype, const std::vector<Dim>& dims);
 
   // An initializer with an explicit name (weights keep their checkpoint names). Returns its value name.
@@ -63,6 +87,8 @@ class GraphBuilder {
   // Deduplicated constants.
   Value const_i64(const std::vector<int64_t>& values, bool scalar = false);
   Value const_f32(float value);  // scalar
+  // A float32 1-D constant (rotary frequencies and other small tables computed at export), stored once by value.
+  Value const_f32s(const std::vector<float>& values, const std::string& name);
 
   // A generic node; returns its outputs (named `<node>_output_<i>`).
   struct Attr {
@@ -95,7 +121,6 @@ class GraphBuilder {
   Value shape(const Value& x) { return op("Shape", {x}); }
   Value gather(const Value& data, const Value& indices, int64_t axis = 0);
   Value reshape(const Value& x, const std::vector<int64_t>& shape);  // constant target shape (0 = copy, -1 = infer)
-  Value reshape_dynamic(const Value& x, const Value& shape) { return op("Reshape", {x, shape}); }
   Value transpose(const Value& x, const std::vector<int64_t>& perm);
   Value softmax(const Value& x, int64_t axis);  // axis must be the last axis for opset < 13
   Value unsqueeze(const Value& x, const std::vector<int64_t>& axes);
@@ -103,6 +128,15 @@ class GraphBuilder {
   Value reduce_mean(const Value& x, const std::vector<int64_t>& axes, bool keepdims = true);
   Value slice(const Value& x, const Value& starts, const Value& ends, const Value& axes);
   Value concat(const std::vector<Value>& xs, int64_t axis);
+  Value where(const Value& cond, const Value& a, const Value& b) { return op("Where", {cond, a, b}); }
+  Value less_or_equal(const Value& a, const Value& b);  // LessOrEqual from opset 12, Not(Greater) before
+  Value greater(const Value& a, const Value& b) { return op("Greater", {a, b}); }
+  Value logical_and(const Value& a, const Value& b) { return op("And", {a, b}); }
+  // x[..., start:end] along `axis`, constant bounds.
+  Value slice_axis(const Value& x, int64_t axis, int64_t start, int64_t end);
+  // Dimension `axis` of x's shape as a 1-D int64 tensor [1].
+  Value dim(const Value& x, int64_t axis);
+  Value range(const Value& start, const Value& limit, const Value& delta) { return op("Range", {start, limit, delta}); }
   // LayerNormalization over the last axis (native op from opset 17, decomposed before).
   Value layer_norm(const Value& x, const Value& scale, const Value& bias, float epsilon);
 
@@ -122,6 +156,7 @@ class GraphBuilder {
   std::map<std::string, int> name_counts_;
   std::map<std::string, size_t> init_index_;
   std::map<std::string, Value> const_cache_;
+  std::vector<std::pair<std::string, InputSample>> samples_;
 };
 
 }  // namespace trex

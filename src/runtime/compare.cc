@@ -74,7 +74,8 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
     double ref_ms = 0, cand_ms = 0;
 
     for (int b = 0; b < o.batches; ++b) {
-      SampleInputs feed = make_sample_inputs(ref, o.batch, o.seq, o.input_limits, rng, reference.string());
+      SampleInputs feed = make_step_inputs(ref, SampleShape{o.batch, o.seq, o.past, o.padded}, o.input_limits, rng,
+                                           reference.string());
       auto t0 = std::chrono::steady_clock::now();
       auto ra = ref.Run(Ort::RunOptions{nullptr}, in_c.data(), feed.values.data(), feed.values.size(), out_c.data(), out_c.size());
       auto t1 = std::chrono::steady_clock::now();

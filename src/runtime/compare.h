@@ -16,7 +16,9 @@ namespace trex {
 struct CompareOptions {
   int batches = 4;       // sample batches
   int64_t batch = 2;     // symbolic first dimension
-  int64_t seq = 16;      // other symbolic dimensions
+  int64_t seq = 16;      // other symbolic dimensions (sequence_length)
+  int64_t past = 0;      // past_sequence_length of models with a KV cache (random cache contents)
+  bool padded = true;    // pad half of the last row of attention masks
   int threads = 2;
   uint64_t seed = 1234;
   // Exclusive upper bound of the values fed to each integer input (see sample_input_limits).

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <random>
 
 #include "runtime/ort_session.h"
@@ -30,8 +31,7 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
     opts.DisableMemPattern();
     auto t0 = clock::now();
     Ort::Session session(ort_env(), model.c_str(), opts);
-    auto t1 = clock::now();
-    result.load_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+    result.load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
 
     const std::vector<std::string> out_names = output_names(session);
 
@@ -45,34 +45,49 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
     }
 
     std::mt19937_64 rng(1234);
-    const int64_t b = spec.batch, s = spec.seq;
-    SampleInputs inputs = make_sample_inputs(session, b, s, spec.input_limits, rng, model.string());
-    std::vector<const char*> in_c, out_c;
-    for (auto& n : inputs.names) in_c.push_back(n.c_str());
-    for (auto& n : out_names) out_c.push_back(n.c_str());
-    auto outputs = session.Run(Ort::RunOptions{nullptr}, in_c.data(), inputs.values.data(), inputs.values.size(), out_c.data(),
-                               out_c.size());
-    result.run_ms = std::chrono::duration<double, std::milli>(clock::now() - t1).count();
+    // Decoders (declared cache inputs) run two steps: a prefill with an empty cache, then one decode step fed
+    // with the prefill's present K/V, as a generation loop would.
+    const bool stateful = has_state_inputs(session);
+    std::vector<SampleShape> steps{{spec.batch, spec.seq, 0}};
+    if (stateful) steps.push_back({spec.batch, 1, spec.seq});
+    SampleInputs previous;
+    std::vector<Ort::Value> previous_outputs;
+    for (size_t step = 0; step < steps.size(); ++step) {
+      const SampleShape& shape = steps[step];
+      std::map<std::string, const Ort::Value*> fed;
+      for (size_t k = 0; k < previous_outputs.size(); ++k) fed[out_names[k]] = &previous_outputs[k];
+      SampleInputs inputs = make_step_inputs(session, shape, spec.input_limits, rng, model.string(),
+                                             step ? &previous : nullptr, step ? &fed : nullptr);
+      std::vector<const char*> in_c, out_c;
+      for (auto& n : inputs.names) in_c.push_back(n.c_str());
+      for (auto& n : out_names) out_c.push_back(n.c_str());
+      auto t_run = clock::now();
+      auto outputs = session.Run(Ort::RunOptions{nullptr}, in_c.data(), inputs.values.data(), inputs.values.size(),
+                                 out_c.data(), out_c.size());
+      if (step == 0) result.run_ms = std::chrono::duration<double, std::milli>(clock::now() - t_run).count();
+      const std::string where = stateful ? (step ? " (decode step)" : " (prefill)") : "";
 
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      Ort::TensorTypeAndShapeInfo info = outputs[i].GetTensorTypeAndShapeInfo();
-      std::vector<int64_t> got = info.GetShape();
-      std::vector<int64_t> want;
-      for (const Dim& d : spec.outputs[i].second) {
-        if (d.symbol.empty()) want.push_back(d.value);
-        else if (d.symbol == "batch_size") want.push_back(b);
-        else if (d.symbol == "sequence_length") want.push_back(s);
-        else want.push_back(-1);
+      for (size_t i = 0; i < outputs.size(); ++i) {
+        Ort::TensorTypeAndShapeInfo info = outputs[i].GetTensorTypeAndShapeInfo();
+        std::vector<int64_t> got = info.GetShape();
+        std::vector<int64_t> want;
+        for (size_t a = 0; a < spec.outputs[i].second.size(); ++a) {
+          const Dim& d = spec.outputs[i].second[a];
+          want.push_back(d.symbol.empty() ? d.value : shape.symbol(d.symbol, a));
+        }
+        if (got != want)
+          throw VerificationError(model.string() + ": load check" + where + ": output '" + out_names[i] +
+                                  "' has shape " + shape_str(got) + ", expected " + shape_str(want));
+        const float* p = outputs[i].GetTensorData<float>();
+        const size_t n = info.GetElementCount();
+        for (size_t k = 0; k < n; ++k)
+          if (!std::isfinite(p[k]))
+            throw VerificationError(model.string() + ": load check" + where + ": output '" + out_names[i] +
+                                    "' has non-finite values");
+        if (step == 0) result.outputs.emplace_back(out_names[i], got);
       }
-      if (got != want)
-        throw VerificationError(model.string() + ": load check: output '" + out_names[i] + "' has shape " +
-                                shape_str(got) + ", expected " + shape_str(want));
-      const float* p = outputs[i].GetTensorData<float>();
-      const size_t n = info.GetElementCount();
-      for (size_t k = 0; k < n; ++k)
-        if (!std::isfinite(p[k]))
-          throw VerificationError(model.string() + ": load check: output '" + out_names[i] + "' has non-finite values");
-      result.outputs.emplace_back(out_names[i], got);
+      previous = std::move(inputs);
+      previous_outputs = std::move(outputs);
     }
   } catch (const Ort::Exception& e) {
     throw VerificationError(model.string() + ": load check: ONNX Runtime: " + e.what());

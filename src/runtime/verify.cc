@@ -53,6 +53,8 @@ VerifyReport verify_models(const std::filesystem::path& model, const std::filesy
   CompareOptions co;
   co.batch = o.batch;
   co.seq = o.seq;
+  co.past = o.past;
+  co.padded = o.padded;
   co.batches = o.batches;
   co.threads = o.threads;
   co.input_limits = sample_input_limits(read_model(reference));

@@ -14,6 +14,8 @@ namespace trex {
 struct VerifyOptions {
   int64_t batch = 2;
   int64_t seq = 16;
+  int64_t past = 0;  // past_sequence_length for models with a KV cache
+  bool padded = true;
   int batches = 2;
   double atol = 1e-4;
   // Exclusive upper bounds of random integer inputs (input_ids → vocab). Inputs not listed get the bound read

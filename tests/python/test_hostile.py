@@ -115,9 +115,9 @@ def test_config_without_model_type(tmp_path, out):
 def test_unsupported_model_type(tmp_path, out):
     d = copy_ckpt(tmp_path)
     (d / "config.json").write_text(json.dumps({
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 32, "n_layer": 2, "n_head": 4,
+        "model_type": "xlnet", "architectures": ["XLNetLMHeadModel"], "d_model": 32, "n_layer": 2, "n_head": 4,
         "vocab_size": 99}))
-    run_expect_error(d, out, 2, words=["gpt2"], any_of=[("config.json", "model_type", "unsupported")])
+    run_expect_error(d, out, 2, words=["xlnet"], any_of=[("config.json", "model_type", "unsupported")])
 
 
 def test_unknown_pipeline(tmp_path, out):
@@ -341,14 +341,32 @@ def test_output_in_proc(tmp_path, trex_bin):
     assert not target.exists() and not Path("/proc/trex_out.onnx.data").exists()
 
 
-def test_output_dir_does_not_exist(tmp_path, trex_bin):
-    target = tmp_path / "nodir" / "out.onnx"
+def test_output_dir_does_not_exist_is_created(tmp_path, trex_bin):
+    target = tmp_path / "nodir" / "sub" / "out.onnx"
+    r = fx.run_trex("export", "--model", fx.checkpoint("bert"), target)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert target.is_file()
+
+
+def test_output_dir_cannot_be_created(tmp_path, trex_bin):
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" / "sub" / "out.onnx"  # a folder below a regular file cannot exist
     before = listing(tmp_path)
     r = fx.run_trex("export", "--model", fx.checkpoint("bert"), target)
     assert r.returncode == 4, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("trex: error: ") and "nodir" in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("trex: error: ") and "afile" in lines[0], r.stderr
     assert listing(tmp_path) == before, "trex created something"
+
+
+def test_created_output_dir_removed_on_failure(tmp_path, trex_bin):
+    d = tmp_path / "ckpt"
+    shutil.copytree(fx.checkpoint("bert"), d)
+    (d / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")  # empty: every tensor missing
+    before = listing(tmp_path)
+    r = fx.run_trex("export", "--model", d, tmp_path / "new" / "deeper" / "out.onnx")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert listing(tmp_path) == before, "the folders trex created were left behind"
 
 
 def test_output_is_a_directory(tmp_path, trex_bin):

@@ -1,0 +1,150 @@
+#include "export/companions.h"
+
+#include <fstream>
+#include <system_error>
+
+#include <nlohmann/json.hpp>
+
+#include "util/error.h"
+#include "util/output_path.h"
+
+namespace trex {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const char* const kTokenizerFiles[] = {
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json",     "merges.txt",            "tokenizer.model",         "spiece.model",      "sentencepiece.bpe.model",
+    "source.spm",     "target.spm",            "chat_template.jinja",     nullptr,
+};
+
+namespace {
+
+// Writes `bytes` to `dst` through a temporary file beside it.
+void write_atomically(const fs::path& dst, const std::string& bytes) {
+  const fs::path tmp = temp_path_beside(dst);
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    f.close();
+    if (!f) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw OutputError(dst.string(), "cannot write");
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, dst, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw OutputError(dst.string(), "cannot write: " + ec.message());
+  }
+}
+
+// A checkpoint file read as bytes: only regular files that really live inside the checkpoint folder (a symlink
+// pointing elsewhere is refused), at most 64 MiB.
+std::string read_checkpoint_file(const fs::path& model_dir, const fs::path& file) {
+  std::error_code ec;
+  const fs::path real_dir = fs::canonical(model_dir, ec);
+  const fs::path real = fs::canonical(file, ec);
+  if (ec) throw InputError(file.string(), "cannot resolve: " + ec.message());
+  const auto rel = real.lexically_relative(real_dir);
+  if (rel.empty() || *rel.begin() == "..") throw InputError(file.string(), "points outside the checkpoint folder");
+  if (!fs::is_regular_file(real, ec)) throw InputError(file.string(), "not a regular file");
+  constexpr uintmax_t kMax = 64ull << 20;
+  if (fs::file_size(real, ec) > kMax) throw InputError(file.string(), "larger than 64 MiB");
+  std::ifstream f(real, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (!f.good() && !f.eof()) throw InputError(file.string(), "cannot read");
+  return bytes;
+}
+
+int64_t token_id(const ModelConfig& c, const json& generation, const char* key, int64_t fallback) {
+  if (generation.contains(key) && generation[key].is_number_integer()) return generation[key].get<int64_t>();
+  if (generation.contains(key) && generation[key].is_array() && !generation[key].empty() &&
+      generation[key][0].is_number_integer())
+    return generation[key][0].get<int64_t>();
+  if (c.has(key) && c.raw()[key].is_array() && !c.raw()[key].empty() && c.raw()[key][0].is_number_integer())
+    return c.raw()[key][0].get<int64_t>();  // Llama 3 lists several end tokens
+  return c.get_int(key, fallback);
+}
+
+json genai_config(const ModelConfig& c, const json& generation, const CompanionOptions& o) {
+  const int64_t context = c.get_int("max_position_embeddings", c.get_int("n_positions", 2048));
+  const int64_t eos = token_id(c, generation, "eos_token_id", 0);
+  json eos_ids = json::array();
+  if (generation.contains("eos_token_id") && generation["eos_token_id"].is_array()) eos_ids = generation["eos_token_id"];
+  json decoder = {
+      {"session_options", {{"log_id", "onnxruntime-genai"}, {"provider_options", json::array()}}},
+      {"filename", o.model_file},
+      {"head_size", o.head_dim},
+      {"hidden_size", o.hidden},
+      {"inputs",
+       {{"input_ids", "input_ids"},
+        {"attention_mask", "attention_mask"},
+        {"position_ids", "position_ids"},
+        {"past_key_names", "past_key_values.%d.key"},
+        {"past_value_names", "past_key_values.%d.value"}}},
+      {"outputs",
+       {{"logits", "logits"}, {"present_key_names", "present.%d.key"}, {"present_value_names", "present.%d.value"}}},
+      {"num_attention_heads", o.num_heads},
+      {"num_hidden_layers", o.num_layers},
+      {"num_key_value_heads", o.num_kv_heads},
+  };
+  json model = {
+      {"bos_token_id", token_id(c, generation, "bos_token_id", 0)},
+      {"context_length", context},
+      {"decoder", decoder},
+      {"eos_token_id", eos_ids.empty() ? json(eos) : eos_ids},
+      {"pad_token_id", token_id(c, generation, "pad_token_id", eos)},
+      {"type", c.model_type},
+      {"vocab_size", o.vocab},
+  };
+  // The cache grows by concatenation (present = past ++ new), so genai must not share past/present buffers.
+  json search = {{"diversity_penalty", 0.0},   {"do_sample", false},         {"early_stopping", true},
+                 {"length_penalty", 1.0},      {"max_length", context},      {"min_length", 0},
+                 {"no_repeat_ngram_size", 0},  {"num_beams", 1},             {"num_return_sequences", 1},
+                 {"past_present_share_buffer", false}, {"repetition_penalty", 1.0}, {"temperature", 1.0},
+                 {"top_k", 1},                 {"top_p", 1.0}};
+  return {{"model", model}, {"search", search}};
+}
+
+}  // namespace
+
+std::vector<fs::path> write_companion_files(const ModelConfig& config, const CompanionOptions& o) {
+  std::error_code ec;
+  if (fs::equivalent(o.model_dir, o.output_dir, ec))
+    throw UsageError(o.output_dir.string() + ": the output folder is the checkpoint folder; choose another one");
+  std::vector<fs::path> written;
+  auto put = [&](const std::string& name, const std::string& bytes) {
+    write_atomically(o.output_dir / name, bytes);
+    written.push_back(o.output_dir / name);
+  };
+  put("config.json", read_checkpoint_file(o.model_dir, o.model_dir / "config.json"));
+
+  json generation = json::object();
+  const fs::path gen_path = o.model_dir / "generation_config.json";
+  if (fs::exists(gen_path, ec)) {
+    const std::string bytes = read_checkpoint_file(o.model_dir, gen_path);
+    generation = json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+    if (!generation.is_object()) throw InputError(gen_path.string(), "not a JSON object");
+    put("generation_config.json", bytes);
+  } else if (o.task == Task::kCausalLM) {
+    // transformers derives the defaults from config.json; write them so that the folder is complete.
+    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
+      if (config.has(key)) {
+        const int64_t v = config.get_int(key, -1);
+        if (v >= 0) generation[key] = v;
+      }
+    put("generation_config.json", generation.dump(2) + "\n");
+  }
+  for (const char* const* f = kTokenizerFiles; *f; ++f) {
+    const fs::path p = o.model_dir / *f;
+    if (fs::exists(p, ec)) put(*f, read_checkpoint_file(o.model_dir, p));
+  }
+  if (o.task == Task::kCausalLM) put("genai_config.json", genai_config(config, generation, o).dump(4) + "\n");
+  return written;
+}
+
+}  // namespace trex
