@@ -51,7 +51,8 @@ TensorData Weights::as_f32(const TensorView& t) const {
   if (t.dtype == DType::kF32) return TensorData::view(DType::kF32, t.shape, t.data);
   TensorView copy = t;
   return TensorData::produced(DType::kF32, t.shape,
-                              [copy](std::byte* dst) { convert_to_f32(copy, reinterpret_cast<float*>(dst)); });
+                              [copy](std::byte* dst) { convert_to_f32(copy, reinterpret_cast<float*>(dst)); })
+      .with_source(t.data, t.nbytes);
 }
 
 Value Weights::get(const std::string& name, const Shape& expected) {
@@ -87,7 +88,7 @@ Value Weights::get_transposed(const std::string& name, const Shape& expected) {
       for (int64_t c0 = 0; c0 < cols; c0 += kTile)
         for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r)
           for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c) out[c * rows + r] = in[r * cols + c];
-  }));
+  }).with_source(src.data, src.nbytes));
 }
 
 Value Weights::get_row(const std::string& name, const Shape& expected, int64_t row) {
@@ -158,7 +159,7 @@ Value Weights::get_packed(const std::string& name, const std::vector<std::pair<s
   }
   if (views.size() != parts.size()) return name;
   if (graph_.has_initializer(name)) return name;
-  return graph_.initializer(name, TensorData::produced(DType::kF32, {in, total}, [views, in, total, conv1d](std::byte* dst) {
+  TensorData packed = TensorData::produced(DType::kF32, {in, total}, [views, in, total, conv1d](std::byte* dst) {
     float* out = reinterpret_cast<float*>(dst);
     int64_t col0 = 0;
     for (const TensorView& v : views) {
@@ -170,7 +171,9 @@ Value Weights::get_packed(const std::string& name, const std::vector<std::pair<s
               conv1d ? src[static_cast<size_t>(i * cols + c)] : src[static_cast<size_t>(c * in + i)];
       col0 += cols;
     }
-  }));
+  });
+  for (const TensorView& v : views) packed.with_source(v.data, v.nbytes);
+  return graph_.initializer(name, std::move(packed));
 }
 
 Value Weights::get_concat(const std::string& name, const std::vector<std::pair<std::string, int64_t>>& parts) {

@@ -109,11 +109,17 @@ int run_export(const ExportArgs& a) {
   const bool tty = ::isatty(STDERR_FILENO) && !a.quiet;
   if (!a.quiet) o.log = [](const std::string& s) { std::cout << s << "\n" << std::flush; };
   if (tty) {
-    o.progress = [last = -1](size_t done, size_t total) mutable {
+    // One refreshed line: percent, bytes and throughput (long exports of multi-GB checkpoints).
+    o.progress = [last = -1, start = std::chrono::steady_clock::now()](size_t done, size_t total) mutable {
       int pct = total ? static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)) : 100;
       if (pct == last) return;
       last = pct;
-      std::cerr << "\rwriting weights " << pct << "%" << (pct >= 100 ? "\r                    \r" : "") << std::flush;
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      char line[128];
+      std::snprintf(line, sizeof line, "\rwriting weights %3d%% (%s of %s, %.0f MB/s)   ", pct, mib(done).c_str(),
+                    mib(total).c_str(), secs > 0 ? static_cast<double>(done) / 1e6 / secs : 0.0);
+      std::cerr << line << (pct >= 100 ? "\r                                                            \r" : "")
+                << std::flush;
     };
   }
   auto t0 = std::chrono::steady_clock::now();

@@ -70,6 +70,14 @@ int64_t token_id(const ModelConfig& c, const json& generation, const char* key, 
   return c.get_int(key, fallback);
 }
 
+// onnxruntime-genai's model class: its own name for the families it knows; "decoder" (its generic decoder-only
+// class, which reads the same input/output names) for the others — genai's "gpt2" class expects another graph.
+std::string genai_type(const std::string& model_type) {
+  for (const char* known : {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"})
+    if (model_type == known) return model_type;
+  return "decoder";
+}
+
 json genai_config(const ModelConfig& c, const json& generation, const CompanionOptions& o) {
   const int64_t context = c.get_int("max_position_embeddings", c.get_int("n_positions", 2048));
   const int64_t eos = token_id(c, generation, "eos_token_id", 0);
@@ -98,7 +106,7 @@ json genai_config(const ModelConfig& c, const json& generation, const CompanionO
       {"decoder", decoder},
       {"eos_token_id", eos_ids.empty() ? json(eos) : eos_ids},
       {"pad_token_id", token_id(c, generation, "pad_token_id", eos)},
-      {"type", c.model_type},
+      {"type", genai_type(c.model_type)},
       {"vocab_size", o.vocab},
   };
   // The cache grows by concatenation (present = past ++ new), so genai must not share past/present buffers.

@@ -132,7 +132,8 @@ CompanionOptions companion_options(const ExportOptions& options, const ModelConf
   CompanionOptions c;
   c.model_dir = options.model_dir;
   c.output_dir = options.output.parent_path().empty() ? fs::path(".") : options.output.parent_path();
-  c.model_file = options.output.filename().string();
+  // genai runs the fastest graph the folder has.
+  c.model_file = (options.optimize ? optimized_path(options.output) : options.output).filename().string();
   c.task = task;
   for (const auto& [name, dims] : spec.outputs) {
     if (name == "logits" && dims.size() == 3) c.vocab = dims[2].value;

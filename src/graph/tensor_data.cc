@@ -1,5 +1,9 @@
 #include "graph/tensor_data.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 
@@ -11,6 +15,7 @@ TensorData TensorData::view(DType dtype, Shape dims, const std::byte* bytes, std
   t.dims_ = std::move(dims);
   t.view_ = bytes;
   t.keep_alive_ = std::move(keep_alive);
+  t.sources_.emplace_back(bytes, t.nbytes());
   return t;
 }
 
@@ -48,6 +53,21 @@ void TensorData::copy_to(std::byte* dst) const {
     produce_(dst);
   } else {
     throw std::logic_error("TensorData has no bytes");
+  }
+}
+
+TensorData& TensorData::with_source(const std::byte* bytes, size_t n) {
+  sources_.emplace_back(bytes, n);
+  return *this;
+}
+
+void TensorData::release_sources() const {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  for (const auto& [p, n] : sources_) {
+    // Only whole pages inside the range: the neighbours' bytes may still be needed.
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
   }
 }
 

@@ -42,6 +42,13 @@ class TensorData {
   // Materializes into a vector (for small tensors, passes and tests).
   std::vector<std::byte> to_bytes() const;
 
+  // The memory-mapped checkpoint bytes this tensor is made from (a view's own bytes are recorded by view()).
+  TensorData& with_source(const std::byte* bytes, size_t n);
+  // Tells the kernel the mapped source pages are not needed any more (after the tensor was written), so the
+  // export's resident memory stays near one tensor instead of growing with the checkpoint. The pages stay in
+  // the page cache: touching them again costs a minor fault, never wrong data.
+  void release_sources() const;
+
  private:
   DType dtype_ = DType::kF32;
   Shape dims_;
@@ -49,6 +56,7 @@ class TensorData {
   std::shared_ptr<const void> keep_alive_;
   std::shared_ptr<const std::vector<std::byte>> owned_;
   std::function<void(std::byte*)> produce_;
+  std::vector<std::pair<const std::byte*, size_t>> sources_;
 };
 
 }  // namespace trex

@@ -179,6 +179,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
       add_kv("location", result.data_path.filename().string());
       add_kv("offset", std::to_string(offset));
       add_kv("length", std::to_string(n));
+      init.data.release_sources();
       done += n;
       if (options.progress) options.progress(done, total_weights);
     }
@@ -232,6 +233,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
       init.data.copy_to(scratch.data());
       out.write(scratch.data(), n);
     }
+    init.data.release_sources();
     if (!external) {
       done += n;
       if (options.progress) options.progress(done, total_weights);
