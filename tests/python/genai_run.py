@@ -8,6 +8,7 @@ Options:
   --all            print prompt + new tokens (the full sequence) instead
   --batch N        run the prompt N times as a batch (all rows must agree; the first is printed)
   --threads N      intra-op threads for the CPU session (default: genai's own setting)
+  --ignore-eos     never stop at EOS (genai's min_length = max_length), for timing
   --timing         also print a second JSON line {"prefill_s":..,"decode_s":..,"decode_tok_s":..}
 Greedy: do_sample=False; max_length = prompt length + max-new-tokens; generation stops early at EOS as
 in transformers' generate() (genai stops at the eos_token_id of genai_config.json).
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--timing", action="store_true")
+    ap.add_argument("--ignore-eos", action="store_true", help="min_length = max_length (for timing runs)")
     a = ap.parse_args(argv)
 
     import numpy as np
@@ -47,7 +49,11 @@ def main(argv=None) -> int:
     model = og.Model(config)
 
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(prompt) + a.max_new_tokens, batch_size=a.batch)
+    max_length = len(prompt) + a.max_new_tokens
+    search = dict(do_sample=False, max_length=max_length, batch_size=a.batch)
+    if a.ignore_eos:
+        search["min_length"] = max_length
+    params.set_search_options(**search)
     gen = og.Generator(model, params)
     t0 = time.perf_counter()
     gen.append_tokens(np.array([prompt] * a.batch, dtype=np.int32))  # runs the prefill (computes logits)
