@@ -10,8 +10,11 @@ Options:
   --threads N      intra-op threads for the CPU session (default: genai's own setting)
   --ignore-eos     never stop at EOS (genai's min_length = max_length), for timing
   --timing         also print a second JSON line {"prefill_s":..,"decode_s":..,"decode_tok_s":..}
+  --raw            print genai's sequence as it is (see EOS below)
 Greedy: do_sample=False; max_length = prompt length + max-new-tokens; generation stops early at EOS as
-in transformers' generate() (genai stops at the eos_token_id of genai_config.json).
+in transformers' generate() (genai stops at the eos_token_id of genai_config.json). genai's get_sequence()
+leaves that EOS out while transformers' generate() output ends with it: the EOS (read back with
+get_next_tokens) is appended so the list compares equal to transformers' new tokens; --raw does not.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--timing", action="store_true")
+    ap.add_argument("--raw", action="store_true", help="genai's sequence as is (without the EOS it stopped at)")
     ap.add_argument("--ignore-eos", action="store_true", help="min_length = max_length (for timing runs)")
     a = ap.parse_args(argv)
 
@@ -59,11 +63,22 @@ def main(argv=None) -> int:
     gen.append_tokens(np.array([prompt] * a.batch, dtype=np.int32))  # runs the prefill (computes logits)
     t1 = time.perf_counter()
     stamps = []
+    stop_token = [None] * a.batch  # genai leaves the EOS out of the sequence; transformers keeps it
+    lengths = [len(prompt)] * a.batch
     while not gen.is_done():
         gen.generate_next_token()  # picks a token from the current logits; from the 2nd call on, it first
         stamps.append(time.perf_counter())  # runs one decode step for the previous token
+        if a.raw or a.ignore_eos:  # (no EOS possible with --ignore-eos: keep timing runs free of this)
+            continue
+        nxt = gen.get_next_tokens()
+        for b in range(a.batch):
+            n = len(gen.get_sequence(b))
+            if n == lengths[b] and stop_token[b] is None:  # the row did not grow: it picked EOS
+                stop_token[b] = int(nxt[b])
+            lengths[b] = n
 
     rows = [list(map(int, gen.get_sequence(b))) for b in range(a.batch)]
+    rows = [r + ([stop_token[b]] if stop_token[b] is not None else []) for b, r in enumerate(rows)]
     if any(r != rows[0] for r in rows[1:]):
         print(f"genai_run: batch rows differ: {rows}", file=sys.stderr)
         return 1
