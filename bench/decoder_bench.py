@@ -60,9 +60,9 @@ TREX_BIN = Path(os.environ.get("TREX_BIN", str(REPO / "build" / "trex")))
 GENAI_PY = REPO / ".venv-genai" / "bin" / "python"
 OPTIMUM_CLI = REPO / ".venv" / "bin" / "optimum-cli"
 GENAI_RUN = REPO / "tests" / "python" / "genai_run.py"
-TOOLS = ["trex", "genai-fp32", "genai-int4", "optimum"]
-LABELS = {"trex": "trex", "genai-fp32": "genai builder fp32", "genai-int4": "genai builder int4",
-          "optimum": "optimum-cli"}
+TOOLS = ["trex", "trex-optimized", "genai-fp32", "genai-int4", "optimum"]
+LABELS = {"trex": "trex", "trex-optimized": "trex --optimize", "genai-fp32": "genai builder fp32",
+          "genai-int4": "genai builder int4", "optimum": "optimum-cli"}
 
 # Runs argv[1:] as a child, then prints {"rc", "wall_s", "maxrss_kb", "tree_peak_b"} as the last line.
 # A fresh interpreter per run, so RUSAGE_CHILDREN holds only this tool's process tree.
@@ -133,10 +133,11 @@ def last_lines(log: Path, n: int = 3) -> str:
 
 def tool_command(tool: str, ckpt: Path, out: Path, cache: Path) -> list[str] | str:
     """The command for a tool, or a string saying why it cannot run here."""
-    if tool == "trex":
+    if tool in ("trex", "trex-optimized"):
         if not TREX_BIN.exists():
             return f"not built ({TREX_BIN.relative_to(REPO) if TREX_BIN.is_relative_to(REPO) else TREX_BIN} missing)"
-        return [str(TREX_BIN), "export", "--model", str(ckpt), "--pipeline", "text-generation", str(out)]
+        extra = ["--optimize"] if tool == "trex-optimized" else []
+        return [str(TREX_BIN), "export", "--model", str(ckpt), "--pipeline", "text-generation", *extra, str(out)]
     if tool.startswith("genai-"):
         if not GENAI_PY.exists():
             return "unavailable (.venv-genai missing: run scripts/setup)"
@@ -173,7 +174,7 @@ def run_exports(tools, ckpt: Path, work: Path, repeat: int, env: dict) -> list[d
             m = measure(cmd, log, env)
             shutil.rmtree(work / "genai-cache", ignore_errors=True)
             if m["rc"] != 0:
-                if tool == "trex" and trex_unsupported(log):
+                if tool.startswith("trex") and trex_unsupported(log):
                     row["note"] = "not supported yet"
                 else:
                     row["note"] = f"failed (rc {m['rc']}): {last_lines(log)}"
@@ -299,11 +300,13 @@ def main(argv=None) -> int:
         by_tool = {r["tool"]: r for r in rows}
         folders: dict[str, Path] = {}
         notes = []
-        trex_row = by_tool.get("trex")
-        if trex_row and trex_row["out"] and (Path(trex_row["out"]) / "genai_config.json").exists():
-            folders["trex"] = Path(trex_row["out"])
-        elif trex_row:
-            notes.append("trex folder: " + (trex_row["note"] or "no genai_config.json") + " (decode skipped)")
+        for tool in ("trex", "trex-optimized"):
+            trex_row = by_tool.get(tool)
+            if trex_row and trex_row["out"] and (Path(trex_row["out"]) / "genai_config.json").exists():
+                folders[LABELS[tool]] = Path(trex_row["out"])
+            elif trex_row:
+                notes.append(f"{LABELS[tool]} folder: " + (trex_row["note"] or "no genai_config.json") +
+                             " (decode skipped)")
         g = by_tool.get("genai-fp32")
         if g and g["out"]:
             folders["genai builder fp32"] = Path(g["out"])
@@ -313,7 +316,7 @@ def main(argv=None) -> int:
             import random
             rng = random.Random(0)
             prompt = [llama_checkpoint.BOS] + [rng.randrange(3, shape["vocab_size"]) for _ in range(a.prompt_len - 1)]
-            if a.smoke and "genai builder fp32" in folders:
+            if a.smoke:
                 n = 32
                 ref = transformers_greedy(ckpt, prompt[:16], n)
                 for name, folder in folders.items():
@@ -322,7 +325,7 @@ def main(argv=None) -> int:
                     token_check = (token_check or {}) | {name: ok}
                     print(f"\n{name}: greedy {n} tokens vs transformers generate(): "
                           f"{'identical' if ok else 'DIFFERENT'}{'' if got is not None else ' (' + err + ')'}")
-                    if not ok and name != "trex":
+                    if not ok:
                         status = 1
             decode = decode_bench(folders, prompt, a.new_tokens, a.threads, decode_repeat, env)
             print(f"\n## Decode in onnxruntime-genai: prompt {a.prompt_len} tokens, {a.new_tokens} new tokens "
