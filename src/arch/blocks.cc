@@ -391,7 +391,6 @@ std::vector<GraphOutput> build_decoder(BuildContext& ctx, Weights& w, const Deco
     const BlockSpec& b = spec.layers[static_cast<size_t>(i)];
     const LayerNames n = names.layer.at(i);
     AttentionInputs in = shared;
-    in.layer = i;
     auto mask = masks.find(b.attention.sliding_window);
     if (mask == masks.end())
       mask = masks.emplace(b.attention.sliding_window,
@@ -446,19 +445,19 @@ RotarySpec read_rotary(const ModelConfig& c, int64_t head_dim) {
   const nlohmann::json* params = nullptr;
   if (raw.contains("rope_parameters") && raw["rope_parameters"].is_object()) params = &raw["rope_parameters"];
   else if (raw.contains("rope_scaling") && raw["rope_scaling"].is_object()) params = &raw["rope_scaling"];
-  r.theta = c.get_float("rope_theta", 10000.0);
-  if (params && params->contains("rope_theta") && (*params)["rope_theta"].is_number())
-    r.theta = (*params)["rope_theta"].get<double>();
-  const double partial = c.get_float("partial_rotary_factor", 1.0);
+  auto num = [&](const char* key, double fallback) {
+    if (!params) return fallback;
+    auto it = params->find(key);
+    return it != params->end() && it->is_number() ? it->get<double>() : fallback;
+  };
+  // 5.x moves rope_theta, partial_rotary_factor and original_max_position_embeddings into rope_parameters.
+  r.theta = num("rope_theta", c.get_float("rope_theta", 10000.0));
+  const double partial = num("partial_rotary_factor", c.get_float("partial_rotary_factor", 1.0));
   r.dim = static_cast<int64_t>(static_cast<double>(head_dim) * partial);
   if (r.dim <= 0 || r.dim > head_dim || r.dim % 2 != 0)
     c.fail("partial_rotary_factor " + std::to_string(partial) + " gives an unusable rotary dimension " +
            std::to_string(r.dim) + " for head_dim " + std::to_string(head_dim));
   if (!params) return r;
-  auto num = [&](const char* key, double fallback) {
-    auto it = params->find(key);
-    return it != params->end() && it->is_number() ? it->get<double>() : fallback;
-  };
   std::string type = "default";
   for (const char* key : {"rope_type", "type"})
     if (params->contains(key) && (*params)[key].is_string()) {
@@ -487,9 +486,11 @@ RotarySpec read_rotary(const ModelConfig& c, int64_t head_dim) {
         out->push_back(v.get<double>());
       }
     }
-    r.original_max_positions = c.get_int("original_max_position_embeddings", max_pos);
+    const bool has_original = c.has("original_max_position_embeddings") || params->contains("original_max_position_embeddings");
+    r.original_max_positions = static_cast<int64_t>(
+        num("original_max_position_embeddings", static_cast<double>(c.get_int("original_max_position_embeddings", max_pos))));
     double factor = num("factor", 1.0);
-    if (c.has("original_max_position_embeddings") && r.original_max_positions > 0)
+    if (has_original && r.original_max_positions > 0)
       factor = static_cast<double>(max_pos) / static_cast<double>(r.original_max_positions);
     r.attention_factor = num("attention_factor", -1);
     if (r.attention_factor < 0)

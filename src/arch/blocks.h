@@ -31,7 +31,6 @@ struct AttentionInputs {
   Value past_key, past_value;    // [B, kv_heads, P, head_dim]; empty: no cache
   Value seqlens_k, total_length; // fused: int32 [B] (= T - 1) and int32 scalar T
   Value position_ids;            // fused: [B, S] for RotaryEmbedding
-  int64_t layer = 0;
 };
 struct AttentionOutputs {
   Value context;                    // [B, S, hidden] after the output projection (or [B, S, heads*head_dim] from core)

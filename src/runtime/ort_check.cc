@@ -13,8 +13,23 @@
 namespace trex {
 
 std::string LoadCheckResult::summary() const {
+  // Cache outputs (present.*) are summarized in one entry when they share a shape (a 1B decoder has 44).
   std::string s;
-  for (const auto& [name, shape] : outputs) s += (s.empty() ? "" : ", ") + name + " " + shape_str(shape);
+  size_t cache = 0;
+  const std::vector<int64_t>* cache_shape = nullptr;
+  bool uniform = true;
+  for (const auto& [name, shape] : outputs) {
+    if (name.rfind("present.", 0) == 0) {
+      uniform = uniform && (!cache_shape || *cache_shape == shape);
+      cache_shape = &shape;
+      ++cache;
+    }
+  }
+  for (const auto& [name, shape] : outputs) {
+    if (cache > 2 && uniform && name.rfind("present.", 0) == 0) continue;
+    s += (s.empty() ? "" : ", ") + name + " " + shape_str(shape);
+  }
+  if (cache > 2 && uniform) s += (s.empty() ? "" : ", ") + std::to_string(cache) + "x present.* " + shape_str(*cache_shape);
   return s;
 }
 

@@ -93,6 +93,8 @@ def _build(name: str, fmt: str, out: Path):
         model.save_pretrained(out, safe_serialization=True)
     elif fmt == "bf16":
         model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    elif fmt == "fp16":
+        model.half().save_pretrained(out, safe_serialization=True)
     elif fmt == "sharded":
         model.save_pretrained(out, safe_serialization=True, max_shard_size="30KB")
         assert (out / "model.safetensors.index.json").exists(), "sharding did not happen"

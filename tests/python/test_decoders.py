@@ -100,7 +100,7 @@ def test_greedy_tokens_equal_generate(trex_bin, tmp_path, name):
     assert np.array_equal(got, want), f"trex {got.tolist()}\ntransformers {want.tolist()}"
 
 
-@pytest.mark.parametrize("fmt", ["bf16", "sharded"])
+@pytest.mark.parametrize("fmt", ["bf16", "fp16", "sharded"])
 def test_decoder_formats(trex_bin, tmp_path, record_diff, fmt):
     """bf16 weights (converted to fp32 while streaming) and sharded safetensors give transformers' numbers."""
     import torch
@@ -142,6 +142,28 @@ def test_output_folder_is_complete(trex_bin, tmp_path):
 
     assert AutoTokenizer.from_pretrained(out)("w5 w7")["input_ids"] == [5, 7]
     assert AutoConfig.from_pretrained(out).model_type == "qwen2"
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_optimum_loads_the_folder(trex_bin, tmp_path, name):
+    """optimum's ORTModelForCausalLM loads the plain folder as it is; greedy and beam search give transformers'
+    tokens on a left-padded batch."""
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    ckpt = dfx.decoder_checkpoint(name)
+    out = tmp_path / "folder"
+    export(trex_bin, ckpt, out)
+    ort_model = ORTModelForCausalLM.from_pretrained(out, use_cache=True)
+    ref = dfx.reference_model(ckpt)
+    ids, mask = dfx.left_padded_batch(seed=5, lengths=(8, 5))
+    args = dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), do_sample=False,
+                pad_token_id=dfx.PAD)
+    for extra in (dict(max_new_tokens=24, min_new_tokens=24), dict(max_new_tokens=12, num_beams=4)):
+        with torch.no_grad():
+            want = ref.generate(**args, **extra)
+        got = ort_model.generate(**args, **extra)
+        assert torch.equal(got, want), f"{extra}: optimum {got.tolist()}\ntransformers {want.tolist()}"
 
 
 def test_zero_length_past_and_metadata(trex_bin, tmp_path):
@@ -269,3 +291,33 @@ def test_torchscript_refuses_decoders(trex_bin, tmp_path):
     r = fx.run_trex("export", "--model", ckpt, "--format", "torchscript", out)
     assert r.returncode == 1, r.stderr
     assert "torchscript" in r.stderr.lower() and not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json as transformers 5 writes it (rope_parameters instead of rope_theta + rope_scaling)
+# ----------------------------------------------------------------------------------------------
+
+GENAI_PY = fx.REPO / ".venv-genai" / "bin" / "python"  # the venv with transformers 5
+
+
+@pytest.mark.skipif(not GENAI_PY.exists(), reason=".venv-genai (transformers 5) missing: scripts/setup makes it")
+@pytest.mark.parametrize("name", ["llama-llama3-rope", "phi3", "phi3-longrope"])
+def test_transformers5_config_gives_the_same_model(trex_bin, tmp_path, name):
+    import subprocess
+
+    ckpt = tmp_path / "v5"
+    shutil.copytree(dfx.decoder_checkpoint(name), ckpt)
+    # transformers 5 reads the 4.x config.json and writes its own form of it.
+    code = ("import sys, transformers as tf; c = tf.AutoConfig.from_pretrained(sys.argv[1]); "
+            "c.save_pretrained(sys.argv[1])")
+    r = subprocess.run([str(GENAI_PY), "-c", code, str(ckpt)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert "rope_parameters" in cfg and "rope_scaling" not in cfg, cfg
+
+    a = dfx.OnnxDecoder(export(trex_bin, dfx.decoder_checkpoint(name), tmp_path / "v4out"))
+    b = dfx.OnnxDecoder(export(trex_bin, ckpt, tmp_path / "v5out"))
+    ids, mask = dfx.left_padded_batch(lengths=(20, 12))  # past original_max_position_embeddings for longrope
+    a.reset(2)
+    b.reset(2)
+    assert np.array_equal(a.step(ids, mask), b.step(ids, mask))
