@@ -185,6 +185,13 @@ ExportResult export_to(const ExportOptions& options) {
   ModelConfig config = ModelConfig::load(options.model_dir / "config.json");
   Task task;
   resolve(config, options, &task);
+  if (task == Task::kCausalLM || options.write_companions) {
+    // Companion files (config.json, tokenizer files) would replace the checkpoint's own: refuse before writing.
+    std::error_code ec;
+    const fs::path dir = options.output.parent_path().empty() ? fs::path(".") : options.output.parent_path();
+    if (fs::equivalent(dir, options.model_dir, ec))
+      throw UsageError(dir.string() + ": the output folder is the checkpoint folder; choose another one");
+  }
 
   ExportResult result;
   result.model_type = config.model_type;
