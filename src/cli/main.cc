@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "export/export.h"
+#include "io/hub_cache.h"
 #include "runtime/ort_optimize.h"
 #include "runtime/verify.h"
 #include "torchscript/torchscript_export.h"
@@ -31,7 +32,7 @@ int fail(ExitCode code, const std::string& message) {
 using trex::cli::mib;
 
 struct ExportArgs {
-  std::string model, output, pipeline, static_shape, external = "auto", format = "onnx", report;
+  std::string model, revision, output, pipeline, static_shape, external = "auto", format = "onnx", report;
   int opset = trex::kDefaultOpset;
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
        eager_attention = false;
@@ -85,7 +86,7 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
 
 int run_export(const ExportArgs& a) {
   trex::ExportOptions o;
-  o.model_dir = a.model;
+  o.model_dir = trex::resolve_model_dir(a.model, a.revision);
   o.output = a.output;
   o.pipeline = a.pipeline;
   o.opset = a.opset;
@@ -195,7 +196,10 @@ int main(int argc, char** argv) {
   ExportArgs ea;
   auto* ex = app.add_subcommand("export", "Export a checkpoint folder to ONNX (plain, standard ONNX ops)");
   ex->add_option("--model,-m", ea.model, "Checkpoint folder (config.json + model.safetensors / pytorch_model.bin, "
-                                         "sharded or not)")->required();
+                                         "sharded or not), a Hugging Face cache folder (models--ORG--NAME), or a "
+                                         "hub id ORG/NAME found in the local Hugging Face cache (HF_HUB_CACHE, "
+                                         "HF_HOME/hub, ~/.cache/huggingface/hub; offline)")->required();
+  ex->add_option("--revision", ea.revision, "Branch, tag or commit of a hub id / cache folder (default main)");
   ex->add_option("--pipeline,-p", ea.pipeline,
                  "Head to export: feature-extraction, text-classification (= sentiment-analysis), "
                  "token-classification (= ner), question-answering, fill-mask, text-generation (= causal-lm; "

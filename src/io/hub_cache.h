@@ -1,0 +1,21 @@
+// Where a --model argument points: a checkpoint folder, a Hugging Face cache repo folder (models--ORG--NAME),
+// or a hub id (ORG/NAME) resolved in the local Hugging Face cache exactly as huggingface_hub lays it out:
+//   $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
+//     models--ORG--NAME/refs/<revision>      (a file holding the commit hash)
+//     models--ORG--NAME/snapshots/<hash>/...  (the files, usually symlinks into ../../blobs/)
+// Offline only: a model that is not in the cache is an InputError naming the id and the folder searched.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace trex {
+
+// The Hugging Face hub cache folder from the environment.
+std::filesystem::path hub_cache_dir();
+
+// Resolves `model` (a folder, a cache repo folder, or ORG/NAME) at `revision` (a branch/tag name in refs/, or a
+// commit hash; default "main") to the snapshot folder holding config.json. Throws InputError.
+std::filesystem::path resolve_model_dir(const std::string& model, const std::string& revision = "");
+
+}  // namespace trex
