@@ -86,7 +86,18 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
 
 int run_export(const ExportArgs& a) {
   trex::ExportOptions o;
-  o.model_dir = trex::resolve_model_dir(a.model, a.revision);
+  const bool tty_progress = ::isatty(STDERR_FILENO) && !a.quiet;
+  o.model_dir = trex::resolve_model_dir(a.model, a.revision, [tty_progress, last = std::string()](
+                                                                 const std::string& file, uint64_t done,
+                                                                 uint64_t total) mutable {
+    if (!tty_progress) return;
+    char line[160];
+    std::snprintf(line, sizeof line, "\rdownloading %s: %s of %s   ", file.c_str(), mib(done).c_str(),
+                  total ? mib(total).c_str() : "?");
+    if (file != last && !last.empty()) std::cerr << "\n";
+    last = file;
+    std::cerr << line << std::flush;
+  });
   o.output = a.output;
   o.pipeline = a.pipeline;
   o.opset = a.opset;

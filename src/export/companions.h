@@ -7,11 +7,10 @@
 #include <vector>
 
 #include "arch/architecture.h"
+#include "io/checkpoint_files.h"
 
 namespace trex {
 
-// Tokenizer and preprocessing files copied from the checkpoint when present.
-extern const char* const kTokenizerFiles[];
 
 struct CompanionOptions {
   std::filesystem::path model_dir;   // the checkpoint folder (read)

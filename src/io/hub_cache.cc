@@ -4,6 +4,7 @@
 #include <fstream>
 #include <system_error>
 
+#include "io/hub_download.h"
 #include "util/error.h"
 
 namespace trex {
@@ -56,7 +57,7 @@ fs::path snapshot_of(const fs::path& repo, const std::string& id, const std::str
     if (!is_hash(hash)) throw InputError(ref.string(), "does not hold a commit hash");
   } else if (!is_hash(rev)) {
     throw InputError(repo.string(), "model '" + id + "' has no revision '" + rev + "' in the cache (refs/" + rev +
-                                        " is missing; offline: downloads are not supported)");
+                                        " is missing)");
   }
   const fs::path snap = repo / "snapshots" / hash;
   if (!fs::is_directory(snap, ec))
@@ -73,7 +74,8 @@ fs::path hub_cache_dir() {
   return fs::path(home.empty() ? "/" : home) / ".cache" / "huggingface" / "hub";
 }
 
-fs::path resolve_model_dir(const std::string& model, const std::string& revision) {
+fs::path resolve_model_dir(const std::string& model, const std::string& revision,
+                           const std::function<void(const std::string&, uint64_t, uint64_t)>& progress) {
   std::error_code ec;
   const fs::path p(model);
   if (fs::is_directory(p, ec)) {
@@ -93,10 +95,22 @@ fs::path resolve_model_dir(const std::string& model, const std::string& revision
   if (!id_like) throw InputError(model, "checkpoint folder does not exist");
   const fs::path cache = hub_cache_dir();
   const fs::path repo = cache / ("models--" + (org.empty() ? name : org + "--" + name));
-  if (!fs::is_directory(repo, ec))
-    throw InputError(model, "not a folder, and not in the Hugging Face cache " + cache.string() +
-                                " (offline: downloads are not supported)");
-  return snapshot_of(repo, model, revision);
+  const bool offline = env("HF_HUB_OFFLINE") == "1" || env("HF_HUB_OFFLINE") == "true";
+  if (offline) {
+    if (!fs::is_directory(repo, ec))
+      throw InputError(model, "not a folder, and not in the Hugging Face cache " + cache.string() +
+                                  " (HF_HUB_OFFLINE=1: no download)");
+    return snapshot_of(repo, model, revision);
+  }
+  try {
+    if (fs::is_directory(repo, ec)) return snapshot_of(repo, model, revision);  // cached: no network
+  } catch (const InputError&) {
+    // not this revision: download it
+  }
+  HubDownloadOptions o;
+  o.cache = cache;
+  o.progress = progress;
+  return download_model(model, revision, o);
 }
 
 }  // namespace trex

@@ -3,10 +3,14 @@
 //   $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
 //     models--ORG--NAME/refs/<revision>      (a file holding the commit hash)
 //     models--ORG--NAME/snapshots/<hash>/...  (the files, usually symlinks into ../../blobs/)
-// Offline only: a model that is not in the cache is an InputError naming the id and the folder searched.
+// Offline first: a hub id whose revision is in the cache is used as it is. Otherwise it is downloaded
+// (io/hub_download.h) unless HF_HUB_OFFLINE=1, where a missing model is an InputError naming the id and the
+// cache folder searched.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace trex {
@@ -16,6 +20,9 @@ std::filesystem::path hub_cache_dir();
 
 // Resolves `model` (a folder, a cache repo folder, or ORG/NAME) at `revision` (a branch/tag name in refs/, or a
 // commit hash; default "main") to the snapshot folder holding config.json. Throws InputError.
-std::filesystem::path resolve_model_dir(const std::string& model, const std::string& revision = "");
+// `progress` (may be empty) sees downloads: (file, bytes done, bytes total).
+std::filesystem::path resolve_model_dir(
+    const std::string& model, const std::string& revision = "",
+    const std::function<void(const std::string&, uint64_t, uint64_t)>& progress = {});
 
 }  // namespace trex
