@@ -95,7 +95,6 @@ class GraphBuilder {
   Value shape(const Value& x) { return op("Shape", {x}); }
   Value gather(const Value& data, const Value& indices, int64_t axis = 0);
   Value reshape(const Value& x, const std::vector<int64_t>& shape);  // constant target shape (0 = copy, -1 = infer)
-  Value reshape_dynamic(const Value& x, const Value& shape) { return op("Reshape", {x, shape}); }
   Value transpose(const Value& x, const std::vector<int64_t>& perm);
   Value softmax(const Value& x, int64_t axis);  // axis must be the last axis for opset < 13
   Value unsqueeze(const Value& x, const std::vector<int64_t>& axes);

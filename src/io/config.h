@@ -40,7 +40,6 @@ class ModelConfig {
   // A required positive integer (e.g. hidden_size); error when <= 0.
   int64_t get_positive_int(const std::string& key) const;
 
-  const nlohmann::json& raw() const { return raw_; }
   const std::string& file() const { return file_; }
   // Throws InputError("<config.json>: <problem>").
   [[noreturn]] void fail(const std::string& problem) const;
