@@ -4,8 +4,10 @@
 #include <cstring>
 #include <set>
 
+#include "util/checkpoint_buffers.h"
 #include "util/error.h"
 #include "util/output_path.h"
+#include "util/strings.h"
 
 namespace trex {
 
@@ -97,6 +99,10 @@ void check_export_paths(const ExportOptions& options) {
   if (!fs::exists(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "checkpoint folder does not exist");
   if (!fs::is_directory(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "not a folder");
   check_output_path(options.output);
+  std::vector<fs::path> outputs{options.output, external_data_path(options.output)};
+  if (options.optimize) outputs.push_back(optimized_path(options.output));
+  if (options.quantize) outputs.push_back(quantized_path(options.output));
+  check_outputs_not_inputs(outputs, checkpoint_input_files(options.model_dir));
 }
 
 ExportResult export_onnx(const ExportOptions& options) {
@@ -136,12 +142,11 @@ ExportResult export_onnx(const ExportOptions& options) {
       for (const auto& i : built.model.initializers) {
         std::string n = i.name;
         for (const char* suffix : {".T", ".row0"})
-          if (n.size() > std::strlen(suffix) && n.compare(n.size() - std::strlen(suffix), std::strlen(suffix), suffix) == 0)
-            n.resize(n.size() - std::strlen(suffix));
+          if (n.size() > std::strlen(suffix) && ends_with(n, suffix)) n.resize(n.size() - std::strlen(suffix));
         used.insert(n);
       }
       for (const auto& n : weights.names())
-        if (!used.count(n)) result.unused_tensors.push_back(n);
+        if (!used.count(n) && !is_known_buffer(n)) result.unused_tensors.push_back(n);
     }
     log("built " + task_name(built.task) + " graph: " + std::to_string(result.num_nodes) + " nodes, " +
         std::to_string(result.num_initializers) + " initializers, opset " + std::to_string(options.opset));
