@@ -34,13 +34,20 @@ std::string VerifyReport::table() const {
                   o.max_abs_diff <= atol ? "ok" : passes(o) ? "ok (cosine)" : "OVER TOLERANCE");
     s += line;
   }
+  if (!not_compared.empty()) {
+    std::string names;
+    for (const auto& n : not_compared) names += (names.empty() ? "" : ", ") + n;
+    s += "not compared (only in one model): " + names + "\n";
+  }
   return s;
 }
 
 std::string VerifyReport::json() const {
   std::string s = "{\"atol\": " + std::to_string(atol) +
                   ", \"min_cosine\": " + (min_cosine ? std::to_string(*min_cosine) : std::string("null")) +
-                  ", \"ok\": " + (ok() ? "true" : "false") + ", \"outputs\": [";
+                  ", \"ok\": " + (ok() ? "true" : "false") + ", \"not_compared\": [";
+  for (size_t i = 0; i < not_compared.size(); ++i) s += (i ? ", \"" : "\"") + not_compared[i] + "\"";
+  s += "], \"outputs\": [";
   for (size_t i = 0; i < outputs.size(); ++i) {
     const auto& o = outputs[i];
     char buf[512];
@@ -90,6 +97,7 @@ VerifyReport verify_models(const std::filesystem::path& model, const std::filesy
   const Model ref_model = read_model(reference);
   const std::vector<std::string> ref_outputs = graph_outputs(ref_model);
   const std::vector<std::string> model_outputs = graph_outputs(read_model(model));
+  VerifyReport report;
   CompareOptions co;
   co.batch = o.batch;
   co.seq = o.seq;
@@ -108,12 +116,16 @@ VerifyReport verify_models(const std::filesystem::path& model, const std::filesy
     for (const auto& name : ref_outputs)
       if (std::find(model_outputs.begin(), model_outputs.end(), name) != model_outputs.end())
         co.outputs.push_back(name);
+      else
+        report.not_compared.push_back(name);
+    for (const auto& name : model_outputs)
+      if (std::find(ref_outputs.begin(), ref_outputs.end(), name) == ref_outputs.end())
+        report.not_compared.push_back(name);
     if (co.outputs.empty())
       throw VerificationError(model.string() + ": no output in common with " + reference.string() + " (" +
                               joined(model_outputs) + " vs " + joined(ref_outputs) + ")");
   }
   CompareResult r = compare_models(reference, model, co);
-  VerifyReport report;
   report.atol = o.atol;
   report.min_cosine = o.min_cosine;
   report.outputs = r.outputs;

@@ -33,6 +33,7 @@ struct VerifyReport {
   std::vector<OutputComparison> outputs;
   double atol = 0;
   std::optional<double> min_cosine;
+  std::vector<std::string> not_compared;  // outputs only one of the models has (default output selection)
   bool passes(const OutputComparison& o) const;  // within atol, or (min_cosine set) cosine high enough
   bool ok() const;
   std::string table() const;  // readable, one line per output

@@ -207,6 +207,14 @@ def test_report_that_cannot_be_written_leaves_no_model(tmp_path, trex_bin):
     assert sorted(p.name for p in out_dir.iterdir()) == ["report.json"]
 
 
+def test_quantize_report_that_cannot_be_written_leaves_no_model(tmp_path, models):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "q.json").mkdir()
+    expect_error(["quantize", models["plain"], out_dir / "q.onnx", "--report", out_dir / "q.json"], 4, tmp_path,
+                 words=["q.json"])
+
+
 def test_optimize_and_quantize_create_output_folders(tmp_path, models):
     fx_out = tmp_path / "o" / "p" / "opt.onnx"
     r = fx.run_trex("optimize", models["plain"], fx_out)
@@ -327,7 +335,9 @@ def without_pooler(tmp_path, models):
 def test_verify_compares_the_shared_outputs_by_default(models, without_pooler):
     r = fx.run_trex("verify", models["plain"], "--against", without_pooler)
     assert r.returncode == 0, r.stderr
-    assert "last_hidden_state" in r.stdout and "pooler_output" not in r.stdout, r.stdout
+    rows = [line.split()[0] for line in r.stdout.splitlines()[1:] if not line.startswith("not compared")]
+    assert rows == ["last_hidden_state"], r.stdout
+    assert "not compared (only in one model): pooler_output" in r.stdout, r.stdout
 
 
 def test_verify_outputs_option(tmp_path, models, without_pooler):
