@@ -85,9 +85,10 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
   trex::cli::write_text_file(path, j.dump(2) + "\n", "the report");
 }
 
-// Options of `trex export` that only mean something for ONNX output.
-constexpr const char* kOnnxOnlyOptions[] = {"--report",   "--opset",        "--external-data", "--no-check",
-                                            "--optimize", "--quantize",     "--static-shape",  "--gelu-approximation"};
+// Options of `trex export` that only mean something for ONNX output. (--opset applies to both: TorchScript is
+// lowered from the plain ONNX graph of that opset.)
+constexpr const char* kOnnxOnlyOptions[] = {"--report",   "--external-data", "--no-check",    "--optimize",
+                                            "--quantize", "--static-shape",  "--gelu-approximation"};
 
 // Every file `trex export` may write, for the never-overwrite-an-input check.
 std::vector<fs::path> export_outputs(const ExportArgs& a, bool torchscript) {

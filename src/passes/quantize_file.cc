@@ -15,9 +15,6 @@ bool below_target(const CompareResult& c, const QuantizeFileOptions& o) {
   return c.mean_cosine < o.min_cosine || (c.label_agreement >= 0 && c.label_agreement < o.min_label_agreement);
 }
 
-void compare_and_fall_back(const Model& in, const std::filesystem::path& input, const std::filesystem::path& output,
-                           const QuantizeFileOptions& o, Model* out_model, QuantizeFileResult* result);
-
 // Ops that only a quantized graph has (ONNX Runtime's quantizer and ours emit them). Quantizing such a graph
 // again would find few fp32 weights left and report a meaningless "1.00x smaller".
 const char* quantized_op(const Model& m) {
@@ -36,40 +33,11 @@ const char* quantized_op(const Model& m) {
   return nullptr;
 }
 
-}  // namespace
-
-QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::filesystem::path& output,
-                                 const QuantizeFileOptions& o) {
-  check_outputs_not_inputs({output, external_data_path(output)}, {input, external_data_path(input)});
-
-  QuantizeFileResult r;
-  r.policy = o.policy;
-  const auto t0 = std::chrono::steady_clock::now();
-  const Model in = read_model(input);
-  if (const char* op = quantized_op(in))
-    throw UsageError(input.string() + ": already quantized (it has " + op +
-                     " nodes); quantize the fp32 model it came from instead");
-  Model out = quantize_model(in, r.policy, &r.report);
-  r.written = write_model(out, output, o.write);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!o.check) return r;
-  try {
-    compare_and_fall_back(in, input, output, o, &out, &r);
-  } catch (const Error&) {  // e.g. ONNX Runtime cannot load the model: leave no output behind
-    std::error_code ec;
-    std::filesystem::remove(r.written.model_path, ec);
-    if (!r.written.data_path.empty()) std::filesystem::remove(r.written.data_path, ec);
-    throw;
-  }
-  return r;
-}
-
-namespace {
-
+// Compares the written int8 model with fp32 in ONNX Runtime and, while the target is missed, puts the most
+// sensitive weights back to fp32 and rewrites it.
 void compare_and_fall_back(const Model& in, const std::filesystem::path& input, const std::filesystem::path& output,
-                           const QuantizeFileOptions& o, Model* out_model, QuantizeFileResult* result) {
+                           const QuantizeFileOptions& o, QuantizeFileResult* result) {
   QuantizeFileResult& r = *result;
-  Model& out = *out_model;
 
   CompareOptions co;
   co.batches = o.samples;
@@ -91,7 +59,7 @@ void compare_and_fall_back(const Model& in, const std::filesystem::path& input, 
       r.policy.exclude_nodes.push_back(ranked[i].second);  // a weight name matches as an exact pattern
       r.fallback.push_back(ranked[i].second);
     }
-    out = quantize_model(in, r.policy, &r.report);
+    const Model out = quantize_model(in, r.policy, &r.report);
     r.written = write_model(out, output, o.write);
     r.comparison = compare_models(input, output, co);
   }
@@ -99,5 +67,30 @@ void compare_and_fall_back(const Model& in, const std::filesystem::path& input, 
 }
 
 }  // namespace
+
+QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::filesystem::path& output,
+                                 const QuantizeFileOptions& o) {
+  check_outputs_not_inputs({output, external_data_path(output)}, {input, external_data_path(input)});
+
+  QuantizeFileResult r;
+  r.policy = o.policy;
+  const auto t0 = std::chrono::steady_clock::now();
+  const Model in = read_model(input);
+  if (const char* op = quantized_op(in))
+    throw UsageError(input.string() + ": already quantized (it has " + op +
+                     " nodes); quantize the fp32 model it came from instead");
+  r.written = write_model(quantize_model(in, r.policy, &r.report), output, o.write);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!o.check) return r;
+  try {
+    compare_and_fall_back(in, input, output, o, &r);
+  } catch (const Error&) {  // e.g. ONNX Runtime cannot load the model: leave no output behind
+    std::error_code ec;
+    std::filesystem::remove(r.written.model_path, ec);
+    if (!r.written.data_path.empty()) std::filesystem::remove(r.written.data_path, ec);
+    throw;
+  }
+  return r;
+}
 
 }  // namespace trex

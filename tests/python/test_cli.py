@@ -244,7 +244,7 @@ def test_pt_extension_selects_torchscript(tmp_path, trex_bin):
     assert zipfile.is_zipfile(out), "a .pt output must be a TorchScript archive, not ONNX"
 
 
-@pytest.mark.parametrize("option", [["--report", "r.json"], ["--opset", "13"], ["--external-data", "always"],
+@pytest.mark.parametrize("option", [["--report", "r.json"], ["--external-data", "always"],
                                     ["--no-check"], ["--optimize"], ["--quantize"], ["--static-shape", "1,8"],
                                     ["--gelu-approximation"]])
 def test_onnx_only_options_are_refused_for_torchscript(tmp_path, trex_bin, option):
