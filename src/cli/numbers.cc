@@ -26,7 +26,7 @@ CLI::Validator integer_in(int64_t lo, int64_t hi) {
         if (!parse_int(s, &v) || v < lo || v > hi) return "must be an integer from " + range + ", got '" + s + "'";
         return {};
       },
-      "INT in [" + range + "]");
+      "in [" + range + "]");
 }
 
 CLI::Validator real_in(double lo, double hi) {
@@ -41,7 +41,7 @@ CLI::Validator real_in(double lo, double hi) {
           return "must be a number from " + range + ", got '" + s + "'";
         return {};
       },
-      "FLOAT in [" + range + "]");
+      "in [" + range + "]");
 }
 
 void check_sample_tokens(int64_t batch, int64_t seq, const std::string& what) {
