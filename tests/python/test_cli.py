@@ -173,6 +173,11 @@ def test_optimize_and_quantize_refuse_to_overwrite_their_input(tmp_path, plain_c
     expect_error([cmd, src, out], 1, tmp_path, words=["overwrite"])
 
 
+def test_verify_report_may_not_overwrite_a_model(tmp_path, plain_copy):
+    expect_error(["verify", plain_copy, "--against", plain_copy, "--report", plain_copy], 1, tmp_path,
+                 words=["overwrite"])
+
+
 def test_quantize_refuses_to_overwrite_the_input_relative(tmp_path, plain_copy):
     expect_error(["quantize", "model.onnx", "./model.onnx"], 1, tmp_path, words=["overwrite"], cwd=plain_copy.parent)
 
@@ -195,6 +200,17 @@ def test_failed_export_removes_the_folders_it_created(tmp_path, trex_bin):
     root.mkdir()
     expect_error(["export", "--model", bad, root / "new" / "sub" / "model.onnx", "--report",
                   root / "rep" / "r.json"], 2, root, words=["config.json"])
+    assert list(root.iterdir()) == []
+
+
+def test_failed_torchscript_export_removes_the_folders_it_created(tmp_path, trex_bin):
+    bad = copy_ckpt(tmp_path)
+    (bad / "model.safetensors").write_bytes(b"\0" * 16)
+    root = tmp_path / "out"
+    root.mkdir()
+    r = fx.run_trex("export", "--model", bad, root / "new" / "model.pt")
+    assert r.returncode in (1, 2), r.stderr  # 1 when trex was built without LibTorch
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("trex: error: "), r.stderr
     assert list(root.iterdir()) == []
 
 
