@@ -4,7 +4,7 @@
 Checkpoint (cached under bench/results/ckpt/, gitignored):
   default   a TinyLlama-1.1B-shaped random **bf16** Llama (hidden 2048, 22 layers, 32 heads, 4 kv heads,
             intermediate 5632, vocab 32000, 2048 positions, untied), 3 safetensors shards written tensor by
-            tensor (bench/llama_checkpoint.py: ~2.2 GB, peak memory one tensor), config.json,
+            tensor (bench/_llama_checkpoint.py: ~2.2 GB, peak memory one tensor), config.json,
             generation_config.json and a small byte-level BPE tokenizer.
   --smoke   a tiny random Llama made by transformers (seconds).
 
@@ -54,13 +54,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import llama_checkpoint  # noqa: E402
+import _llama_checkpoint as llama_checkpoint  # noqa: E402
 
 TREX_BIN = Path(os.environ.get("TREX_BIN", str(REPO / "build" / "trex")))
 GENAI_PY = REPO / ".venv-genai" / "bin" / "python"
 OPTIMUM_CLI = REPO / ".venv" / "bin" / "optimum-cli"
 GENAI_RUN = REPO / "tests" / "python" / "genai_run.py"
 TOOLS = ["trex", "trex-optimized", "genai-fp32", "genai-int4", "optimum"]
+# The smoke run (scripts/test) keeps to the tools that prove the folders: trex's two and the builder's fp32.
+SMOKE_TOOLS = ["trex", "trex-optimized", "genai-fp32"]
 LABELS = {"trex": "trex", "trex-optimized": "trex --optimize", "genai-fp32": "genai builder fp32",
           "genai-int4": "genai builder int4", "optimum": "optimum-cli"}
 
@@ -246,7 +248,8 @@ def fmt(x, spec):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny Llama, one repetition, seconds")
-    ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    ap.add_argument("--tools", default=None,
+                    help=f"comma-separated subset of {','.join(TOOLS)} (default: all; --smoke: {','.join(SMOKE_TOOLS)})")
     ap.add_argument("--repeat", type=int, default=1, help="export runs per tool (median wall, max RSS)")
     ap.add_argument("--decode-repeat", type=int, default=None, help="decode runs per folder (default 3; smoke 1)")
     ap.add_argument("--prompt-len", type=int, default=128)
@@ -255,7 +258,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--keep", action="store_true", help="keep the exported folders (under --results/decoder-work)")
     a = ap.parse_args(argv)
-    tools = [t.strip() for t in a.tools.split(",") if t.strip()]
+    tools = [t.strip() for t in (a.tools or ",".join(SMOKE_TOOLS if a.smoke else TOOLS)).split(",") if t.strip()]
     bad = [t for t in tools if t not in TOOLS]
     if bad:
         ap.error(f"unknown tools {bad}; known: {TOOLS}")

@@ -26,6 +26,7 @@ Method
 Usage
   .venv/bin/python bench/export_bench.py                      # BERT-base size
   .venv/bin/python bench/export_bench.py --layers 2 --hidden 128 --repeat 3   # quick try
+  .venv/bin/python bench/export_bench.py --smoke   # tiny model, one run, temp folders (scripts/test runs it)
 Results: a markdown table on stdout and JSON in bench/results/ (or --results).
 """
 from __future__ import annotations
@@ -68,6 +69,14 @@ def build_checkpoint(work: Path, layers: int, hidden: int, heads: int, intermedi
         shutil.rmtree(d)
     os.replace(tmp, d)
     return d
+
+
+# --smoke: the tiny checkpoint every benchmark uses to prove it still runs end to end (scripts/test).
+SMOKE_CHECKPOINT = dict(layers=1, hidden=32, heads=2, intermediate=37, vocab=100)
+
+
+def smoke_checkpoint(work: Path) -> Path:
+    return build_checkpoint(work, **SMOKE_CHECKPOINT)
 
 
 class TreeSampler(threading.Thread):
@@ -141,7 +150,17 @@ def main():
     ap.add_argument("--trex", type=Path, default=Path(os.environ.get("TREX_BIN", REPO / "build" / "trex")))
     ap.add_argument("--optimum-cli", default=str(Path(sys.executable).parent / "optimum-cli"))
     ap.add_argument("--skip-optimum", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny model, one run, work and results in a temporary folder; optimum only when installed")
     args = ap.parse_args()
+    if args.smoke:
+        smoke_dir = Path(tempfile.mkdtemp(prefix="trex_export_bench_smoke_"))
+        for k, v in SMOKE_CHECKPOINT.items():
+            setattr(args, k, v)
+        args.repeat, args.work, args.results = 1, smoke_dir / "work", smoke_dir / "results"
+        if not Path(args.optimum_cli).exists():
+            print(f"smoke: {args.optimum_cli} not installed, optimum skipped", file=sys.stderr)
+            args.skip_optimum = True
     heads = args.heads or max(1, args.hidden // 64)
     inter = args.intermediate or 4 * args.hidden
 
@@ -216,7 +235,10 @@ def main():
     }
     out_json = args.results / f"export_bench-L{args.layers}-H{args.hidden}.json"
     out_json.write_text(json.dumps(result, indent=2))
-    print(f"\nJSON: {out_json}", file=sys.stderr)
+    if args.smoke:
+        shutil.rmtree(smoke_dir, ignore_errors=True)
+    else:
+        print(f"\nJSON: {out_json}", file=sys.stderr)
 
 
 if __name__ == "__main__":

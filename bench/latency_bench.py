@@ -30,6 +30,7 @@ Method
 Usage
   .venv/bin/python bench/latency_bench.py                           # both models, 1x128 and 8x128
   .venv/bin/python bench/latency_bench.py --models minilm --runs 20 --shapes 1x128
+  .venv/bin/python bench/latency_bench.py --smoke   # tiny model, one run, temp folders (scripts/test runs it)
 Results: a markdown table on stdout and JSON in bench/results/latency_bench.json (or --results).
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +56,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_bench import build_checkpoint  # noqa: E402  (shared, seeded, cached checkpoint layout)
+from export_bench import build_checkpoint, smoke_checkpoint  # noqa: E402  (shared, seeded, cached layout)
 
 VARIANTS = ["trex plain", "trex optimized", "optimum", "optimum O2", "optimum O3", "pytorch"]
 BASELINE = "optimum O2"
@@ -88,6 +90,8 @@ def prepare(name: str, ckpt: Path, work: Path, args, env: dict) -> dict[str, Pat
     paths["trex optimized"] = out / "trex" / "model-optimized.onnx"
     print(f"[{name}] trex export --optimize: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
+    if not any(v.startswith("optimum") for v in args.variants):
+        return paths
     t0 = time.perf_counter()
     run([args.optimum_cli, "export", "onnx", "--model", str(ckpt), "--task", "feature-extraction",
          str(out / "optimum")], env)
@@ -96,7 +100,7 @@ def prepare(name: str, ckpt: Path, work: Path, args, env: dict) -> dict[str, Pat
 
     from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
 
-    for level in ("O2", "O3"):
+    for level in [lv for lv in ("O2", "O3") if f"optimum {lv}" in args.variants]:
         t0 = time.perf_counter()
         optimizer = ORTOptimizer.from_pretrained(out / "optimum")
         cfg = getattr(AutoOptimizationConfig, level)()  # CPU (for_gpu=False); O3 adds enable_gelu_approximation
@@ -104,7 +108,7 @@ def prepare(name: str, ckpt: Path, work: Path, args, env: dict) -> dict[str, Pat
         paths[f"optimum {level}"] = out / f"optimum_{level}" / "model_optimized.onnx"
         print(f"[{name}] ORTOptimizer {level}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     for k, p in paths.items():
-        if not p.exists():
+        if k in args.variants and not p.exists():
             raise RuntimeError(f"{k}: {p} was not written")
     return paths
 
@@ -230,7 +234,7 @@ def parse_shapes(s: str) -> list[tuple[int, int]]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="bert-base,minilm", help="comma list of bert-base, minilm")
+    ap.add_argument("--models", default="bert-base,minilm", help="comma list of bert-base, minilm, tiny")
     ap.add_argument("--shapes", type=parse_shapes, default=parse_shapes("1x128,8x128"), help="e.g. 1x128,8x128")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
@@ -242,7 +246,16 @@ def main():
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--trex", type=Path, default=Path(os.environ.get("TREX_BIN", REPO / "build" / "trex")))
     ap.add_argument("--optimum-cli", default=str(Path(sys.executable).parent / "optimum-cli"))
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny model, 1x8, one run, temporary folders; optimum variants only when installed")
     args = ap.parse_args()
+    if args.smoke:
+        smoke_dir = Path(tempfile.mkdtemp(prefix="trex_latency_bench_smoke_"))
+        args.models, args.shapes, args.runs, args.warmup = "tiny", [(1, 8)], 1, 0
+        args.work, args.results = smoke_dir / "work", smoke_dir / "results"
+        if not Path(args.optimum_cli).exists() or importlib.util.find_spec("optimum") is None:
+            print("smoke: optimum not installed, its variants skipped", file=sys.stderr)
+            args.variants = ",".join(v for v in VARIANTS if not v.startswith("optimum"))
     args.variants = [v.strip() for v in args.variants.split(",")]
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
@@ -266,6 +279,8 @@ def main():
             models[m] = build_checkpoint(args.work, 12, 768, 12, 3072, 30522).resolve()
         elif m == "minilm":
             models[m] = minilm_dir()
+        elif m == "tiny":
+            models[m] = smoke_checkpoint(args.work).resolve()
         else:
             sys.exit(f"unknown model {m}")
 
@@ -304,7 +319,10 @@ def main():
     }
     path = args.results / "latency_bench.json"
     path.write_text(json.dumps(out, indent=2))
-    print(f"\nJSON: {path}", file=sys.stderr)
+    if args.smoke:
+        shutil.rmtree(smoke_dir, ignore_errors=True)
+    else:
+        print(f"\nJSON: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

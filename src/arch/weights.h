@@ -18,7 +18,6 @@ class Weights {
   // Full name of a base-model tensor ("embeddings.word_embeddings.weight" → "bert.embeddings...").
   std::string base(const std::string& name) const { return prefix_ + name; }
   bool has(const std::string& full_name) const { return store_.contains(full_name); }
-  bool has_base(const std::string& name) const { return store_.contains(base(name)); }
 
   // The tensor as an fp32 initializer named after it. Records a problem when missing or mis-shaped.
   Value get(const std::string& full_name, const Shape& expected);
@@ -48,7 +47,6 @@ class Weights {
   // A 1-D tensor with 1 added to every element (Gemma's RMSNorm scales by 1 + weight), named `<name>+1`.
   Value get_plus_one(const std::string& full_name, const Shape& expected);
 
-  void record_problem(std::string p) { problems_.push_back(std::move(p)); }
   // Throws InputError listing every missing / mis-shaped tensor, naming the checkpoint files.
   void check() const;
 

@@ -14,4 +14,11 @@ inline std::string mib(size_t bytes) {
   return buf;
 }
 
+// A threshold as the user would write it: "1e-07", "0.99".
+inline std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
 }  // namespace trex::cli

@@ -4,18 +4,20 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cli/common.h"
+#include "cli/format.h"
+#include "cli/numbers.h"
 #include "export/export.h"
 #include "io/hub_cache.h"
 #include "runtime/ort_optimize.h"
 #include "runtime/verify.h"
 #include "torchscript/torchscript_export.h"
-#include "cli/format.h"
 #include "util/error.h"
+#include "util/output_path.h"
 
 // Subcommands defined in their own files.
 CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action);
@@ -25,14 +27,16 @@ namespace {
 using trex::ExitCode;
 
 int fail(ExitCode code, const std::string& message) {
-  std::cerr << "trex: error: " << message << "\n";
+  std::cerr << "trex: error: " << trex::cli::one_line(message) << "\n";
   return static_cast<int>(code);
 }
+
+namespace fs = std::filesystem;
 
 using trex::cli::mib;
 
 struct ExportArgs {
-  std::string model, revision, output, pipeline, static_shape, external = "auto", format = "onnx", report;
+  std::string model, revision, output, pipeline, static_shape, external = "auto", format, report;
   int opset = trex::kDefaultOpset;
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
        eager_attention = false;
@@ -79,12 +83,47 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
                                    {"int8_ms", c.candidate_ms}};
     }
   }
-  std::ofstream f(path);
-  f << j.dump(2) << "\n";
-  if (!f) throw trex::OutputError(path, "cannot write the report");
+  trex::cli::write_text_file(path, j.dump(2) + "\n", "the report");
 }
 
-int run_export(const ExportArgs& a) {
+// Options of `trex export` that only mean something for ONNX output. (--opset applies to both: TorchScript is
+// lowered from the plain ONNX graph of that opset.)
+constexpr const char* kOnnxOnlyOptions[] = {"--report",   "--external-data", "--no-check",    "--optimize",
+                                            "--quantize", "--static-shape",  "--gelu-approximation"};
+
+// Every file `trex export` may write, for the never-overwrite-an-input check.
+std::vector<fs::path> export_outputs(const ExportArgs& a, bool torchscript) {
+  const fs::path out = torchscript ? fs::path(a.output) : trex::resolve_output_file(a.output);
+  std::vector<fs::path> files{out};
+  if (torchscript) return files;
+  files.push_back(trex::external_data_path(out));
+  if (a.optimize) {
+    files.push_back(trex::optimized_path(out));
+    files.push_back(trex::external_data_path(trex::optimized_path(out)));
+  }
+  if (a.quantize) {
+    files.push_back(trex::quantized_path(out));
+    files.push_back(trex::external_data_path(trex::quantized_path(out)));
+  }
+  if (!a.report.empty()) files.emplace_back(a.report);
+  return files;
+}
+
+void remove_written(const trex::WriteResult& w) {
+  std::error_code ec;
+  if (!w.model_path.empty()) fs::remove(w.model_path, ec);
+  if (!w.data_path.empty()) fs::remove(w.data_path, ec);
+}
+
+int run_export(const ExportArgs& a, const CLI::App& cmd) {
+  const bool torchscript = trex::cli::output_format(a.format, a.output) == "torchscript";
+  if (torchscript) {
+    for (const char* name : kOnnxOnlyOptions)
+      if (cmd.count(name))
+        throw trex::UsageError(std::string(name) + " does not apply to TorchScript output (" + a.output + ")");
+  } else if (a.eager_attention) {
+    throw trex::UsageError("--eager-attention applies to TorchScript output (.pt, --format torchscript) only");
+  }
   trex::ExportOptions o;
   const bool tty_progress = ::isatty(STDERR_FILENO) && !a.quiet;
   o.model_dir = trex::resolve_model_dir(a.model, a.revision, [tty_progress, last = std::string()](
@@ -98,6 +137,8 @@ int run_export(const ExportArgs& a) {
     last = file;
     std::cerr << line << std::flush;
   });
+  trex::check_outputs_not_inputs(export_outputs(a, torchscript), trex::checkpoint_input_files(o.model_dir));
+
   o.output = a.output;
   o.pipeline = a.pipeline;
   o.opset = a.opset;
@@ -111,12 +152,12 @@ int run_export(const ExportArgs& a) {
   else if (a.external == "always") o.external = trex::ExternalData::kAlways;
   else if (a.external == "never") o.external = trex::ExternalData::kNever;
   else throw trex::UsageError("--external-data must be auto, always or never, got '" + a.external + "'");
-  if (!a.static_shape.empty()) {
-    long long b = 0, s = 0;
-    char extra = 0;
-    if (std::sscanf(a.static_shape.c_str(), "%lld,%lld%c", &b, &s, &extra) != 2 || b <= 0 || s <= 0)
-      throw trex::UsageError("--static-shape wants BATCH,SEQUENCE (two positive integers), got '" + a.static_shape + "'");
-    o.static_shape = std::make_pair(static_cast<int64_t>(b), static_cast<int64_t>(s));
+  if (!a.static_shape.empty()) o.static_shape = trex::cli::parse_static_shape(a.static_shape);
+  trex::OutputFolders folders;
+  folders.create_parents_of(torchscript ? fs::path(a.output) : trex::resolve_output_file(a.output));
+  if (!a.report.empty()) {
+    folders.create_parents_of(a.report);
+    trex::check_output_path(a.report);
   }
   const bool tty = ::isatty(STDERR_FILENO) && !a.quiet;
   if (!a.quiet) o.log = [](const std::string& s) { std::cout << s << "\n" << std::flush; };
@@ -135,10 +176,11 @@ int run_export(const ExportArgs& a) {
     };
   }
   auto t0 = std::chrono::steady_clock::now();
-  if (a.format == "torchscript") {
+  if (torchscript) {
     trex::TorchScriptOptions ts;
     ts.fused_attention = !a.eager_attention;
     auto r = trex::export_torchscript_checkpoint(o, ts);
+    folders.keep();
     if (!a.quiet)
       std::printf("wrote %s (TorchScript, %s %s, %zu parameters; load with torch.jit.load / torch::jit::load)\n"
                   "done in %.2f s\n",
@@ -146,11 +188,20 @@ int run_export(const ExportArgs& a) {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return 0;
   }
-  if (a.eager_attention) throw trex::UsageError("--eager-attention applies to --format torchscript only");
   o.write_companions = trex::resolve_output_file(o.output) != o.output;  // OUTPUT names a folder
   trex::ExportResult r = trex::export_onnx(o);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!a.report.empty()) write_export_report(a.report, r, secs);
+  if (!a.report.empty()) {
+    try {
+      write_export_report(a.report, r, secs);
+    } catch (const trex::Error&) {  // no half-finished run: the models go with the report
+      remove_written(r.written);
+      if (r.optimized) remove_written(*r.optimized);
+      if (r.quantized) remove_written(r.quantized->written);
+      throw;
+    }
+  }
+  folders.keep();
   if (!a.quiet) {
     if (!r.unused_tensors.empty()) {
       std::string list;
@@ -200,7 +251,8 @@ int run_export(const ExportArgs& a) {
 int main(int argc, char** argv) {
   CLI::App app{"trex " TREX_VERSION
                ": export Hugging Face transformer checkpoints to ONNX, natively.\n"
-               "Exit codes: 0 ok, 1 usage error, 2 input error (checkpoint), 3 verification failed, 4 output error."};
+               "Exit codes: 0 ok, 1 usage error, 2 input error (checkpoint), 3 verification failed, 4 output error, "
+               "5 internal error (a bug)."};
   app.set_version_flag("--version", std::string("trex ") + TREX_VERSION);
   app.require_subcommand(1);
 
@@ -208,16 +260,19 @@ int main(int argc, char** argv) {
   auto* ex = app.add_subcommand("export", "Export a checkpoint folder to ONNX (plain, standard ONNX ops)");
   ex->add_option("--model,-m", ea.model, "Checkpoint folder (config.json + model.safetensors / pytorch_model.bin, "
                                          "sharded or not), a Hugging Face cache folder (models--ORG--NAME), or a "
-                                         "hub id ORG/NAME found in the local Hugging Face cache (HF_HUB_CACHE, "
-                                         "HF_HOME/hub, ~/.cache/huggingface/hub; offline)")->required();
+                                         "hub id ORG/NAME: taken from the local Hugging Face cache (HF_HUB_CACHE, "
+                                         "HF_HOME/hub, ~/.cache/huggingface/hub), else downloaded from HF_ENDPOINT "
+                                         "(HF_TOKEN; none with HF_HUB_OFFLINE=1)")->required();
   ex->add_option("--revision", ea.revision, "Branch, tag or commit of a hub id / cache folder (default main)");
-  ex->add_option("--pipeline,-p", ea.pipeline,
-                 "Head to export: feature-extraction, text-classification (= sentiment-analysis), "
-                 "token-classification (= ner), question-answering, fill-mask, text-generation (= causal-lm; "
-                 "decoders: logits + KV cache). Default: the head named by config.json's architectures, else the "
-                 "architecture's first (feature-extraction for encoders)");
-  ex->add_option("--opset", ea.opset, "ONNX opset, 11-21 (default 17: first opset with LayerNormalization)");
-  ex->add_option("--static-shape", ea.static_shape, "Fix the input shape to BATCH,SEQUENCE instead of dynamic axes");
+  ex->add_option("--pipeline,-p,--task", ea.pipeline,
+                 "Head to export (--task: optimum's name for it): feature-extraction, text-classification "
+                 "(= sentiment-analysis), token-classification (= ner), question-answering, fill-mask, "
+                 "text-generation (= causal-lm; decoders: logits + KV cache). Default: the head named by "
+                 "config.json's architectures, else the architecture's first (feature-extraction for encoders)");
+  ex->add_option("--opset", ea.opset, "ONNX opset, 11-21 (default 17: first opset with LayerNormalization)")
+      ->check(trex::cli::integer_in(trex::kMinOpset, trex::kMaxOpset));
+  ex->add_option("--static-shape", ea.static_shape,
+                 "Fix the input shape to BATCH,SEQUENCE instead of dynamic axes (at most 1048576 tokens)");
   ex->add_option("--external-data", ea.external,
                  "auto (weights in OUTPUT.onnx.data when the model passes 2 GB), always, never");
   ex->add_flag("--no-check", ea.no_check, "Skip the ONNX Runtime load check after writing");
@@ -236,32 +291,48 @@ int main(int argc, char** argv) {
                "MatMulIntegerToFloat) of the optimized model with --optimize, else of the plain one, compared with "
                "its fp32 source; layers that cost accuracy fall back to fp32 (see trex quantize for options)");
   ex->add_option("--format", ea.format,
-                 "onnx (default) or torchscript: a scripted LibTorch module (.pt) with transformers' parameter "
-                 "names, any sequence length, loadable by torch.jit.load / torch::jit::load")
+                 "onnx or torchscript: a scripted LibTorch module (.pt) with transformers' parameter names, any "
+                 "sequence length, loadable by torch.jit.load / torch::jit::load. Default: from the output's "
+                 "extension (.pt: torchscript, else onnx); a contradicting extension is an error")
       ->check(CLI::IsMember({"onnx", "torchscript"}));
   ex->add_flag("--eager-attention", ea.eager_attention,
                "TorchScript: keep transformers' eager attention ops (bit-identical to attn_implementation=eager) "
                "instead of one scaled_dot_product_attention call (faster, ~1e-6 relative)");
-  ex->add_option("output", ea.output, "Output: a .onnx path, a folder (created; gets model.onnx plus config.json, tokenizer files and, for decoders, generation_config.json and genai_config.json), or .pt with --format torchscript")->required();
+  ex->add_option("output", ea.output,
+                 "Output: a .onnx path, a folder (gets model.onnx plus config.json, the tokenizer files and, for "
+                 "decoders, generation_config.json and genai_config.json), or .pt for TorchScript; missing folders "
+                 "are created")->required();
 
   std::string opt_in, opt_out, opt_level = "all";
   auto* op = app.add_subcommand("optimize", "ONNX Runtime's offline graph optimization of any ONNX file");
   op->add_option("input", opt_in, "Input .onnx")->required();
-  op->add_option("output", opt_out, "Output .onnx")->required();
-  op->add_option("--level", opt_level, "basic, extended or all (default; may add CPU-specific layouts)");
+  op->add_option("output", opt_out, "Output .onnx (missing folders are created; never the input)")->required();
+  op->add_option("--level", opt_level, "basic, extended or all (default; may add CPU-specific layouts)")
+      ->check(CLI::IsMember({"basic", "extended", "all"}));
 
-  std::string ver_a, ver_b;
+  std::string ver_a, ver_b, ver_outputs;
   trex::VerifyOptions vo;
   std::string ver_report;
   auto* ve = app.add_subcommand("verify", "Run two ONNX models on the same random inputs and compare outputs");
-  ve->add_option("model", ver_a, "Model to check")->required();
-  ve->add_option("--against", ver_b, "Reference model")->required();
-  ve->add_option("--atol", vo.atol, "Max abs diff allowed per output (default 1e-4); exit 3 when exceeded");
-  ve->add_option("--batch", vo.batch, "Batch size for symbolic batch dims (default 2)");
-  ve->add_option("--seq", vo.seq, "Length for other symbolic dims (default 16)");
+  ve->add_option("model", ver_a, "ONNX model to check")->required();
+  ve->add_option("--against", ver_b, "Reference ONNX model")->required();
+  ve->add_option("--atol", vo.atol, "Max abs diff allowed per output (default 1e-4); exit 3 when exceeded")
+      ->check(trex::cli::real_in(0, 1e30));
+  ve->add_option("--min-cosine", vo.min_cosine,
+                 "Also pass an output whose mean row cosine vs the reference is at least this (-1 to 1), even when "
+                 "its max abs diff is above --atol (e.g. int8 vs fp32: --min-cosine 0.99)")
+      ->check(trex::cli::real_in(-1, 1));
+  ve->add_option("--outputs", ver_outputs,
+                 "Comma-separated outputs to compare (default: the outputs both models have, e.g. trex vs optimum "
+                 "with an extra pooler_output)");
+  ve->add_option("--batch", vo.batch, "Batch size for symbolic batch dims (default 2)")
+      ->check(trex::cli::integer_in(1, trex::cli::kMaxSampleTokens));
+  ve->add_option("--seq", vo.seq, "Length for other symbolic dims (default 16)")
+      ->check(trex::cli::integer_in(1, trex::cli::kMaxSampleTokens));
   int64_t vocab = 0;
   ve->add_option("--vocab", vocab, "Random input_ids are drawn from [0, VOCAB) (default: the size of the table "
-                                   "input_ids index in the model, else 100)");
+                                   "input_ids index in the model, else 100)")
+      ->check(trex::cli::integer_in(1, int64_t{1} << 31));
   ve->add_option("--report", ver_report, "Also write the comparison as JSON to this file");
 
   std::function<int()> quantize_action;
@@ -276,32 +347,44 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "trex: error: " << e.what() << " (see trex --help)\n";
-    return static_cast<int>(ExitCode::kUsage);
+    return fail(ExitCode::kUsage, std::string(e.what()) + " (see trex --help)");
   }
 
   try {
-    if (ex->parsed()) return run_export(ea);
+    if (ex->parsed()) return run_export(ea, *ex);
     if (op->parsed()) {
-      trex::OrtOptLevel level;
-      if (opt_level == "basic") level = trex::OrtOptLevel::kBasic;
-      else if (opt_level == "extended") level = trex::OrtOptLevel::kExtended;
-      else if (opt_level == "all") level = trex::OrtOptLevel::kAll;
-      else throw trex::UsageError("--level must be basic, extended or all, got '" + opt_level + "'");
+      const trex::OrtOptLevel level = opt_level == "basic"      ? trex::OrtOptLevel::kBasic
+                                      : opt_level == "extended" ? trex::OrtOptLevel::kExtended
+                                                                : trex::OrtOptLevel::kAll;
+      trex::check_outputs_not_inputs({opt_out, trex::external_data_path(opt_out)}, trex::cli::onnx_model_files(opt_in));
+      trex::OutputFolders folders;
+      folders.create_parents_of(opt_out);
       auto r = trex::ort_optimize(opt_in, opt_out, level);
+      folders.keep();
       std::cout << "wrote " << opt_out << (r.data_path.empty() ? "" : " + " + r.data_path.string()) << "\n";
       return 0;
     }
     if (ve->parsed()) {
+      trex::cli::check_sample_tokens(vo.batch, vo.seq, "--batch x --seq");
       if (vocab > 0) vo.input_limits["input_ids"] = vocab;
+      vo.outputs = trex::cli::split_list(ver_outputs);
+      if (!ver_outputs.empty() && vo.outputs.empty()) throw trex::UsageError("--outputs wants NAME[,NAME...]");
+      std::vector<fs::path> inputs = trex::cli::onnx_model_files(ver_a);
+      for (auto& f : trex::cli::onnx_model_files(ver_b)) inputs.push_back(f);
+      trex::OutputFolders folders;
+      if (!ver_report.empty()) {
+        trex::check_outputs_not_inputs({ver_report}, inputs);
+        folders.create_parents_of(ver_report);
+        trex::check_output_path(ver_report);
+      }
       auto report = trex::verify_models(ver_a, ver_b, vo);
       std::cout << report.table();
-      if (!ver_report.empty()) {
-        std::ofstream f(ver_report);
-        f << report.json() << "\n";
-        if (!f) throw trex::OutputError(ver_report, "cannot write");
-      }
-      if (!report.ok()) return fail(ExitCode::kVerification, ver_a + ": outputs differ from " + ver_b + " beyond atol " + std::to_string(vo.atol));
+      if (!ver_report.empty()) trex::cli::write_text_file(ver_report, report.json() + "\n", "the report");
+      folders.keep();
+      if (!report.ok())
+        return fail(ExitCode::kVerification,
+                    ver_a + ": outputs differ from " + ver_b + " beyond atol " + trex::cli::number(vo.atol) +
+                        (vo.min_cosine ? " and below mean cosine " + trex::cli::number(*vo.min_cosine) : std::string()));
       return 0;
     }
     if (qu->parsed() && quantize_action) return quantize_action();

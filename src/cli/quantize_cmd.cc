@@ -5,15 +5,19 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "passes/quantize_file.h"
+#include "cli/common.h"
 #include "cli/format.h"
+#include "cli/numbers.h"
+#include "onnx/writer.h"
+#include "passes/quantize_file.h"
 #include "util/error.h"
+#include "util/output_path.h"
 
 namespace {
 
@@ -31,6 +35,16 @@ using trex::cli::mib;
 
 
 int run_quantize(const QuantizeArgs& a) {
+  trex::cli::check_sample_tokens(a.batch, a.seq, "--batch x --seq");
+  std::vector<std::filesystem::path> outputs{a.output, trex::external_data_path(a.output)};
+  if (!a.report.empty()) outputs.emplace_back(a.report);
+  trex::check_outputs_not_inputs(outputs, trex::cli::onnx_model_files(a.input));
+  trex::OutputFolders folders;
+  folders.create_parents_of(a.output);
+  if (!a.report.empty()) {
+    folders.create_parents_of(a.report);
+    trex::check_output_path(a.report);
+  }
   trex::QuantizeFileOptions o;
   trex::QuantizePolicy& policy = o.policy;
   policy.params.type = a.weight_type == "s8" ? trex::WeightType::kS8 : trex::WeightType::kU8;
@@ -126,10 +140,16 @@ int run_quantize(const QuantizeArgs& a) {
       c["passed"] = !missed;
       j["comparison"] = c;
     }
-    std::ofstream f(a.report);
-    f << j.dump(2) << "\n";
-    if (!f) throw trex::OutputError(a.report, "cannot write the report");
+    try {
+      trex::cli::write_text_file(a.report, j.dump(2) + "\n", "the report");
+    } catch (const trex::Error&) {  // no half-finished run: the model goes with the report
+      std::error_code ec;
+      std::filesystem::remove(written.model_path, ec);
+      if (!written.data_path.empty()) std::filesystem::remove(written.data_path, ec);
+      throw;
+    }
   }
+  folders.keep();
   if (missed) {
     char buf[160];
     std::snprintf(buf, sizeof buf, "cosine %.5f, label agreement %s (targets %.3f / %.3f)", cmp->mean_cosine,
@@ -147,7 +167,8 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
   auto args = std::make_shared<QuantizeArgs>();
   auto* q = app.add_subcommand("quantize", "Dynamic int8 quantization of an ONNX model's MatMul/Gemm weights");
   q->add_option("input", args->input, "ONNX model to quantize (any exporter; external data is followed)")->required();
-  q->add_option("output", args->output, "Quantized model to write")->required();
+  q->add_option("output", args->output, "Quantized model to write (missing folders are created; never the input)")
+      ->required();
   q->add_flag("--per-tensor", args->per_tensor, "One scale per weight tensor (default: one per output channel)");
   q->add_option("--weight-type", args->weight_type, "Stored weight type: s8 (symmetric, default) or u8 (asymmetric)")
       ->check(CLI::IsMember({"s8", "u8"}));
@@ -160,16 +181,22 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
   q->add_option("--exclude", args->exclude, "Keep fp32: node or weight name, glob patterns (* ?); repeatable");
   q->add_option("--exclude-op-type", args->exclude_op_types, "Keep fp32 every node of this op type (MatMul, Gemm)");
   q->add_flag("--no-auto-policy", args->no_auto, "Quantize every eligible weight (no size / logit-layer rules)");
-  q->add_option("--min-elements", args->min_elements, "Automatic policy: smallest weight quantized (default 1024)");
+  q->add_option("--min-elements", args->min_elements, "Automatic policy: smallest weight quantized (default 1024)")
+      ->check(trex::cli::integer_in(0, std::numeric_limits<int64_t>::max()));
   q->add_option("--external-data", args->external, "auto (above 2 GB), always or never")
       ->check(CLI::IsMember({"auto", "always", "never"}));
   q->add_flag("--no-check", args->no_check, "Skip the fp32 vs int8 comparison in ONNX Runtime");
   q->add_flag("--no-fallback", args->no_fallback, "Report a missed accuracy target instead of keeping layers fp32");
-  q->add_option("--min-cosine", args->min_cosine, "Accuracy target: mean cosine vs fp32 (default 0.99)");
-  q->add_option("--min-label-agreement", args->min_label_agreement, "Accuracy target: argmax agreement of *logits outputs on the random-token samples (default 0.95)");
-  q->add_option("--samples", args->samples, "Sample batches compared (default 4)");
-  q->add_option("--batch", args->batch, "Sample batch size (default 2)");
-  q->add_option("--seq", args->seq, "Sample sequence length (default 16)");
+  q->add_option("--min-cosine", args->min_cosine, "Accuracy target: mean cosine vs fp32 (default 0.99)")
+      ->check(trex::cli::real_in(-1, 1));
+  q->add_option("--min-label-agreement", args->min_label_agreement,
+                "Accuracy target: argmax agreement of *logits outputs on the random-token samples (default 0.95)")
+      ->check(trex::cli::real_in(0, 1));
+  q->add_option("--samples", args->samples, "Sample batches compared (default 4)")->check(trex::cli::integer_in(1, 1000));
+  q->add_option("--batch", args->batch, "Sample batch size (default 2)")
+      ->check(trex::cli::integer_in(1, trex::cli::kMaxSampleTokens));
+  q->add_option("--seq", args->seq, "Sample sequence length (default 16)")
+      ->check(trex::cli::integer_in(1, trex::cli::kMaxSampleTokens));
   q->add_option("--report", args->report, "Write a JSON report here");
   q->add_flag("-q,--quiet", args->quiet, "Print nothing on success");
   q->callback([args, action] { *action = [args] { return run_quantize(*args); }; });

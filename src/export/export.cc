@@ -5,8 +5,10 @@
 #include <set>
 
 #include "export/companions.h"
+#include "util/checkpoint_buffers.h"
 #include "util/error.h"
 #include "util/output_path.h"
+#include "util/strings.h"
 
 namespace trex {
 
@@ -62,7 +64,11 @@ void check_torchscript_supported(const ModelConfig& config) {
 }
 
 fs::path resolve_output_file(const fs::path& output) {
-  if (output.extension() == ".onnx" || output.extension() == ".pt") return output;
+  // A model file name, or an existing file (which the input/output checks then judge), is the output itself;
+  // anything else names a folder — folder names often hold dots ("TinyLlama-1.1B").
+  const std::string ext = output.extension().string();
+  std::error_code ec;
+  if (ext == ".onnx" || ext == ".pt" || ext == ".pth" || fs::is_regular_file(output, ec)) return output;
   return output / "model.onnx";
 }
 
@@ -122,6 +128,10 @@ void check_export_paths(const ExportOptions& options) {
   if (!fs::exists(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "checkpoint folder does not exist");
   if (!fs::is_directory(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "not a folder");
   check_output_path(options.output);
+  std::vector<fs::path> outputs{options.output, external_data_path(options.output)};
+  if (options.optimize) outputs.push_back(optimized_path(options.output));
+  if (options.quantize) outputs.push_back(quantized_path(options.output));
+  check_outputs_not_inputs(outputs, checkpoint_input_files(options.model_dir));
 }
 
 namespace {
@@ -220,12 +230,11 @@ ExportResult export_to(const ExportOptions& options) {
       for (const auto& i : built.model.initializers) {
         std::string n = i.name;
         for (const char* suffix : {".T", ".row0"})
-          if (n.size() > std::strlen(suffix) && n.compare(n.size() - std::strlen(suffix), std::strlen(suffix), suffix) == 0)
-            n.resize(n.size() - std::strlen(suffix));
+          if (n.size() > std::strlen(suffix) && ends_with(n, suffix)) n.resize(n.size() - std::strlen(suffix));
         used.insert(n);
       }
       for (const auto& n : weights.names())
-        if (!used.count(n)) result.unused_tensors.push_back(n);
+        if (!used.count(n) && !is_known_buffer(n)) result.unused_tensors.push_back(n);
     }
     log("built " + task_name(built.task) + " graph: " + std::to_string(result.num_nodes) + " nodes, " +
         std::to_string(result.num_initializers) + " initializers, opset " + std::to_string(options.opset));

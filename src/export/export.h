@@ -73,7 +73,7 @@ struct BuiltModel {
 BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
                        Lowering lowering = Lowering::kPlain);
 
-// OUTPUT as given (a .onnx or .pt path) or OUTPUT/model.onnx when it names a folder.
+// OUTPUT as given (a .onnx / .pt / .pth path, or an existing file) or OUTPUT/model.onnx when it names a folder.
 std::filesystem::path resolve_output_file(const std::filesystem::path& output);
 
 // UsageError when the checkpoint's architecture cannot be exported to TorchScript (decoders).

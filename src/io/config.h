@@ -40,6 +40,7 @@ class ModelConfig {
   // A required positive integer (e.g. hidden_size); error when <= 0.
   int64_t get_positive_int(const std::string& key) const;
 
+  // The whole config.json, for nested fields an architecture reads itself (rope_scaling, layer_types).
   const nlohmann::json& raw() const { return raw_; }
   const std::string& file() const { return file_; }
   // Throws InputError("<config.json>: <problem>").

@@ -8,6 +8,7 @@
 #include "io/weight_store.h"
 #include "io/zip_reader.h"
 #include "util/error.h"
+#include "util/strings.h"
 
 namespace trex {
 
@@ -118,7 +119,7 @@ void read_zip_bin(const MappedFile& f, WeightStore& store) {
   int found = 0;
   for (const auto& [name, e] : entries) {
     const std::string suffix = "/data.pkl";
-    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+    if (name.size() > suffix.size() && ends_with(name, suffix) &&
         name.find('/') == name.size() - suffix.size()) {
       prefix = name.substr(0, name.size() - suffix.size() + 1);
       ++found;

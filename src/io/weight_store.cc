@@ -10,16 +10,13 @@
 #include "io/json_file.h"
 #include "io/torch_bin.h"
 #include "util/error.h"
+#include "util/strings.h"
 
 namespace trex {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // Old checkpoints name LayerNorm parameters gamma/beta; transformers renames them to weight/bias.
 std::string canonical_name(const std::string& name) {

@@ -429,7 +429,6 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
   og->clear_node();
   std::vector<Initializer> new_inits;
   const DType qtype = policy.params.type == WeightType::kS8 ? DType::kI8 : DType::kU8;
-  std::vector<size_t> dropped_plans;
   for (size_t pi = 0; pi < plans.size(); ++pi) {
     Plan& plan = plans[pi];
     const auto key = std::make_pair(plan.weight, plan.alpha);

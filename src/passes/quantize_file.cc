@@ -6,6 +6,7 @@
 
 #include "onnx/reader.h"
 #include "util/error.h"
+#include "util/output_path.h"
 
 namespace trex {
 
@@ -13,23 +14,30 @@ namespace {
 bool below_target(const CompareResult& c, const QuantizeFileOptions& o) {
   return c.mean_cosine < o.min_cosine || (c.label_agreement >= 0 && c.label_agreement < o.min_label_agreement);
 }
-}  // namespace
 
-QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::filesystem::path& output,
-                                 const QuantizeFileOptions& o) {
-  std::error_code ec;
-  if (std::filesystem::exists(output, ec) &&
-      std::filesystem::weakly_canonical(input, ec) == std::filesystem::weakly_canonical(output, ec))
-    throw UsageError("quantize: the output would overwrite the input model (" + input.string() + ")");
+// Ops that only a quantized graph has (ONNX Runtime's quantizer and ours emit them). Quantizing such a graph
+// again would find few fp32 weights left and report a meaningless "1.00x smaller".
+const char* quantized_op(const Model& m) {
+  static const std::set<std::string> kQuantizedOps = {
+      "DynamicQuantizeLinear", "MatMulIntegerToFloat", "MatMulInteger", "QAttention", "MatMulNBits",
+      "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm", "QLinearConv", "ConvInteger"};
+  std::set<std::string> int8_inits;
+  for (const auto& i : m.initializers)
+    if (i.data.dtype() == DType::kI8 || i.data.dtype() == DType::kU8) int8_inits.insert(i.name);
+  for (const auto& node : m.proto.graph().node()) {
+    if (auto it = kQuantizedOps.find(node.op_type()); it != kQuantizedOps.end()) return it->c_str();
+    // QDQ format: int8 weights stored as initializers and dequantized in the graph.
+    if (node.op_type() == "DequantizeLinear" && node.input_size() > 0 && int8_inits.count(node.input(0)))
+      return "DequantizeLinear";
+  }
+  return nullptr;
+}
 
-  QuantizeFileResult r;
-  r.policy = o.policy;
-  const auto t0 = std::chrono::steady_clock::now();
-  const Model in = read_model(input);
-  Model out = quantize_model(in, r.policy, &r.report);
-  r.written = write_model(out, output, o.write);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!o.check) return r;
+// Compares the written int8 model with fp32 in ONNX Runtime and, while the target is missed, puts the most
+// sensitive weights back to fp32 and rewrites it.
+void compare_and_fall_back(const Model& in, const std::filesystem::path& input, const std::filesystem::path& output,
+                           const QuantizeFileOptions& o, QuantizeFileResult* result) {
+  QuantizeFileResult& r = *result;
 
   CompareOptions co;
   co.batches = o.samples;
@@ -51,11 +59,37 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
       r.policy.exclude_nodes.push_back(ranked[i].second);  // a weight name matches as an exact pattern
       r.fallback.push_back(ranked[i].second);
     }
-    out = quantize_model(in, r.policy, &r.report);
+    const Model out = quantize_model(in, r.policy, &r.report);
     r.written = write_model(out, output, o.write);
     r.comparison = compare_models(input, output, co);
   }
   r.missed_target = below_target(*r.comparison, o);
+}
+
+}  // namespace
+
+QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::filesystem::path& output,
+                                 const QuantizeFileOptions& o) {
+  check_outputs_not_inputs({output, external_data_path(output)}, {input, external_data_path(input)});
+
+  QuantizeFileResult r;
+  r.policy = o.policy;
+  const auto t0 = std::chrono::steady_clock::now();
+  const Model in = read_model(input);
+  if (const char* op = quantized_op(in))
+    throw UsageError(input.string() + ": already quantized (it has " + op +
+                     " nodes); quantize the fp32 model it came from instead");
+  r.written = write_model(quantize_model(in, r.policy, &r.report), output, o.write);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!o.check) return r;
+  try {
+    compare_and_fall_back(in, input, output, o, &r);
+  } catch (const Error&) {  // e.g. ONNX Runtime cannot load the model: leave no output behind
+    std::error_code ec;
+    std::filesystem::remove(r.written.model_path, ec);
+    if (!r.written.data_path.empty()) std::filesystem::remove(r.written.data_path, ec);
+    throw;
+  }
   return r;
 }
 

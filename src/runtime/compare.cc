@@ -58,9 +58,21 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
     so.SetInterOpNumThreads(1);
     Ort::Session ref(ort_env(), reference.c_str(), so);
     Ort::Session cand(ort_env(), candidate.c_str(), so);
-    const std::vector<std::string> in_names = input_names(ref), out_names = output_names(ref);
-    if (out_names != output_names(cand))
-      throw VerificationError(candidate.string() + ": outputs differ from " + reference.string() + "'s");
+    const std::vector<std::string> in_names = input_names(ref);
+    std::vector<std::string> out_names = output_names(ref);
+    if (o.outputs.empty()) {
+      if (out_names != output_names(cand))
+        throw VerificationError(candidate.string() + ": outputs differ from " + reference.string() + "'s");
+    } else {
+      const std::vector<std::string> cand_names = output_names(cand);
+      for (const auto& n : o.outputs) {
+        if (std::find(out_names.begin(), out_names.end(), n) == out_names.end())
+          throw VerificationError(reference.string() + ": no output '" + n + "'");
+        if (std::find(cand_names.begin(), cand_names.end(), n) == cand_names.end())
+          throw VerificationError(candidate.string() + ": no output '" + n + "'");
+      }
+      out_names = o.outputs;
+    }
 
     std::vector<const char*> in_c, out_c;
     for (auto& n : in_names) in_c.push_back(n.c_str());

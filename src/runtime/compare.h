@@ -23,6 +23,9 @@ struct CompareOptions {
   uint64_t seed = 1234;
   // Exclusive upper bound of the values fed to each integer input (see sample_input_limits).
   std::map<std::string, int64_t> input_limits;
+  // Outputs to compare (both models must have them). Empty: all of the reference's, which the candidate
+  // must have too, with the same names.
+  std::vector<std::string> outputs;
 };
 
 struct OutputComparison {

@@ -2,6 +2,9 @@
 
 #include <onnxruntime_cxx_api.h>
 
+#include <fstream>
+#include <set>
+
 #include "onnx/writer.h"
 #include "runtime/ort_session.h"
 #include "util/error.h"
@@ -10,6 +13,55 @@
 namespace trex {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+void collect_domains(const onnx::GraphProto& g, std::set<std::string>* domains) {
+  for (const auto& node : g.node()) {
+    domains->insert(node.domain() == "ai.onnx" ? "" : node.domain());
+    for (const auto& a : node.attribute()) {
+      if (a.has_g()) collect_domains(a.g(), domains);
+      for (const auto& sub : a.graphs()) collect_domains(sub, domains);
+    }
+  }
+}
+
+// ONNX Runtime saves every opset it registered (8 domains for a BERT) and keeps the input's metadata, which
+// then describes the graph before optimization. Rewrites `file` with only the opset imports its nodes use and
+// `graph` metadata saying what it now is.
+void describe_optimized(const fs::path& file) {
+  onnx::ModelProto m;
+  {
+    std::ifstream in(file, std::ios::binary);
+    if (!in || !m.ParseFromIstream(&in)) throw InputError(file.string(), "cannot read ONNX Runtime's optimized model");
+  }
+  std::set<std::string> used{""};  // the default domain is always declared
+  collect_domains(m.graph(), &used);
+  for (const auto& f : m.functions()) {
+    used.insert(f.domain());
+    for (const auto& node : f.node()) used.insert(node.domain() == "ai.onnx" ? "" : node.domain());
+  }
+  auto* opsets = m.mutable_opset_import();
+  for (int i = opsets->size() - 1; i >= 0; --i) {
+    const std::string& d = opsets->Get(i).domain();
+    if (!used.count(d == "ai.onnx" ? "" : d)) opsets->DeleteSubrange(i, 1);
+  }
+  bool found = false;
+  for (auto& p : *m.mutable_metadata_props())
+    if (p.key() == "graph") {
+      p.set_value("onnxruntime-optimized");
+      found = true;
+    }
+  if (!found) {
+    auto* p = m.add_metadata_props();
+    p->set_key("graph");
+    p->set_value("onnxruntime-optimized");
+  }
+  std::ofstream out(file, std::ios::binary | std::ios::trunc);
+  if (!m.SerializeToOstream(&out) || !out.flush()) throw OutputError(file.string(), "cannot write");
+}
+
+}  // namespace
 
 OrtOptimizeResult ort_optimize(const fs::path& in, const fs::path& out, OrtOptLevel level) {
   std::error_code ec;
@@ -41,6 +93,13 @@ OrtOptimizeResult ort_optimize(const fs::path& in, const fs::path& out, OrtOptLe
     fs::remove(tmp, ec);
     if (!result.data_path.empty()) fs::remove(result.data_path, ec);
     throw InputError(in.string(), std::string("ONNX Runtime cannot optimize it: ") + e.what());
+  }
+  try {
+    describe_optimized(tmp);
+  } catch (const Error&) {
+    fs::remove(tmp, ec);
+    if (!result.data_path.empty()) fs::remove(result.data_path, ec);
+    throw;
   }
   fs::rename(tmp, out, ec);
   if (ec) {

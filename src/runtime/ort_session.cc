@@ -13,8 +13,14 @@ namespace {
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 }  // namespace
 
+namespace {
+// ONNX Runtime's own log lines (several per failure, ANSI-coloured) never reach stderr: every failure also
+// comes back as an Ort::Exception, which trex turns into its one-line error.
+void drop_ort_log(void*, OrtLoggingLevel, const char*, const char*, const char*, const char*) {}
+}  // namespace
+
 Ort::Env& ort_env() {
-  static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "trex");
+  static Ort::Env env(ORT_LOGGING_LEVEL_FATAL, "trex", drop_ort_log, nullptr);
   return env;
 }
 

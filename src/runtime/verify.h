@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,12 @@ struct VerifyOptions {
   bool padded = true;
   int batches = 2;
   double atol = 1e-4;
+  // When set, an output also passes when its mean row cosine vs the reference is at least this, even
+  // beyond atol (int8 vs fp32 never meets an fp32 atol; its cosine says whether it is still the same model).
+  std::optional<double> min_cosine;
+  // Outputs to compare. Empty: the outputs both models have (in the reference's order); none in common is
+  // an error. Naming an output one of the models lacks is a UsageError.
+  std::vector<std::string> outputs;
   // Exclusive upper bounds of random integer inputs (input_ids → vocab). Inputs not listed get the bound read
   // off the model (the table an input indexes), else 100 for *ids*.
   std::map<std::string, int64_t> input_limits;
@@ -27,12 +34,16 @@ struct VerifyOptions {
 struct VerifyReport {
   std::vector<OutputComparison> outputs;
   double atol = 0;
+  std::optional<double> min_cosine;
+  std::vector<std::string> not_compared;  // outputs only one of the models has (default output selection)
+  bool passes(const OutputComparison& o) const;  // within atol, or (min_cosine set) cosine high enough
   bool ok() const;
   std::string table() const;  // readable, one line per output
   std::string json() const;
 };
 
-// Throws InputError when a file is missing, VerificationError when the models cannot be run or compared.
+// Throws InputError when a file is missing, UsageError for a TorchScript (.pt) file or an unknown --outputs
+// name, VerificationError when the models cannot be run or compared.
 VerifyReport verify_models(const std::filesystem::path& model, const std::filesystem::path& reference,
                            const VerifyOptions& options);
 

@@ -23,14 +23,11 @@
 #include <stdexcept>
 
 #include "util/error.h"
+#include "util/strings.h"
 
 namespace trex::torchscript {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 std::string float_literal(double v) {
   if (std::isinf(v)) return v > 0 ? "float('inf')" : "float('-inf')";

@@ -91,8 +91,6 @@ const Plugin& plugin() {
 
 }  // namespace
 
-bool torchscript_available() { return plugin().save != nullptr; }
-
 void require_torchscript() {
   const Plugin& plug = plugin();
   if (!plug.save) throw UsageError(std::string(kEnableHint) + " (" + plug.error + ")");

@@ -12,8 +12,6 @@
 
 namespace trex {
 
-// True when the LibTorch plugin loads (loads it on first call).
-bool torchscript_available();
 // Throws UsageError ("TorchScript export needs LibTorch: rebuild with -DTREX_WITH_TORCH=ON ...") when it does not.
 // Call it before reading a checkpoint so the user learns early.
 void require_torchscript();

@@ -297,9 +297,18 @@ def test_torchscript_file_layout(tmp_path):
     assert "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query" in sub
 
 
-def test_output_folder_missing_is_an_output_error(tmp_path):
+def test_output_folder_missing_is_created(tmp_path):
+    """Missing output folders are created (issue 13), for TorchScript as for ONNX."""
     _needs_torchscript()
     out = tmp_path / "no" / "such" / "dir" / "m.pt"
+    ts_export(fx.checkpoint("bert", "feature-extraction"), out)
+    assert zipfile.is_zipfile(out)
+
+
+def test_output_under_a_file_is_an_output_error(tmp_path):
+    _needs_torchscript()
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "m.pt"
     r = ts_export(fx.checkpoint("bert", "feature-extraction"), out, expect_ok=False)
     assert r.returncode == 4, (r.returncode, r.stderr)
     assert str(out) in r.stderr
