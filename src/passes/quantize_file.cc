@@ -27,7 +27,9 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
   const auto t0 = std::chrono::steady_clock::now();
   const Model in = read_model(input);
   Model out = quantize_model(in, r.policy, &r.report);
-  r.written = write_model(out, output, o.write);
+  WriteOptions wo = o.write;
+  if (wo.source_for_messages.empty()) wo.source_for_messages = input.string();
+  r.written = write_model(out, output, wo);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!o.check) return r;
 
@@ -52,7 +54,7 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
       r.fallback.push_back(ranked[i].second);
     }
     out = quantize_model(in, r.policy, &r.report);
-    r.written = write_model(out, output, o.write);
+    r.written = write_model(out, output, wo);
     r.comparison = compare_models(input, output, co);
   }
   r.missed_target = below_target(*r.comparison, o);
