@@ -352,8 +352,14 @@ Model read_model(const fs::path& path) {
     Shape dims(t.dims().begin(), t.dims().end());
     for (int64_t d : dims)
       if (d < 0) throw InputError(file, "initializer '" + t.name() + "' has a negative dimension");
+    // Elements and bytes with checked arithmetic: dims such as [2^56, 64] must not wrap to a small size.
+    uint64_t elements = 1;
     size_t nbytes = 0;
-    if (__builtin_mul_overflow(static_cast<size_t>(num_elements(dims)), dtype_size(dtype), &nbytes))
+    bool too_large = false;
+    for (int64_t d : dims) too_large |= __builtin_mul_overflow(elements, static_cast<uint64_t>(d), &elements);
+    too_large |= elements > static_cast<uint64_t>(INT64_MAX) ||
+                 __builtin_mul_overflow(static_cast<size_t>(elements), dtype_size(dtype), &nbytes);
+    if (too_large)
       throw InputError(file, "initializer '" + clip_name(t.name()) + "': shape " + shape_str(dims) + " is too large");
 
     if (t.data_location() == onnx::TensorProto::EXTERNAL) {
@@ -391,7 +397,7 @@ Model read_model(const fs::path& path) {
           {t.name(), TensorData::view(dtype, dims, reinterpret_cast<const std::byte*>(raw), keep_file)});
     } else {
       model.initializers.push_back(
-          {t.name(), TensorData::owned(dtype, dims, typed_bytes(t, dtype, static_cast<size_t>(num_elements(dims)), file))});
+          {t.name(), TensorData::owned(dtype, dims, typed_bytes(t, dtype, static_cast<size_t>(elements), file))});
     }
   }
   return model;
