@@ -14,9 +14,13 @@ namespace trex {
 // Deepest nesting of arrays/objects accepted (the formats trex reads need 4 or 5).
 inline constexpr int kMaxJsonDepth = 64;
 
-// Parses JSON text. Throws InputError("<file>: <what>: <reason>") when it is not valid JSON, nests deeper
-// than kMaxJsonDepth, or repeats a key inside one object.
-nlohmann::json parse_json_bounded(std::string_view text, const std::string& file, const char* what = "invalid JSON");
+// Longest array accepted by default.
+inline constexpr size_t kMaxJsonArray = size_t{1} << 20;
+
+// Parses JSON text in linear time. Throws InputError("<file>: <what>: <reason>") when it is not valid JSON,
+// nests deeper than kMaxJsonDepth, has an array longer than `max_array`, or repeats a key inside one object.
+nlohmann::json parse_json_bounded(std::string_view text, const std::string& file, const char* what = "invalid JSON",
+                                  size_t max_array = kMaxJsonArray);
 
 // Parses a whole JSON file of at most kMaxJsonFileBytes, which must be a regular file whose real path stays
 // inside checkpoint_root(its folder). Throws InputError "<path>: cannot open: <reason>" or "<path>: invalid JSON: ...".

@@ -5,6 +5,7 @@
 // (/dev/zero: unbounded read), a directory, or a file outside its folder through a symlink or a `..` path.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -14,6 +15,7 @@ namespace trex {
 // Size caps (documented in README.md, "Limits on inputs").
 inline constexpr uint64_t kMaxJsonFileBytes = uint64_t{16} << 20;         // config.json, shard indexes
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{32} << 20;  // ~250,000 tensor entries
+inline constexpr size_t kMaxSafetensorsArray = 64;                         // shape rank, data_offsets
 inline constexpr uint64_t kNoSizeLimit = ~uint64_t{0};
 
 // An open, read-only file descriptor of a regular file (RAII).

@@ -75,9 +75,10 @@ std::vector<TensorView> parse_safetensors(const MappedFile& file) {
                    std::to_string(kMaxSafetensorsHeaderBytes) + " bytes");
   }
   const char* hbegin = reinterpret_cast<const char*>(file.data() + 8);
-  // Bounded parse: nesting depth limited, a tensor name listed twice is an error (not "last one wins").
+  // Bounded parse: nesting depth and array length (shapes, offsets) limited, a tensor name listed twice is an error (not "last one wins").
   const nlohmann::json header =
-      parse_json_bounded(std::string_view(hbegin, static_cast<size_t>(hlen)), fname, "header is not valid JSON");
+      parse_json_bounded(std::string_view(hbegin, static_cast<size_t>(hlen)), fname, "header is not valid JSON",
+                         kMaxSafetensorsArray);
   if (!header.is_object()) bad(fname, "header is not a JSON object (got " + json_type_name(header) + ")");
 
   const uint64_t data_start = 8 + hlen;

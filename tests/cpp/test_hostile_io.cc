@@ -133,6 +133,15 @@ TEST(BoundedJson, DuplicateKeysAtAnyLevel) {
   EXPECT_NO_THROW(parse_json_bounded(R"({"x":{"b":1},"y":{"b":2},"z":[{"b":1},{"b":2}]})", "f"));
 }
 
+TEST(BoundedJson, ArrayLengthLimit) {
+  EXPECT_NO_THROW(parse_json_bounded("[1,2,3]", "f", "bad", 3));
+  EXPECT_TRUE(has(error_of([] { parse_json_bounded("[1,2,3,4]", "f", "bad", 3); }), "more than 3 elements"));
+  // Same DOM as nlohmann's own parser.
+  const std::string text = R"({"a":[1,-2,3.5,"s",null,true,{"b":{}}],"c":{"d":[]}})";
+  EXPECT_EQ(parse_json_bounded(text, "f"), nlohmann::json::parse(text));
+  EXPECT_TRUE(has(error_of([] { parse_json_bounded("{\"a\":", "f.json"); }), "f.json: invalid JSON"));
+}
+
 TEST(BoundedJson, MessagesDoNotSerializeBigValues) {
   nlohmann::json big = nlohmann::json::array();
   for (int i = 0; i < 100000; ++i) big.push_back(i);

@@ -217,13 +217,23 @@ def test_header_above_limit(tmp_path, out):
 
 
 def test_huge_shape_array_not_serialized(tmp_path, out):
-    """A 1M-element shape is reported by its size, not dumped into the message."""
+    """A 1M-element shape is refused while parsing (at most 64 dims), not built and dumped into the message."""
     ckpt = copy_ckpt(tmp_path)
     header, data = read_st(ckpt / ST)
     first = next(k for k in header if k != "__metadata__")
     header[first]["shape"] = [-1] * 1_000_000
     write_st_bytes(ckpt / ST, json.dumps(header, separators=(",", ":")).encode(), data)
-    expect_error(export_args(ckpt, out), words=[ST, first, "shape"], out_dir=out.parent)
+    expect_error(export_args(ckpt, out), words=[ST, "more than 64"], out_dir=out.parent)
+
+
+def test_many_header_entries_parse_in_linear_time(tmp_path, out):
+    """200,000 (empty) tensor entries: parsed in linear time and memory, then the missing weights reported."""
+    ckpt = copy_ckpt(tmp_path)
+    entry = '{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+    text = "{" + ",".join(f'"x{i}":{entry}' for i in range(200_000)) + "}"
+    write_st_bytes(ckpt / ST, text.encode())
+    expect_error(export_args(ckpt, out), words=[ST, "missing"], out_dir=out.parent, max_seconds=15,
+                 mem_bytes=2 * GIB)
 
 
 # ----------------------------------------------------------------------------------------------
