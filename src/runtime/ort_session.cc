@@ -7,6 +7,7 @@
 namespace trex {
 
 namespace {
+constexpr int64_t kMaxSampleElements = int64_t{1} << 28;
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 }  // namespace
 
@@ -45,9 +46,15 @@ SampleInputs make_sample_inputs(const Ort::Session& s, int64_t batch, int64_t se
     std::vector<int64_t> shape = info.GetShape();
     for (size_t d = 0; d < shape.size(); ++d)
       if (shape[d] < 0) shape[d] = d == 0 ? batch : seq;
-    int64_t count = 1;
-    for (auto d : shape) count *= d;
     const std::string& name = feed.names[i];
+    // Static dims come from the model file: checked, so a hostile [2^40, 2^40] input cannot wrap or exhaust memory.
+    int64_t count = 1;
+    for (auto d : shape) {
+      if (d < 0 || __builtin_mul_overflow(count, d, &count) || count > kMaxSampleElements) {
+        throw InputError(model, "input '" + name + "' has a shape too large to feed sample data (more than " +
+                                    std::to_string(kMaxSampleElements) + " elements)");
+      }
+    }
     const auto type = info.GetElementType();
     std::vector<int64_t> ints(static_cast<size_t>(count), 0);
     if (contains(name, "mask")) {

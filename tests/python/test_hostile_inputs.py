@@ -348,6 +348,21 @@ def _matmul_model(path: Path, w_tensor, extra_inits=()):
     return path
 
 
+def test_verify_huge_static_input_shape(tmp_path):
+    """An input declared [2^40, 64]: sample data is refused (exit 2), not allocated (was an internal error)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1 << 40, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1 << 40, 64])
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    m = tmp_path / "m.onnx"
+    m.write_bytes(model.SerializeToString())
+    expect_error(["verify", m, "--against", m], words=["m.onnx", "'x'", "too large"], mem_bytes=4 * GIB)
+
+
 def _external_w(location: str, dims=(64, 64)):
     from onnx import TensorProto
     t = TensorProto()
