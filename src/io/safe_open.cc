@@ -90,9 +90,10 @@ bool real_path_inside(const fs::path& root, const fs::path& path) {
   if (ec) return false;
   const fs::path q = fs::weakly_canonical(fs::absolute(path, ec), ec);
   if (ec) return false;
-  auto ri = r.begin(), qi = q.begin();
-  for (; ri != r.end(); ++ri, ++qi) {
-    if (ri->empty()) continue;  // trailing separator of the root
+  // Component-wise prefix (a string prefix would accept /a/rootsibling for /a/root).
+  auto qi = q.begin();
+  for (auto ri = r.begin(); ri != r.end(); ++ri, ++qi) {
+    if (ri->empty()) break;  // trailing separator of the root: everything below matches
     if (qi == q.end() || *ri != *qi) return false;
   }
   return true;

@@ -126,7 +126,7 @@ void check_finite(const Initializer& init, const std::byte* p, size_t n, const W
   if (bad < 0) return;
   const std::string problem = "tensor '" + (init.name.size() > 200 ? init.name.substr(0, 200) + "..." : init.name) +
                               "' holds NaN or infinity (element " + std::to_string(bad) +
-                              "); pass --allow-nonfinite to write it anyway";
+                              "); refused unless --allow-nonfinite is given";
   if (o.source_for_messages.empty()) throw InputError(problem);
   throw InputError(o.source_for_messages, problem);
 }
