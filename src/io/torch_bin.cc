@@ -82,7 +82,7 @@ TensorView make_view(const std::string& file, const std::string& name, const Pic
   // otherwise turn a small file into gigabytes: the copies together may not exceed the file's size.
   if (nbytes > *copy_budget) {
     fail("non-contiguous views would need more than " + std::to_string(nbytes) +
-         " bytes of copies in all, beyond the file's own size (amplification refused)");
+         " bytes of copies in all, beyond twice the file's size (amplification refused)");
   }
   *copy_budget -= nbytes;
   std::vector<std::byte> out(t.nbytes);
@@ -103,7 +103,9 @@ TensorView make_view(const std::string& file, const std::string& name, const Pic
 
 void add_tensors(const std::string& file, const std::vector<std::pair<std::string, PickledTensor>>& tensors,
                  const std::map<std::string, StorageBytes>& storages, WeightStore& store, size_t file_size) {
-  uint64_t copy_budget = static_cast<uint64_t>(file_size) + (uint64_t{1} << 20);
+  // Non-contiguous tensors are copied; all copies together may take at most twice the file's size (+1 MiB):
+  // enough for two transposed views of every storage, not for hundreds of views of one.
+  uint64_t copy_budget = 2 * static_cast<uint64_t>(file_size) + (uint64_t{1} << 20);
   if (tensors.empty()) {
     throw InputError(file, "no tensors found (expected a state dict whose values are tensors at the top level)");
   }
