@@ -119,9 +119,13 @@ fs::path checkpoint_root(const fs::path& dir) {
   std::error_code ec;
   const fs::path real = fs::weakly_canonical(fs::absolute(dir, ec), ec);
   if (ec || real.empty()) return dir;
-  const fs::path parent = real.parent_path();
-  if (parent.filename() == "snapshots" && fs::is_directory(parent.parent_path() / "blobs", ec)) {
-    return parent.parent_path();
+  // <repo>/snapshots/<revision>[/subfolder...]: the files are symlinks into <repo>/blobs.
+  fs::path p = real;
+  for (int up = 0; up < 8 && p.has_parent_path() && p != p.parent_path(); ++up, p = p.parent_path()) {
+    const fs::path parent = p.parent_path();
+    if (parent.filename() == "snapshots" && fs::is_directory(parent.parent_path() / "blobs", ec)) {
+      return parent.parent_path();
+    }
   }
   return dir;
 }

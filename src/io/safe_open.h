@@ -56,8 +56,9 @@ OpenFile open_regular_file_in(const std::filesystem::path& root, const std::file
 // True when the real path of `path` (symlinks resolved, missing tail allowed) is `root`'s real path or below it.
 bool real_path_inside(const std::filesystem::path& root, const std::filesystem::path& path);
 
-// The folder the files of checkpoint folder `dir` may live in: `dir` itself, or, for a Hugging Face hub cache
-// snapshot (<repo>/snapshots/<revision>/, whose files are symlinks to <repo>/blobs/), the repository folder.
+// The folder the files of checkpoint (or model) folder `dir` may live in: `dir` itself, or, inside a Hugging Face
+// hub cache snapshot (<repo>/snapshots/<revision>/[subfolder/], whose files are symlinks to <repo>/blobs/), the
+// repository folder.
 std::filesystem::path checkpoint_root(const std::filesystem::path& dir);
 
 }  // namespace trex

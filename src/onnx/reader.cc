@@ -250,7 +250,8 @@ void check_external_location(const std::string& model_file, const fs::path& mode
     throw InputError(model_file, what + " is an absolute path (it must be relative to the model's folder)");
   for (const auto& part : rel)
     if (part == "..") throw InputError(model_file, what + " contains '..' (it must stay inside the model's folder)");
-  if (!real_path_inside(model_dir, model_dir / rel))
+  // Symlinks may point only inside the model's folder (or, in a hub cache snapshot, into the repository's blobs).
+  if (!real_path_inside(checkpoint_root(model_dir), model_dir / rel))
     throw InputError(model_file, what + " resolves (through a symlink) to a file outside the model's folder");
 }
 
@@ -376,7 +377,8 @@ Model read_model(const fs::path& path) {
       }
       check_external_location(file, dir, t.name(), location);
       auto it = data_files.find(location);
-      if (it == data_files.end()) it = data_files.emplace(location, MappedFile::open_in(dir, dir / location)).first;
+      if (it == data_files.end())
+        it = data_files.emplace(location, MappedFile::open_in(checkpoint_root(dir), dir / location)).first;
       const MappedFile& df = *it->second;
       if (has_length && length != nbytes)
         throw InputError(file, "initializer '" + t.name() + "': external data length " + std::to_string(length) +

@@ -112,6 +112,9 @@ TEST(SafeOpen, HubCacheRoot) {
   fs::create_directories(d / "models--a--b" / "snapshots" / "rev");
   EXPECT_EQ(fs::weakly_canonical(checkpoint_root(d / "models--a--b" / "snapshots" / "rev")),
             fs::weakly_canonical(d / "models--a--b"));
+  fs::create_directories(d / "models--a--b" / "snapshots" / "rev" / "onnx");
+  EXPECT_EQ(fs::weakly_canonical(checkpoint_root(d / "models--a--b" / "snapshots" / "rev" / "onnx")),
+            fs::weakly_canonical(d / "models--a--b"));
   fs::create_directories(d / "plain");
   EXPECT_EQ(checkpoint_root(d / "plain"), d / "plain");
 }

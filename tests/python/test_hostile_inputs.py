@@ -408,6 +408,22 @@ def test_external_data_outside_model_folder(tmp_path, kind, command):
     expect_error(args, words=["model.onnx", "external data location"], out_dir=outd)
 
 
+def test_external_data_in_hub_cache_snapshot_is_followed(tmp_path):
+    """Control: in a hub cache snapshot, model.onnx and its external data are symlinks into <repo>/blobs."""
+    repo = tmp_path / "models--x--m"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "rev" / "onnx"
+    snap.mkdir(parents=True)
+    (repo / "blobs" / "data").write_bytes(np.ones((64, 64), np.float32).tobytes())
+    _matmul_model(repo / "blobs" / "model", _external_w("model.onnx_data"))
+    (snap / "model.onnx").symlink_to(Path("../../..") / "blobs" / "model")
+    (snap / "model.onnx_data").symlink_to(Path("../../..") / "blobs" / "data")
+    outd = tmp_path / "outd"
+    outd.mkdir()
+    r = fx.run_trex("quantize", snap / "model.onnx", outd / "q.onnx", "--no-check", "--no-auto-policy")
+    assert r.returncode == 0, r.stderr
+
+
 def test_external_data_in_subgraph_outside(tmp_path):
     """A tensor attribute of a Constant node inside an If branch points outside: refused before ORT loads."""
     import onnx
