@@ -165,6 +165,24 @@ int64_t first_nonfinite(DType dtype, const std::byte* data, size_t n) {
   }
 }
 
+void check_initializers_finite(const Model& model, const std::string& source) {
+  WriteOptions o;
+  o.source_for_messages = source;
+  std::vector<std::byte> scratch;
+  for (const auto& init : model.initializers) {
+    const DType t = init.data.dtype();
+    if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kF64) continue;
+    const size_t n = init.data.nbytes();
+    if (const std::byte* p = init.data.direct()) {
+      check_finite(init, p, n, o);
+    } else {
+      scratch.resize(n);
+      init.data.copy_to(scratch.data());
+      check_finite(init, scratch.data(), n, o);
+    }
+  }
+}
+
 fs::path external_data_path(const fs::path& model_path) {
   return model_path.parent_path() / (model_path.filename().string() + ".data");
 }

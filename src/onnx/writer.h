@@ -45,6 +45,10 @@ WriteResult write_model(const Model& model, const std::filesystem::path& path, c
 // Index of the first NaN/Inf element of `n` bytes of floating `dtype` data, or -1 (also for non-float dtypes).
 int64_t first_nonfinite(DType dtype, const std::byte* data, size_t n);
 
+// Checks every floating initializer of `model` as write_model does (for writers other than the ONNX one, e.g.
+// TorchScript). Throws InputError naming `source` (when not empty) and the tensor.
+void check_initializers_finite(const Model& model, const std::string& source);
+
 // The .onnx.data path used for a model path.
 std::filesystem::path external_data_path(const std::filesystem::path& model_path);
 

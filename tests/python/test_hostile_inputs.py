@@ -331,6 +331,13 @@ def test_inf_bias(tmp_path, out):
     assert name
 
 
+def test_nan_refused_for_torchscript(tmp_path, out):
+    ckpt = copy_ckpt(tmp_path)
+    name = _poison(ckpt, lambda h: next(k for k in h if "word_embeddings" in k), float("nan"))
+    pt = out.parent / "model.pt"
+    expect_error(["export", "--model", ckpt, "--format", "torchscript", pt], words=[name, "nan"], out_dir=out.parent)
+
+
 # ----------------------------------------------------------------------------------------------
 # 2./3. ONNX models: external data confined, sizes checked before allocation
 # ----------------------------------------------------------------------------------------------
