@@ -45,6 +45,9 @@ std::vector<GraphOutput> build_distilbert(BuildContext& ctx) {
     names.up = L + "ffn.lin1";
     names.down = L + "ffn.lin2";
     names.mlp_norm = L + "output_layer_norm";
+    if (w.has(names.at(layers_n).q + ".weight"))
+      c.fail("n_layers is " + std::to_string(layers_n) + " but the checkpoint has more layers (" +
+             names.at(layers_n).q + ".weight exists)");
     for (int64_t i = 0; i < layers_n; ++i) {
       auto layer = g.scope("layer." + std::to_string(i));
       x = layers::encoder_block(g, w, x, mask_bias, spec, names.at(i), c.file());

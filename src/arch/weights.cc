@@ -212,12 +212,16 @@ void Weights::check() const {
   std::string files;
   for (const auto& f : store_.files()) files += (files.empty() ? "" : ", ") + f;
   std::string msg = files + ": ";
+  // The first names of each list, then a count: a config that asks for 100,000 layers must not print them all.
+  constexpr size_t kShown = 20;
   if (!missing_.empty()) {
     msg += std::to_string(missing_.size()) + " missing tensor" + (missing_.size() > 1 ? "s" : "") + ": ";
-    for (size_t i = 0; i < missing_.size(); ++i) msg += (i ? ", " : "") + missing_[i];
+    for (size_t i = 0; i < missing_.size() && i < kShown; ++i) msg += (i ? ", " : "") + missing_[i];
+    if (missing_.size() > kShown) msg += " and " + std::to_string(missing_.size() - kShown) + " more";
   }
-  for (size_t i = 0; i < problems_.size(); ++i)
+  for (size_t i = 0; i < problems_.size() && i < kShown; ++i)
     msg += std::string((i == 0 && missing_.empty()) ? "" : "; ") + problems_[i];
+  if (problems_.size() > kShown) msg += "; and " + std::to_string(problems_.size() - kShown) + " more problems";
   throw InputError(msg);
 }
 

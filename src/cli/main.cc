@@ -39,7 +39,7 @@ struct ExportArgs {
   std::string model, revision, output, pipeline, static_shape, external = "auto", format, report;
   int opset = trex::kDefaultOpset;
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
-       eager_attention = false;
+       eager_attention = false, allow_nonfinite = false;
 };
 
 // --report: what was written, how each variant compares, how long it took (JSON).
@@ -89,7 +89,8 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
 // Options of `trex export` that only mean something for ONNX output. (--opset applies to both: TorchScript is
 // lowered from the plain ONNX graph of that opset.)
 constexpr const char* kOnnxOnlyOptions[] = {"--report",   "--external-data", "--no-check",    "--optimize",
-                                            "--quantize", "--static-shape",  "--gelu-approximation"};
+                                            "--quantize", "--static-shape",  "--gelu-approximation",
+                                            "--allow-nonfinite"};
 
 // Every file `trex export` may write, for the never-overwrite-an-input check.
 std::vector<fs::path> export_outputs(const ExportArgs& a, bool torchscript) {
@@ -143,6 +144,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   o.pipeline = a.pipeline;
   o.opset = a.opset;
   o.check = !a.no_check;
+  o.allow_nonfinite = a.allow_nonfinite;
   o.optimize = a.optimize;
   o.quantize = a.quantize;
   o.gelu_approximation = a.gelu_approximation;
@@ -276,6 +278,8 @@ int main(int argc, char** argv) {
   ex->add_option("--external-data", ea.external,
                  "auto (weights in OUTPUT.onnx.data when the model passes 2 GB), always, never");
   ex->add_flag("--no-check", ea.no_check, "Skip the ONNX Runtime load check after writing");
+  ex->add_flag("--allow-nonfinite", ea.allow_nonfinite,
+               "Write weights holding NaN or infinity (refused by default, naming the tensor)");
   ex->add_option("--report", ea.report,
                  "Write a JSON report: files and sizes, load check, optimized-vs-plain and int8-vs-fp32 comparisons, "
                  "timings");

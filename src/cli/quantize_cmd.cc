@@ -23,7 +23,8 @@ namespace {
 
 struct QuantizeArgs {
   std::string input, output, weight_type = "s8", ops = "microsoft", external = "auto", report;
-  bool per_tensor = false, reduce_range = false, no_auto = false, no_check = false, no_fallback = false, quiet = false;
+  bool per_tensor = false, reduce_range = false, no_auto = false, no_check = false, no_fallback = false, quiet = false,
+       allow_nonfinite = false;
   std::vector<std::string> exclude, exclude_op_types;
   int64_t min_elements = 1024;
   double min_cosine = 0.99, min_label_agreement = 0.95;
@@ -58,6 +59,7 @@ int run_quantize(const QuantizeArgs& a) {
   o.write.external = a.external == "always" ? trex::ExternalData::kAlways
                      : a.external == "never" ? trex::ExternalData::kNever
                                              : trex::ExternalData::kAuto;
+  o.write.allow_nonfinite = a.allow_nonfinite;
   o.check = !a.no_check;
   o.fallback = !a.no_fallback;
   o.fallback_rounds = a.fallback_rounds;
@@ -185,6 +187,7 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
       ->check(trex::cli::integer_in(0, std::numeric_limits<int64_t>::max()));
   q->add_option("--external-data", args->external, "auto (above 2 GB), always or never")
       ->check(CLI::IsMember({"auto", "always", "never"}));
+  q->add_flag("--allow-nonfinite", args->allow_nonfinite, "Write weights holding NaN or infinity (an error by default)");
   q->add_flag("--no-check", args->no_check, "Skip the fp32 vs int8 comparison in ONNX Runtime");
   q->add_flag("--no-fallback", args->no_fallback, "Report a missed accuracy target instead of keeping layers fp32");
   q->add_option("--min-cosine", args->min_cosine, "Accuracy target: mean cosine vs fp32 (default 0.99)")

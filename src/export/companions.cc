@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/safe_open.h"
 #include "util/error.h"
 #include "util/output_path.h"
 
@@ -37,22 +38,10 @@ void write_atomically(const fs::path& dst, const std::string& bytes) {
   }
 }
 
-// A checkpoint file read as bytes: only regular files that really live inside the checkpoint folder (a symlink
-// pointing elsewhere is refused), at most 64 MiB.
+// A checkpoint file read as bytes: a regular file inside the checkpoint (a Hugging Face cache snapshot may point
+// into its repository's blobs), at most 64 MiB.
 std::string read_checkpoint_file(const fs::path& model_dir, const fs::path& file) {
-  std::error_code ec;
-  const fs::path real_dir = fs::canonical(model_dir, ec);
-  const fs::path real = fs::canonical(file, ec);
-  if (ec) throw InputError(file.string(), "cannot resolve: " + ec.message());
-  const auto rel = real.lexically_relative(real_dir);
-  if (rel.empty() || *rel.begin() == "..") throw InputError(file.string(), "points outside the checkpoint folder");
-  if (!fs::is_regular_file(real, ec)) throw InputError(file.string(), "not a regular file");
-  constexpr uintmax_t kMax = 64ull << 20;
-  if (fs::file_size(real, ec) > kMax) throw InputError(file.string(), "larger than 64 MiB");
-  std::ifstream f(real, std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (!f.good() && !f.eof()) throw InputError(file.string(), "cannot read");
-  return bytes;
+  return open_regular_file_in(checkpoint_root(model_dir), file, uint64_t{64} << 20, "a companion file").read_all();
 }
 
 int64_t token_id(const ModelConfig& c, const json& generation, const char* key, int64_t fallback) {

@@ -208,6 +208,8 @@ ExportResult export_to(const ExportOptions& options) {
   WriteOptions wo;
   wo.external = options.external;
   wo.progress = options.progress;
+  wo.allow_nonfinite = options.allow_nonfinite;
+  wo.source_for_messages = options.model_dir.string();
   LoadCheckSpec plain_spec, fused_spec;
   const fs::path opt_path = optimized_path(options.output);
   std::error_code ec;

@@ -26,6 +26,7 @@ struct ExportOptions {
   // companion files (config, generation config, tokenizer, genai_config.json) beside the model.
   std::filesystem::path output;
   bool write_companions = false;  // also for encoders (set by the CLI when OUTPUT is a folder)
+  bool allow_nonfinite = false;   // write NaN/Inf weights instead of refusing them
   std::string pipeline;  // empty: the default head of the checkpoint
   int opset = kDefaultOpset;
   std::optional<std::pair<int64_t, int64_t>> static_shape;  // batch, sequence

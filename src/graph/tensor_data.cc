@@ -7,6 +7,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "util/error.h"
+
 namespace trex {
 
 TensorData TensorData::view(DType dtype, Shape dims, const std::byte* bytes, std::shared_ptr<const void> keep_alive) {
@@ -36,7 +38,13 @@ TensorData TensorData::produced(DType dtype, Shape dims, std::function<void(std:
   return t;
 }
 
-size_t TensorData::nbytes() const { return static_cast<size_t>(num_elements(dims_)) * dtype_size(dtype_); }
+size_t TensorData::nbytes() const {
+  size_t n = 0;
+  // Checked: a hostile shape such as [2^56, 64] must not wrap to a small byte count.
+  if (__builtin_mul_overflow(static_cast<size_t>(num_elements(dims_)), dtype_size(dtype_), &n))
+    throw InputError("shape " + shape_str(dims_) + " of " + std::string(dtype_name(dtype_)) + " has too many bytes");
+  return n;
+}
 
 const std::byte* TensorData::direct() const {
   if (view_) return view_;

@@ -1,6 +1,7 @@
 #include "io/config.h"
 
 #include <limits>
+#include <map>
 
 #include "io/json_file.h"
 #include "util/error.h"
@@ -69,6 +70,23 @@ bool ModelConfig::has(const std::string& key) const { return raw_.is_object() &&
 
 namespace {
 
+// Upper bounds for size fields, far above any real model: a hostile config.json asking for a billion layers
+// fails here at once, instead of after building names and graphs for every layer.
+int64_t sanity_max(const std::string& key) {
+  static const std::map<std::string, int64_t> kMax = {
+      {"num_hidden_layers", 1024},      {"n_layers", 1024},
+      {"num_layers", 1024},             {"num_hidden_groups", 1024},
+      {"inner_group_num", 1024},        {"num_attention_heads", 1 << 16},
+      {"n_heads", 1 << 16},             {"hidden_size", 1 << 20},
+      {"dim", 1 << 20},                 {"embedding_size", 1 << 20},
+      {"intermediate_size", 1 << 22},   {"hidden_dim", 1 << 22},
+      {"vocab_size", 1 << 26},          {"max_position_embeddings", 1 << 24},
+      {"type_vocab_size", 1 << 20},     {"num_labels", 1 << 24},
+  };
+  auto it = kMax.find(key);
+  return it == kMax.end() ? std::numeric_limits<int64_t>::max() : it->second;
+}
+
 const nlohmann::json* lookup(const nlohmann::json& raw, const std::string& key) {
   if (!raw.is_object()) return nullptr;
   auto it = raw.find(key);
@@ -81,13 +99,21 @@ const nlohmann::json* lookup(const nlohmann::json& raw, const std::string& key) 
 int64_t ModelConfig::get_int(const std::string& key) const {
   const nlohmann::json* v = lookup(raw_, key);
   if (v == nullptr) fail("missing '" + key + "'");
+  int64_t value = 0;
   if (v->is_number_unsigned()) {
     const uint64_t u = v->get<uint64_t>();
     if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) fail("'" + key + "' is too large");
-    return static_cast<int64_t>(u);
+    value = static_cast<int64_t>(u);
+  } else if (v->is_number_integer()) {
+    value = v->get<int64_t>();
+  } else {
+    fail("'" + key + "' must be an integer, got " + json_type_name(*v));
   }
-  if (v->is_number_integer()) return v->get<int64_t>();
-  fail("'" + key + "' must be an integer, got " + json_type_name(*v));
+  if (value > sanity_max(key)) {
+    fail("'" + key + "' is " + std::to_string(value) + ", above trex's sanity limit of " +
+         std::to_string(sanity_max(key)));
+  }
+  return value;
 }
 
 int64_t ModelConfig::get_int(const std::string& key, int64_t fallback) const {

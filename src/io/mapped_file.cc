@@ -1,61 +1,45 @@
 #include "io/mapped_file.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "io/safe_open.h"
 #include "util/error.h"
 
 namespace trex {
 
 namespace {
 
-[[noreturn]] void fail_open(const std::string& path, const std::string& reason) {
-  throw InputError(path, "cannot open: " + reason);
+std::shared_ptr<MappedFile> map_open_file(const OpenFile& f) {
+  return MappedFile::map(f);
 }
 
 }  // namespace
 
-std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) {
-  const std::string p = path.string();
-  // stat first so that a FIFO or device is rejected before open() could block on it.
-  struct stat st {};
-  if (::stat(p.c_str(), &st) != 0) fail_open(p, std::strerror(errno));
-  if (S_ISDIR(st.st_mode)) fail_open(p, "is a directory");
-  if (!S_ISREG(st.st_mode)) fail_open(p, "not a regular file");
-
-  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) fail_open(p, std::strerror(errno));
-  struct stat fst {};
-  if (::fstat(fd, &fst) != 0) {
-    int e = errno;
-    ::close(fd);
-    fail_open(p, std::strerror(e));
-  }
-  if (!S_ISREG(fst.st_mode)) {
-    ::close(fd);
-    fail_open(p, "not a regular file");
-  }
-
+std::shared_ptr<MappedFile> MappedFile::map(const OpenFile& of) {
   std::shared_ptr<MappedFile> f(new MappedFile());
-  f->path_ = p;
-  f->size_ = static_cast<size_t>(fst.st_size);
+  f->path_ = of.path();
+  f->size_ = static_cast<size_t>(of.size());
   if (f->size_ > 0) {
-    void* m = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* m = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, of.fd(), 0);
     if (m == MAP_FAILED) {
-      int e = errno;
-      ::close(fd);
+      const int e = errno;
       f->size_ = 0;
-      fail_open(p, std::string("mmap failed: ") + std::strerror(e));
+      throw InputError(of.path(), std::string("cannot open: mmap failed: ") + std::strerror(e));
     }
     f->data_ = static_cast<const std::byte*>(m);
   }
-  ::close(fd);
   return f;
+}
+
+std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) {
+  return map_open_file(open_regular_file(path));
+}
+
+std::shared_ptr<MappedFile> MappedFile::open_in(const std::filesystem::path& root, const std::filesystem::path& path) {
+  return map_open_file(open_regular_file_in(root, path));
 }
 
 MappedFile::~MappedFile() {

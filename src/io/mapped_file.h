@@ -8,10 +8,17 @@
 
 namespace trex {
 
+class OpenFile;
+
 class MappedFile {
  public:
   // Throws InputError("<path>: cannot open: <reason>") on failure. Empty files map to size 0.
+  // Only regular files are opened (see io/safe_open.h).
   static std::shared_ptr<MappedFile> open(const std::filesystem::path& path);
+  // Same, and the file's real path must stay inside `root`'s (symlinks resolved).
+  static std::shared_ptr<MappedFile> open_in(const std::filesystem::path& root, const std::filesystem::path& path);
+  // Maps an already opened regular file.
+  static std::shared_ptr<MappedFile> map(const OpenFile& f);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;

@@ -32,6 +32,15 @@ namespace {
 
 using Kind = PickleValue::Kind;
 
+constexpr size_t kMaxTensorRank = 64;
+constexpr size_t kMaxPickleName = 4096;  // storage keys, tensor names
+
+}  // namespace
+
+uint64_t pickle_copy_budget(size_t pickle_bytes) { return 4 * static_cast<uint64_t>(pickle_bytes) + (uint64_t{1} << 20); }
+
+namespace {
+
 enum class GlobalRole { kOrderedDict, kRebuildTensorV2, kRebuildTensor, kRebuildParameter, kStorageType, kDType };
 
 struct AllowedGlobal {
@@ -111,7 +120,8 @@ PickleValuePtr make(Kind k) {
 class Unpickler {
  public:
   Unpickler(const std::byte* data, size_t size, const std::string& file, size_t base)
-      : p_(reinterpret_cast<const uint8_t*>(data)), n_(size), file_(file), base_(base) {}
+      : p_(reinterpret_cast<const uint8_t*>(data)), n_(size), file_(file), base_(base),
+        budget_(pickle_copy_budget(size)) {}
 
   PickleValuePtr run(size_t* consumed) {
     while (true) {
@@ -379,8 +389,13 @@ class Unpickler {
   }
 
   static bool is_int(const PickleValue& v) { return v.kind == Kind::kInt; }
-  std::vector<int64_t> int_tuple(const PickleValue& v, const char* what) const {
+  std::vector<int64_t> int_tuple(const PickleValue& v, const char* what) {
     if (v.kind != Kind::kTuple && v.kind != Kind::kList) fail(std::string("tensor ") + what + " must be a tuple of ints");
+    if (v.items.size() > kMaxTensorRank) {
+      fail(std::string("tensor ") + what + " has " + std::to_string(v.items.size()) + " dimensions (at most " +
+           std::to_string(kMaxTensorRank) + ")");
+    }
+    charge(v.items.size());
     std::vector<int64_t> out;
     for (const auto& e : v.items) {
       if (!is_int(*e)) fail(std::string("tensor ") + what + " must be a tuple of ints");
@@ -399,6 +414,7 @@ class Unpickler {
         auto d = make(Kind::kDict);
         if (a.empty()) return d;
         if (a.size() == 1 && (a[0]->kind == Kind::kList || a[0]->kind == Kind::kTuple)) {
+          charge(a[0]->items.size());
           for (const auto& pair : a[0]->items) {
             if ((pair->kind != Kind::kTuple && pair->kind != Kind::kList) || pair->items.size() != 2) {
               fail("OrderedDict argument must be a list of pairs");
@@ -416,6 +432,7 @@ class Unpickler {
         if (a[0]->kind != Kind::kStorage) fail("tensor rebuild: first argument is not a storage");
         if (!is_int(*a[1]) || a[1]->i < 0) fail("tensor rebuild: storage offset must be a non-negative int");
         auto t = std::make_shared<PickledTensor>();
+        charge(1 + a[0]->storage->key.size() + a[0]->storage->location.size());
         t->storage = *a[0]->storage;
         t->storage_offset = a[1]->i;
         t->size = int_tuple(*a[2], "size");
@@ -461,7 +478,8 @@ class Unpickler {
     } else {
       fail("persistent id: storage key must be a string");
     }
-    if (a[3]->kind == Kind::kString) s->location = a[3]->s;
+    if (s->key.size() > kMaxPickleName) fail("persistent id: storage key longer than " + std::to_string(kMaxPickleName) + " bytes");
+    if (a[3]->kind == Kind::kString) s->location = a[3]->s.substr(0, kMaxPickleName);
     if (!is_int(*a[4]) || a[4]->i < 0) fail("persistent id: storage size must be a non-negative int");
     s->numel = a[4]->i;
     if (a.size() == 6 && a[5]->kind != Kind::kNone) {
@@ -470,6 +488,19 @@ class Unpickler {
     auto v = make(Kind::kStorage);
     v->storage = std::move(s);
     return v;
+  }
+
+  // Work that memo reuse can repeat without more input (copying a memoized list into each OrderedDict, a
+  // shape tuple into each tensor, storage keys into each reference) is charged against a budget proportional
+  // to the pickle's size, so a small hostile pickle cannot expand into gigabytes.
+  void charge(uint64_t units) {
+    if (units > budget_) {
+      throw InputError(file_, "pickle: memo/REDUCE reuse would copy more than " +
+                                  std::to_string(pickle_copy_budget(n_)) + " items for a " + std::to_string(n_) +
+                                  "-byte pickle (amplification refused; opcode at offset " +
+                                  std::to_string(base_ + op_pos_) + ")");
+    }
+    budget_ -= units;
   }
 
   const uint8_t* p_;
@@ -481,6 +512,7 @@ class Unpickler {
   std::vector<PickleValuePtr> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PickleValuePtr> memo_;
+  uint64_t budget_;
 };
 
 }  // namespace
@@ -492,7 +524,7 @@ PickleValuePtr unpickle(const std::byte* data, size_t size, const std::string& f
 }
 
 std::vector<std::pair<std::string, PickledTensor>> state_dict_tensors(const PickleValue& root,
-                                                                      const std::string& file) {
+                                                                      const std::string& file, uint64_t budget) {
   if (root.kind != Kind::kDict) {
     throw InputError(file, std::string("the checkpoint pickle is a ") + kind_name(root.kind) +
                                ", expected a state dict (a dict of tensors)");
@@ -501,6 +533,17 @@ std::vector<std::pair<std::string, PickledTensor>> state_dict_tensors(const Pick
   for (const auto& [k, v] : root.dict) {
     if (!v || v->kind != Kind::kTensor) continue;  // non-tensor entries (metadata, counters) are ignored
     if (k->kind != Kind::kString) throw InputError(file, "state dict has a non-string key for a tensor");
+    if (k->s.size() > kMaxPickleName) {
+      throw InputError(file, "state dict key longer than " + std::to_string(kMaxPickleName) + " bytes");
+    }
+    // Each entry copies its name and tensor description: memo reuse must not multiply them without bound.
+    const uint64_t cost = 1 + k->s.size() + v->tensor->storage.key.size() + v->tensor->storage.location.size() +
+                          2 * v->tensor->size.size();
+    if (cost > budget) {
+      throw InputError(file, "state dict: " + std::to_string(out.size()) +
+                                 " entries already (memo reuse); the pickle expands beyond trex's limit");
+    }
+    budget -= cost;
     out.emplace_back(k->s, *v->tensor);
   }
   return out;

@@ -61,6 +61,13 @@ PickleValuePtr unpickle(const std::byte* data, size_t size, const std::string& f
 
 // The tensors of a state dict: the top-level dict's string keys whose values are tensors, in pickle order.
 // Non-tensor values (e.g. nested metadata) are ignored. Throws when the pickle is not a dict.
-std::vector<std::pair<std::string, PickledTensor>> state_dict_tensors(const PickleValue& root, const std::string& file);
+// `budget` bounds the work of copying entries (name and tensor description sizes): a pickle whose entries
+// all reuse one memoized tensor must not expand without bound; pass pickle_copy_budget(pickle bytes).
+std::vector<std::pair<std::string, PickledTensor>> state_dict_tensors(const PickleValue& root, const std::string& file,
+                                                                      uint64_t budget = ~uint64_t{0});
+
+// The copy budget of a pickle of `pickle_bytes` bytes: 4 units per byte plus 1 Mi (memo reuse beyond that is
+// refused as amplification). Also bounds the bytes of non-contiguous tensors materialized from a .bin.
+uint64_t pickle_copy_budget(size_t pickle_bytes);
 
 }  // namespace trex

@@ -7,10 +7,13 @@
 
 #include "io/json_file.h"
 #include "io/mapped_file.h"
+#include "io/safe_open.h"
 #include "io/weight_store.h"
 #include "util/error.h"
 
 namespace trex {
+
+namespace fs = std::filesystem;
 
 bool parse_safetensors_dtype(const std::string& name, DType* out) {
   static const struct {
@@ -30,10 +33,7 @@ bool parse_safetensors_dtype(const std::string& name, DType* out) {
 
 namespace {
 
-std::string clip(std::string s, size_t n = 80) {
-  if (s.size() > n) s = s.substr(0, n) + "...";
-  return s;
-}
+std::string clip(const std::string& s) { return clip_for_message(s); }
 
 // A JSON number that is a non-negative integer fitting in uint64.
 bool as_u64(const nlohmann::json& j, uint64_t* out) {
@@ -70,13 +70,15 @@ std::vector<TensorView> parse_safetensors(const MappedFile& file) {
   if (hlen > size - 8) {
     bad(fname, "header length " + std::to_string(hlen) + " exceeds file size " + std::to_string(size));
   }
-  const char* hbegin = reinterpret_cast<const char*>(file.data() + 8);
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(hbegin, hbegin + hlen);
-  } catch (const nlohmann::json::exception& e) {
-    bad(fname, std::string("header is not valid JSON: ") + e.what());
+  if (hlen > kMaxSafetensorsHeaderBytes) {
+    bad(fname, "header length " + std::to_string(hlen) + " is above trex's limit of " +
+                   std::to_string(kMaxSafetensorsHeaderBytes) + " bytes");
   }
+  const char* hbegin = reinterpret_cast<const char*>(file.data() + 8);
+  // Bounded parse: nesting depth and array length (shapes, offsets) limited, a tensor name listed twice is an error (not "last one wins").
+  const nlohmann::json header =
+      parse_json_bounded(std::string_view(hbegin, static_cast<size_t>(hlen)), fname, "header is not valid JSON",
+                         kMaxSafetensorsArray);
   if (!header.is_object()) bad(fname, "header is not a JSON object (got " + json_type_name(header) + ")");
 
   const uint64_t data_start = 8 + hlen;
@@ -112,7 +114,7 @@ std::vector<TensorView> parse_safetensors(const MappedFile& file) {
     for (const auto& d : js) {
       uint64_t dim = 0;
       if (!as_u64(d, &dim) || dim > static_cast<uint64_t>(INT64_MAX)) {
-        bad(fname, tn + "shape must be a list of non-negative integers, got " + clip(js.dump()));
+        bad(fname, tn + "shape must be a list of non-negative integers, got " + json_for_message(js));
       }
       t.shape.push_back(static_cast<int64_t>(dim));
       if (__builtin_mul_overflow(numel, dim, &numel)) overflow = true;
@@ -120,7 +122,7 @@ std::vector<TensorView> parse_safetensors(const MappedFile& file) {
     const auto& jo = v["data_offsets"];
     uint64_t begin = 0, end = 0;
     if (!jo.is_array() || jo.size() != 2 || !as_u64(jo[0], &begin) || !as_u64(jo[1], &end) || begin > end) {
-      bad(fname, tn + "data_offsets must be [begin, end] with 0 <= begin <= end, got " + clip(jo.dump()));
+      bad(fname, tn + "data_offsets must be [begin, end] with 0 <= begin <= end, got " + json_for_message(jo));
     }
     if (end > data_size) {
       bad(fname, tn + "data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] exceed the data region of " +
@@ -155,7 +157,8 @@ std::vector<TensorView> parse_safetensors(const MappedFile& file) {
 }
 
 void read_safetensors(const std::filesystem::path& path, WeightStore& store) {
-  auto f = MappedFile::open(path);
+  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  auto f = MappedFile::open_in(checkpoint_root(dir), path);
   store.keep(f);
   std::vector<TensorView> tensors = parse_safetensors(*f);
   store.add_file(path.filename().string());

@@ -5,6 +5,7 @@
 
 #include "io/mapped_file.h"
 #include "io/pickle.h"
+#include "io/safe_open.h"
 #include "io/weight_store.h"
 #include "io/zip_reader.h"
 #include "util/error.h"
@@ -23,7 +24,7 @@ std::string storage_desc(const PickledStorage& s) { return "storage '" + s.key +
 
 // Builds the TensorView of `pt` over `storage` (bounds-checked); copies into the store when not C-contiguous.
 TensorView make_view(const std::string& file, const std::string& name, const PickledTensor& pt,
-                     const StorageBytes& storage, WeightStore& store) {
+                     const StorageBytes& storage, WeightStore& store, uint64_t* copy_budget) {
   auto fail = [&](const std::string& problem) { throw InputError(file, "tensor '" + name + "': " + problem); };
   const DType dt = pt.storage.dtype;
   const uint64_t esz = dtype_size(dt);
@@ -78,7 +79,13 @@ TensorView make_view(const std::string& file, const std::string& name, const Pic
     t.data = base;
     return t;
   }
-  // Materialize a C-contiguous copy (row-major walk with a multi-index).
+  // Materialize a C-contiguous copy (row-major walk with a multi-index). Many views of one storage could
+  // otherwise turn a small file into gigabytes: the copies together may not exceed the file's size.
+  if (nbytes > *copy_budget) {
+    fail("non-contiguous views would need more than " + std::to_string(nbytes) +
+         " bytes of copies in all, beyond twice the file's size (amplification refused)");
+  }
+  *copy_budget -= nbytes;
   std::vector<std::byte> out(t.nbytes);
   const size_t rank = pt.size.size();
   std::vector<int64_t> idx(rank, 0);
@@ -96,7 +103,10 @@ TensorView make_view(const std::string& file, const std::string& name, const Pic
 }
 
 void add_tensors(const std::string& file, const std::vector<std::pair<std::string, PickledTensor>>& tensors,
-                 const std::map<std::string, StorageBytes>& storages, WeightStore& store) {
+                 const std::map<std::string, StorageBytes>& storages, WeightStore& store, size_t file_size) {
+  // Non-contiguous tensors are copied; all copies together may take at most twice the file's size (+1 MiB):
+  // enough for two transposed views of every storage, not for hundreds of views of one.
+  uint64_t copy_budget = 2 * static_cast<uint64_t>(file_size) + (uint64_t{1} << 20);
   if (tensors.empty()) {
     throw InputError(file, "no tensors found (expected a state dict whose values are tensors at the top level)");
   }
@@ -106,7 +116,7 @@ void add_tensors(const std::string& file, const std::vector<std::pair<std::strin
     if (it == storages.end()) {
       throw InputError(file, "tensor '" + name + "': " + storage_desc(pt.storage) + " is missing from the file");
     }
-    views.push_back(make_view(file, name, pt, it->second, store));
+    views.push_back(make_view(file, name, pt, it->second, store, &copy_budget));
   }
   for (auto& v : views) store.add(std::move(v));
 }
@@ -133,7 +143,7 @@ void read_zip_bin(const MappedFile& f, WeightStore& store) {
   }
   const ZipEntry& pkl = entries.at(prefix + "data.pkl");
   PickleValuePtr root = unpickle(pkl.data, pkl.size, file);
-  auto tensors = state_dict_tensors(*root, file);
+  auto tensors = state_dict_tensors(*root, file, pickle_copy_budget(pkl.size));
   std::map<std::string, StorageBytes> storages;
   for (const auto& [name, pt] : tensors) {
     if (storages.count(pt.storage.key)) continue;
@@ -144,7 +154,7 @@ void read_zip_bin(const MappedFile& f, WeightStore& store) {
     }
     storages[pt.storage.key] = {it->second.data, it->second.size};
   }
-  add_tensors(file, tensors, storages, store);
+  add_tensors(file, tensors, storages, store, f.size());
 }
 
 // 0x1950a86a20f9469cfc6c, little-endian, as pickled by LONG1.
@@ -180,7 +190,7 @@ void read_legacy_bin(const MappedFile& f, WeightStore& store) {
     }
   }
   PickleValuePtr root = next();
-  auto tensors = state_dict_tensors(*root, file);
+  auto tensors = state_dict_tensors(*root, file, pickle_copy_budget(n));
   PickleValuePtr keys = next();
   if (keys->kind != PickleValue::Kind::kList) throw InputError(file, "legacy checkpoint: storage key list missing");
 
@@ -215,13 +225,14 @@ void read_legacy_bin(const MappedFile& f, WeightStore& store) {
     }
     pos += static_cast<size_t>(nbytes);
   }
-  add_tensors(file, tensors, storages, store);
+  add_tensors(file, tensors, storages, store, f.size());
 }
 
 }  // namespace
 
 void read_torch_bin(const std::filesystem::path& path, WeightStore& store) {
-  auto f = MappedFile::open(path);
+  const std::filesystem::path dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  auto f = MappedFile::open_in(checkpoint_root(dir), path);
   store.keep(f);
   if (looks_like_zip(*f)) {
     read_zip_bin(*f, store);

@@ -53,13 +53,13 @@ void read_index(const fs::path& index, WeightStore& store) {
   std::set<std::string> seen;
   for (auto it = wm.begin(); it != wm.end(); ++it) {
     if (!it.value().is_string()) {
-      throw InputError(iname, "weight_map['" + it.key() + "'] must be a shard file name (string)");
+      throw InputError(iname, "weight_map['" + clip_for_message(it.key()) + "'] must be a shard file name (string)");
     }
     const std::string shard = it.value().get<std::string>();
     if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
         shard.find('\\') != std::string::npos || shard.find('\0') != std::string::npos ||
         shard.find("..") == 0) {
-      throw InputError(iname, "shard path '" + shard +
+      throw InputError(iname, "shard path '" + clip_for_message(shard) +
                                   "' leaves the checkpoint folder (shards must be plain file names next to the index)");
     }
     entries.emplace_back(it.key(), shard);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <filesystem>
+#include <string>
 
 #include "graph/model.h"
 
@@ -14,6 +15,17 @@ namespace trex {
 // Throws InputError naming the file on anything unreadable: missing/unparsable file, a single file above
 // protobuf's 2 GB limit, external data that is missing, outside the model folder or out of bounds.
 Model read_model(const std::filesystem::path& path);
+
+// Checks every external-data location in the model file (initializers of the main graph and of subgraphs,
+// tensor attributes, sparse tensors, functions) without loading any weight: each must be relative, without
+// `..`, and inside the model's folder after symlinks are resolved. Call it before handing a model path to
+// ONNX Runtime, which would otherwise open whatever the locations name. Throws InputError naming the model
+// file, the tensor and the location.
+void validate_external_data(const std::filesystem::path& model_path);
+
+// The check above for one location of tensor `tensor` in `model_file`, whose folder is `model_dir`.
+void check_external_location(const std::string& model_file, const std::filesystem::path& model_dir,
+                             const std::string& tensor, const std::string& location);
 
 // DType for an ONNX TensorProto element type; false when trex has none.
 bool dtype_from_onnx(int elem_type, DType* out);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -118,7 +119,69 @@ onnx::TensorProto tensor_header(const Initializer& init) {
 }
 
 
+// Throws when a floating initializer holds NaN/Inf (see WriteOptions::allow_nonfinite).
+void check_finite(const Initializer& init, const std::byte* p, size_t n, const WriteOptions& o) {
+  if (o.allow_nonfinite || n <= dtype_size(init.data.dtype())) return;
+  const int64_t bad = first_nonfinite(init.data.dtype(), p, n);
+  if (bad < 0) return;
+  const std::string problem = "tensor '" + (init.name.size() > 200 ? init.name.substr(0, 200) + "..." : init.name) +
+                              "' holds NaN or infinity (element " + std::to_string(bad) +
+                              "); refused unless --allow-nonfinite is given";
+  if (o.source_for_messages.empty()) throw InputError(problem);
+  throw InputError(o.source_for_messages, problem);
+}
+
+template <typename Bits>
+int64_t first_nonfinite_bits(const std::byte* data, size_t count, Bits exp_mask) {
+  // Branch-free count per block (vectorizes), exact position only when a block has one.
+  constexpr size_t kBlock = 1024;
+  for (size_t b = 0; b < count; b += kBlock) {
+    const size_t e = std::min(count, b + kBlock);
+    size_t hits = 0;
+    for (size_t i = b; i < e; ++i) {
+      Bits v;
+      std::memcpy(&v, data + i * sizeof(Bits), sizeof(Bits));
+      hits += (v & exp_mask) == exp_mask;
+    }
+    if (hits == 0) continue;
+    for (size_t i = b; i < e; ++i) {
+      Bits v;
+      std::memcpy(&v, data + i * sizeof(Bits), sizeof(Bits));
+      if ((v & exp_mask) == exp_mask) return static_cast<int64_t>(i);
+    }
+  }
+  return -1;
+}
+
 }  // namespace
+
+int64_t first_nonfinite(DType dtype, const std::byte* data, size_t n) {
+  switch (dtype) {
+    case DType::kF32: return first_nonfinite_bits<uint32_t>(data, n / 4, 0x7F800000u);
+    case DType::kF64: return first_nonfinite_bits<uint64_t>(data, n / 8, 0x7FF0000000000000ull);
+    case DType::kF16: return first_nonfinite_bits<uint16_t>(data, n / 2, uint16_t{0x7C00});
+    case DType::kBF16: return first_nonfinite_bits<uint16_t>(data, n / 2, uint16_t{0x7F80});
+    default: return -1;
+  }
+}
+
+void check_initializers_finite(const Model& model, const std::string& source) {
+  WriteOptions o;
+  o.source_for_messages = source;
+  std::vector<std::byte> scratch;
+  for (const auto& init : model.initializers) {
+    const DType t = init.data.dtype();
+    if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kF64) continue;
+    const size_t n = init.data.nbytes();
+    if (const std::byte* p = init.data.direct()) {
+      check_finite(init, p, n, o);
+    } else {
+      scratch.resize(n);
+      init.data.copy_to(scratch.data());
+      check_finite(init, scratch.data(), n, o);
+    }
+  }
+}
 
 fs::path external_data_path(const fs::path& model_path) {
   return model_path.parent_path() / (model_path.filename().string() + ".data");
@@ -163,10 +226,12 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
       data.pad_to(n >= (size_t{1} << 20) ? 4096 : 64);  // page-aligned big tensors can be memory-mapped by runtimes
       const size_t offset = data.offset();
       if (const std::byte* p = init.data.direct()) {
+        check_finite(init, p, n, options);
         data.write(p, n);
       } else {
         scratch.resize(n);
         init.data.copy_to(scratch.data());
+        check_finite(init, scratch.data(), n, options);
         data.write(scratch.data(), n);
       }
       auto& h = headers.back();
@@ -227,10 +292,12 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
     out.write(rec.data(), rec.size());
     if (!inline_data[i]) continue;
     if (const std::byte* p = init.data.direct()) {
+      check_finite(init, p, n, options);
       out.write(p, n);
     } else {
       scratch.resize(n);
       init.data.copy_to(scratch.data());
+      check_finite(init, scratch.data(), n, options);
       out.write(scratch.data(), n);
     }
     init.data.release_sources();

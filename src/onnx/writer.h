@@ -21,6 +21,12 @@ struct WriteOptions {
   size_t single_file_limit = (size_t{1} << 31) - (size_t{64} << 20);
   // With external data, initializers smaller than this stay inside the .onnx file.
   size_t external_min_bytes = 1024;
+  // Floating initializers of more than one element are checked for NaN/Inf while they are written (the bytes
+  // are in cache then); one is an InputError naming the tensor unless this is set (`--allow-nonfinite`).
+  // Single-element constants are not checked (other exporters' -inf mask fills).
+  bool allow_nonfinite = false;
+  // Named in the non-finite error (the checkpoint folder or input model); the tensor name alone when empty.
+  std::string source_for_messages;
   // Called after each initializer written (bytes done, bytes total); may be empty.
   std::function<void(size_t, size_t)> progress;
 };
@@ -35,6 +41,13 @@ struct WriteResult {
 // Throws OutputError naming the path when it cannot be written (missing folder, permissions, disk full),
 // and UsageError when kNever is asked for a model that cannot fit one file.
 WriteResult write_model(const Model& model, const std::filesystem::path& path, const WriteOptions& options = {});
+
+// Index of the first NaN/Inf element of `n` bytes of floating `dtype` data, or -1 (also for non-float dtypes).
+int64_t first_nonfinite(DType dtype, const std::byte* data, size_t n);
+
+// Checks every floating initializer of `model` as write_model does (for writers other than the ONNX one, e.g.
+// TorchScript). Throws InputError naming `source` (when not empty) and the tensor.
+void check_initializers_finite(const Model& model, const std::string& source);
 
 // The .onnx.data path used for a model path.
 std::filesystem::path external_data_path(const std::filesystem::path& model_path);

@@ -60,7 +60,9 @@ void compare_and_fall_back(const Model& in, const std::filesystem::path& input, 
       r.fallback.push_back(ranked[i].second);
     }
     const Model out = quantize_model(in, r.policy, &r.report);
-    r.written = write_model(out, output, o.write);
+    WriteOptions wo = o.write;
+    if (wo.source_for_messages.empty()) wo.source_for_messages = input.string();
+    r.written = write_model(out, output, wo);
     r.comparison = compare_models(input, output, co);
   }
   r.missed_target = below_target(*r.comparison, o);
@@ -79,7 +81,9 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
   if (const char* op = quantized_op(in))
     throw UsageError(input.string() + ": already quantized (it has " + op +
                      " nodes); quantize the fp32 model it came from instead");
-  r.written = write_model(quantize_model(in, r.policy, &r.report), output, o.write);
+  WriteOptions wo = o.write;
+  if (wo.source_for_messages.empty()) wo.source_for_messages = input.string();
+  r.written = write_model(quantize_model(in, r.policy, &r.report), output, wo);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!o.check) return r;
   try {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 
+#include "onnx/reader.h"
 #include "runtime/ort_session.h"
 #include "util/error.h"
 
@@ -52,6 +53,9 @@ bool contains(const std::string& s, const char* part) { return s.find(part) != s
 CompareResult compare_models(const std::filesystem::path& reference, const std::filesystem::path& candidate,
                              const CompareOptions& o) {
   CompareResult result;
+  // ONNX Runtime opens external data itself: the locations are checked first (relative, inside the folder).
+  validate_external_data(reference);
+  validate_external_data(candidate);
   try {
     Ort::SessionOptions so;
     so.SetIntraOpNumThreads(o.threads);

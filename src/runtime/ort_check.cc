@@ -7,6 +7,7 @@
 #include <map>
 #include <random>
 
+#include "onnx/reader.h"
 #include "runtime/ort_session.h"
 #include "util/error.h"
 
@@ -36,6 +37,7 @@ std::string LoadCheckResult::summary() const {
 LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSpec& spec) {
   using clock = std::chrono::steady_clock;
   LoadCheckResult result;
+  validate_external_data(model);
   try {
     Ort::SessionOptions opts;
     opts.SetIntraOpNumThreads(1);

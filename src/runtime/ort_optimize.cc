@@ -5,6 +5,7 @@
 #include <fstream>
 #include <set>
 
+#include "onnx/reader.h"
 #include "onnx/writer.h"
 #include "runtime/ort_session.h"
 #include "util/error.h"
@@ -67,6 +68,7 @@ OrtOptimizeResult ort_optimize(const fs::path& in, const fs::path& out, OrtOptLe
   std::error_code ec;
   if (!fs::is_regular_file(in, ec)) throw InputError(in.string(), "cannot open: no such file");
   check_output_path(out);
+  validate_external_data(in);  // before ONNX Runtime follows any location
 
   // Big inputs (or inputs already using external data) keep their weights outside the .onnx file.
   size_t total = fs::file_size(in, ec);

@@ -10,6 +10,7 @@
 namespace trex {
 
 namespace {
+constexpr int64_t kMaxSampleElements = int64_t{1} << 28;
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 }  // namespace
 
@@ -122,9 +123,15 @@ SampleInputs make_step_inputs(const Ort::Session& s, const SampleShape& shape_si
     info.GetSymbolicDimensions(symbols.data(), symbols.size());
     for (size_t d = 0; d < shape.size(); ++d)
       if (shape[d] < 0) shape[d] = shape_sizes.symbol(symbols[d] ? symbols[d] : "", d);
-    int64_t count = 1;
-    for (auto d : shape) count *= d;
     const std::string& name = feed.names[i];
+    // Static dims come from the model file: checked, so a hostile [2^40, 2^40] input cannot wrap or exhaust memory.
+    int64_t count = 1;
+    for (auto d : shape) {
+      if (d < 0 || __builtin_mul_overflow(count, d, &count) || count > kMaxSampleElements) {
+        throw InputError(model, "input '" + name + "' has a shape too large to feed sample data (more than " +
+                                    std::to_string(kMaxSampleElements) + " elements)");
+      }
+    }
     const nlohmann::json d = decl.value(name, nlohmann::json());
     const InputSample::Kind kind = kind_of(d, name);
     const auto type = info.GetElementType();

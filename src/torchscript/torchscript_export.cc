@@ -15,6 +15,7 @@
 
 #include "torchscript/lowering.h"
 #include "torchscript/module_spec.h"
+#include "onnx/writer.h"
 #include "util/error.h"
 #include "util/output_path.h"
 
@@ -157,6 +158,7 @@ TorchScriptExportResult export_torchscript_checkpoint(const ExportOptions& optio
     options.log("read " + std::to_string(weights.size()) + " tensors (" + std::to_string(weights.total_bytes() >> 20) +
                 " MiB) from " + options.model_dir.string());
   BuiltModel built = build_model(config, weights, options);
+  check_initializers_finite(built.model, options.model_dir.string());  // NaN/Inf weights are refused, as for ONNX
   export_torchscript(built, options.model_dir / "config.json", options.output, ts);
   return {config.model_type, built.task, built.model.initializers.size()};
 }

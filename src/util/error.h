@@ -1,10 +1,30 @@
 // Error types of the trex library. The CLI maps each kind to a documented exit code.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
 namespace trex {
+
+// Longest error message kept (in bytes); longer ones are cut, saying how much was left out.
+inline constexpr size_t kMaxErrorMessageBytes = 1000;
+
+// Every error is printed as one line: control characters (newlines included) become spaces, and the text is
+// capped at kMaxErrorMessageBytes (cut at a UTF-8 character boundary), whatever a hostile input put in it.
+inline std::string one_line_message(const std::string& m) {
+  std::string s;
+  const size_t keep = m.size() <= kMaxErrorMessageBytes ? m.size() : kMaxErrorMessageBytes - 40;
+  s.reserve(keep + 48);
+  size_t cut = keep;
+  while (cut > 0 && cut < m.size() && (static_cast<unsigned char>(m[cut]) & 0xC0) == 0x80) --cut;
+  for (size_t i = 0; i < cut; ++i) {
+    const unsigned char c = static_cast<unsigned char>(m[i]);
+    s.push_back(c < 0x20 || c == 0x7F ? ' ' : m[i]);
+  }
+  if (cut < m.size()) s += "... (" + std::to_string(m.size() - cut) + " more bytes)";
+  return s;
+}
 
 // Exit codes of the `trex` command (documented in README.md).
 enum class ExitCode : int {
@@ -18,7 +38,7 @@ enum class ExitCode : int {
 
 class Error : public std::runtime_error {
  public:
-  Error(ExitCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  Error(ExitCode code, const std::string& message) : std::runtime_error(one_line_message(message)), code_(code) {}
   ExitCode code() const { return code_; }
 
  private:
