@@ -17,7 +17,6 @@ TensorData TensorData::view(DType dtype, Shape dims, const std::byte* bytes, std
   t.dims_ = std::move(dims);
   t.view_ = bytes;
   t.keep_alive_ = std::move(keep_alive);
-  t.sources_.emplace_back(bytes, t.nbytes());
   return t;
 }
 
@@ -71,7 +70,9 @@ TensorData& TensorData::with_source(const std::byte* bytes, size_t n) {
 
 void TensorData::release_sources() const {
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  for (const auto& [p, n] : sources_) {
+  std::vector<std::pair<const std::byte*, size_t>> all = sources_;
+  if (view_) all.emplace_back(view_, nbytes());  // a view's own bytes are its source
+  for (const auto& [p, n] : all) {
     // Only whole pages inside the range: the neighbours' bytes may still be needed.
     const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
     const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);

@@ -42,7 +42,7 @@ class TensorData {
   // Materializes into a vector (for small tensors, passes and tests).
   std::vector<std::byte> to_bytes() const;
 
-  // The memory-mapped checkpoint bytes this tensor is made from (a view's own bytes are recorded by view()).
+  // The memory-mapped checkpoint bytes this tensor is made from (a view's own bytes count without this).
   TensorData& with_source(const std::byte* bytes, size_t n);
   // Tells the kernel the mapped source pages are not needed any more (after the tensor was written), so the
   // export's resident memory stays near one tensor instead of growing with the checkpoint. The pages stay in
