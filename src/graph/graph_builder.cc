@@ -62,6 +62,7 @@ const char* sample_kind_name(InputSample::Kind k) {
     case InputSample::kMask: return "mask";
     case InputSample::kPositions: return "positions";
     case InputSample::kState: return "state";
+    case InputSample::kCacheFlag: return "cache_flag";
   }
   return "auto";
 }
