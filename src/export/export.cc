@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <set>
 
 #include "export/companions.h"
@@ -215,6 +216,18 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       if (gr.optimized) remove_written(*gr.optimized);
     }
   };
+  // The graphs of a set share their weights (embeddings, tied heads): one external-data file per lowering holds
+  // each tensor once, unless --external-data never asks for self-contained files.
+  std::unique_ptr<SharedExternalData> shared_plain, shared_fused;
+  WriteOptions wo_plain = wo, wo_fused = wo;
+  if (parts.size() > 1 && options.external != ExternalData::kNever) {
+    shared_plain = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights.data");
+    wo_plain.shared = shared_plain.get();
+    if (options.optimize) {
+      shared_fused = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights-optimized.data");
+      wo_fused.shared = shared_fused.get();
+    }
+  }
   try {
     // The checkpoint stays mapped only while models are built and written; the checks below load the written
     // files in ONNX Runtime, and the two must not be resident at the same time (peak memory).
@@ -239,7 +252,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       log("built " + (parts[p].empty() ? task_name(built.task) : parts[p]) + " graph: " +
           std::to_string(built.model.proto.graph().node_size()) + " nodes, " +
           std::to_string(built.model.initializers.size()) + " initializers, opset " + std::to_string(options.opset));
-      gr.written = write_model(built.model, paths[p], wo);
+      gr.written = write_model(built.model, paths[p], wo_plain);
       result.graphs.push_back(gr);
       plain_specs[p] = built.check_spec;
       if (options.optimize) {
@@ -247,12 +260,14 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
         BuiltModel fused = build_model(config, weights, options, Lowering::kOrt, parts[p]);
         log("built optimized graph: " + std::to_string(fused.model.proto.graph().node_size()) +
             " nodes (ONNX Runtime fused ops)");
-        result.graphs.back().optimized = write_model(fused.model, optimized_path(paths[p]), wo);
+        result.graphs.back().optimized = write_model(fused.model, optimized_path(paths[p]), wo_fused);
         fused_specs[p] = fused.check_spec;
       }
     }
     for (const auto& n : weights.names())
       if (!used.count(n)) result.unused_tensors.push_back(n);
+    if (shared_plain) shared_plain->commit();
+    if (shared_fused) shared_fused->commit();
   } catch (const Error&) {
     remove_all();
     throw;

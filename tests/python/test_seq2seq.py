@@ -115,6 +115,25 @@ def test_output_folder_is_complete(tmp_path):
     assert outs[:5] == ["logits"] + [f"present.0.{w}.{kv}" for w in ("decoder", "encoder") for kv in ("key", "value")]
 
 
+@pytest.mark.parametrize("name", sfx.OPTIMUM_CASES)
+def test_graphs_share_one_external_data_file(tmp_path, name):
+    """The encoder and the decoder point into one weights.data that holds each tensor once (shared embeddings and
+    tied heads are not copied per graph): it is no larger than the checkpoint (+ Marian's sinusoid table)."""
+    import onnx
+
+    ckpt = sfx.seq2seq_checkpoint(name)
+    out = export(ckpt, tmp_path / "out", "--no-check")
+    data = [p.name for p in out.iterdir() if p.name.endswith(".data")]
+    assert data == ["weights.data"], data
+    locations = set()
+    for f in ["encoder_model.onnx", "decoder_model_merged.onnx"]:
+        for t in onnx.load(str(out / f), load_external_data=False).graph.initializer:
+            locations.update(e.value for e in t.external_data if e.key == "location")
+    assert locations == {"weights.data"}
+    ckpt_bytes = (ckpt / "model.safetensors").stat().st_size
+    assert (out / "weights.data").stat().st_size <= 1.1 * ckpt_bytes
+
+
 @pytest.mark.parametrize("pipeline", ["translation", "summarization", "text2text-generation", "translation_en_to_fr",
                                       "translation_en_to_ro"])
 def test_pipeline_names(tmp_path, pipeline):
