@@ -541,13 +541,49 @@ Value project_heads(GraphBuilder& g, Weights& w, const Value& x, const std::stri
                      a.head_dim);
 }
 
-// Attention of queries from x over keys / values (already split into heads), then the output projection `o`.
+// Where an attention's keys and values come from: projections of its input (self-attention), or already projected
+// and split into heads [B, heads, T, d] (cross-attention over the encoder states or their cache).
+struct KeyValues {
+  std::string k, v;
+  Value keys, values;
+};
+
+// Attention of queries from x, then the output projection `o`. Plain: the projections and attention_core. Fused:
+// one com.microsoft MultiHeadAttention node (past ++ new inside, additive bias for the causal mask and the
+// relative positions, the padding as key_padding_mask):
+//
+//   x ─MatMul(W_q)(+b)────────────────────────┐
+//   x ─MatMul(W_k)(+b) │ cross K [B,H,T,d] ───┼─► MultiHeadAttention ─MatMul(W_o)(+b)─► out
+//   x ─MatMul(W_v)(+b) │ cross V [B,H,T,d] ───┘    ▲   ▲            └─► present K/V (self-attention with a past)
+//        key_padding_mask (int32), bias [1|B, 1|H, S, T], past K/V ───┘
 AttentionOutputs seq2seq_attention(GraphBuilder& g, Weights& w, const Value& x, const std::string& q,
-                                   const Value& keys, const Value& values, const std::string& o, const BlockSpec& b,
+                                   const KeyValues& kv, const std::string& o, const BlockSpec& b,
                                    const AttentionInputs& in) {
   const AttentionSpec& a = b.attention;
-  AttentionOutputs out = attention_core(g, project_heads(g, w, x, q, b), keys, values, a, in);
-  out.context = project(g, w, out.context, o, a.num_heads * a.head_dim, b.hidden, a.o_bias, b.conv1d);
+  const int64_t width = a.num_heads * a.head_dim;
+  AttentionOutputs out;
+  if (!g.fused()) {
+    Value keys = kv.keys.empty() ? project_heads(g, w, x, kv.k, b) : kv.keys;
+    Value values = kv.values.empty() ? project_heads(g, w, x, kv.v, b) : kv.values;
+    out = attention_core(g, project_heads(g, w, x, q, b), keys, values, a, in);
+  } else {
+    auto proj = [&](const std::string& name) { return project(g, w, x, name, b.hidden, width, a.qkv_bias, b.conv1d); };
+    const bool past = !in.past_key.empty();
+    double scale = 1.0;
+    if (a.scaling != ScoreScaling::kNone) scale = 1.0 / std::sqrt(static_cast<double>(a.head_dim));
+    auto outs = g.node("MultiHeadAttention",
+                       {proj(q), kv.keys.empty() ? proj(kv.k) : kv.keys, kv.values.empty() ? proj(kv.v) : kv.values,
+                        /*bias=*/"", in.key_padding_mask, in.mask_bias, in.past_key, in.past_value},
+                       {GraphBuilder::Attr::Int("num_heads", a.num_heads),
+                        GraphBuilder::Attr::Float("scale", static_cast<float>(scale))},
+                       past ? 3 : 1, GraphBuilder::kMsDomain);
+    out.context = outs[0];
+    if (past) {
+      out.present_key = outs[1];
+      out.present_value = outs[2];
+    }
+  }
+  out.context = project(g, w, out.context, o, width, b.hidden, a.o_bias, b.conv1d);
   return out;
 }
 
@@ -603,12 +639,18 @@ std::vector<GraphOutput> build_encoder_graph(BuildContext& ctx, Weights& w, cons
   Value positions = g.range(g.const_i64({0}, true), seq, g.const_i64({1}, true));
   Value x = seq2seq_embeddings(g, w, spec, names.encoder, names.embed_tokens, spec.vocab, ids, positions);
   AttentionInputs in;
-  in.mask_bias = padding_bias(g, mask);
+  Value position_bias;
   if (spec.relative_bias)
-    in.mask_bias = g.add(relative_position_bias(g, w, names.encoder.relative_bias, *spec.relative_bias,
-                                                spec.encoder_layers.front().attention.num_heads, positions, positions,
-                                                /*bidirectional=*/true),
-                         in.mask_bias);
+    position_bias = relative_position_bias(g, w, names.encoder.relative_bias, *spec.relative_bias,
+                                           spec.encoder_layers.front().attention.num_heads, positions, positions,
+                                           /*bidirectional=*/true);
+  if (g.fused()) {
+    in.key_padding_mask = g.cast(mask, DType::kI32);
+    in.mask_bias = position_bias;
+  } else {
+    in.mask_bias = padding_bias(g, mask);
+    if (!position_bias.empty()) in.mask_bias = g.add(position_bias, in.mask_bias);
+  }
   const std::string& cfg = ctx.config.file();
   Residual r(g, w, x, spec.hidden, spec.norm_bias);
   const int64_t n_layers = static_cast<int64_t>(spec.encoder_layers.size());
@@ -619,8 +661,7 @@ std::vector<GraphOutput> build_encoder_graph(BuildContext& ctx, Weights& w, cons
     auto layer = g.scope("layers." + std::to_string(i));
     r.sublayer(b, n.attn_norm, [&](const Value& h) {
       auto a = g.scope("attention");
-      return seq2seq_attention(g, w, h, n.q, project_heads(g, w, h, n.k, b), project_heads(g, w, h, n.v, b), n.o, b,
-                               in).context;
+      return seq2seq_attention(g, w, h, n.q, {n.k, n.v, "", ""}, n.o, b, in).context;
     });
     r.sublayer(b, n.mlp_norm, [&](const Value& h) { return mlp(g, w, h, b, n, cfg); });
   }
@@ -671,13 +712,17 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
     auto m = g.scope("mask");
     Value allowed = g.less_or_equal(g.unsqueeze(k_pos, {0}), g.unsqueeze(q_pos, {1}));  // [S, T]
     self_in.mask_bias = g.where(allowed, g.const_f32(0.0f), g.const_f32(std::numeric_limits<float>::lowest()));
+    if (g.fused()) self_in.mask_bias = g.unsqueeze(self_in.mask_bias, {0, 1});  // MultiHeadAttention wants 4-D
   }
   if (spec.relative_bias)
     self_in.mask_bias = g.add(relative_position_bias(g, w, names.decoder.relative_bias, *spec.relative_bias,
                                                      spec.decoder_layers.front().attention.num_heads, q_pos, k_pos,
                                                      /*bidirectional=*/false),
                               self_in.mask_bias);
-  cross_in.mask_bias = padding_bias(g, enc_mask);
+  if (g.fused())
+    cross_in.key_padding_mask = g.cast(enc_mask, DType::kI32);
+  else
+    cross_in.mask_bias = padding_bias(g, enc_mask);
   // Cross-attention K/V: projected from the encoder states on the first step, the cached ones afterwards. The
   // encoder states are cut to 0 rows when use_cache_branch is set, so past ++ new is the cache then, and the new
   // projection on the first step (whose past is empty).
@@ -703,8 +748,7 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
       AttentionInputs in = self_in;
       in.past_key = p.key;
       in.past_value = p.value;
-      self_att = seq2seq_attention(g, w, h, n.q, project_heads(g, w, h, n.k, b), project_heads(g, w, h, n.v, b), n.o,
-                                   b, in);
+      self_att = seq2seq_attention(g, w, h, n.q, {n.k, n.v, "", ""}, n.o, b, in);
       return self_att.context;
     });
     Value cross_k, cross_v;
@@ -712,7 +756,7 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
       auto a = g.scope("cross_attention");
       cross_k = g.concat({p.enc_key, project_heads(g, w, enc_rows, n.cross_k, b)}, 2);
       cross_v = g.concat({p.enc_value, project_heads(g, w, enc_rows, n.cross_v, b)}, 2);
-      return seq2seq_attention(g, w, h, n.cross_q, cross_k, cross_v, n.cross_o, b, cross_in).context;
+      return seq2seq_attention(g, w, h, n.cross_q, {"", "", cross_k, cross_v}, n.cross_o, b, cross_in).context;
     });
     r.sublayer(b, n.mlp_norm, [&](const Value& h) { return mlp(g, w, h, b, n, cfg); });
     const AttentionSpec& a = b.attention;

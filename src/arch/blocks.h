@@ -32,6 +32,8 @@ struct AttentionInputs {
   Value past_key, past_value;    // [B, kv_heads, P, head_dim]; empty: no cache
   Value seqlens_k, total_length; // fused: int32 [B] (= T - 1) and int32 scalar T
   Value position_ids;            // fused: [B, S] for RotaryEmbedding
+  Value key_padding_mask;        // fused encoder-decoders: int32 [B, T] 0/1 for MultiHeadAttention (mask_bias then
+                                 // holds only what is [1 or B, 1 or heads, S, T]: causal mask, position bias)
   int64_t layer = 0;
 };
 struct AttentionOutputs {
