@@ -772,12 +772,17 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
   {
     auto lm = g.scope("lm_head");
     if (spec.tie_word_embeddings) {
+      // The embedding table itself, read transposed by Gemm (transB): neither a second copy in the file nor a
+      // transposed copy made by ONNX Runtime (constant folding of a Transpose, or a Transpose at every step).
       if (spec.tied_head_scale != 0) h = g.mul(h, g.const_f32(static_cast<float>(spec.tied_head_scale)));
-      logits = g.matmul(h, g.transpose(w.get(dec_table, {spec.decoder_vocab, spec.hidden}), {1, 0}));
+      std::vector<Value> in{g.reshape(h, {-1, spec.hidden}), w.get(dec_table, {spec.decoder_vocab, spec.hidden})};
+      if (spec.final_logits_bias) in.push_back(w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
+      Value flat = g.op("Gemm", in, {GraphBuilder::Attr::Int("transB", 1)});
+      logits = g.op("Reshape", {flat, g.concat({g.dim(h, 0), g.dim(h, 1), g.const_i64({spec.decoder_vocab})}, 0)});
     } else {
       logits = g.matmul(h, w.get_transposed(names.lm_head, {spec.decoder_vocab, spec.hidden}));
+      if (spec.final_logits_bias) logits = g.add(logits, w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
     }
-    if (spec.final_logits_bias) logits = g.add(logits, w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
   }
   // optimum pairs present.{i}.decoder.* with past_key_values.{i}.decoder.* by position: self-attention outputs
   // first, then cross-attention, layer by layer, key before value (the inputs' order per layer).

@@ -214,3 +214,14 @@ def test_untied_head_missing_is_an_error(tmp_path):
     sd.pop("lm_head.weight")
     save_file(sd, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
     _expect_error(tmp_path, ckpt, 2, ["lm_head.weight", "missing"])
+
+
+def test_seq2seq_bench_smoke():
+    """bench/seq2seq_bench.py --smoke: a tiny Marian exported by trex, the table printed, exit 0."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(fx.REPO / "bench" / "seq2seq_bench.py"), "--smoke"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| trex |" in r.stdout
