@@ -37,6 +37,9 @@ SEQ2SEQ_CASES = {
     "mbart": ("MBartConfig", "MBartForConditionalGeneration", dict(_BART, activation_function="gelu_new")),
     "marian": ("MarianConfig", "MarianMTModel", dict(_BART, scale_embedding=True, activation_function="swish",
                                                     decoder_vocab_size=VOCAB)),
+    # Separate encoder and decoder token tables, the head tied to the decoder's.
+    "marian-unshared": ("MarianConfig", "MarianMTModel", dict(_BART, scale_embedding=True, decoder_vocab_size=VOCAB,
+                                                             share_encoder_decoder_embeddings=False)),
     # Different encoder / decoder head counts: checked step by step (optimum cannot size its empty cache for it).
     "bart-heads": ("BartConfig", "BartForConditionalGeneration", dict(_BART, decoder_attention_heads=3)),
 }
