@@ -11,6 +11,10 @@ bytes of the folder each one writes (every .onnx and external-data file).
   optimum-cli        optimum-cli export onnx --model DIR --task text2text-generation-with-past OUTDIR
                      (includes optimum's own validation against PyTorch)
 
+With optimum-cli included, the two folders are then run by optimum's ORTModelForSeq2SeqLM (use_cache=True, 2
+threads) and compared with transformers on torch: generate() of 32 new tokens for a batch of 8 random 32-token
+inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, median of `--decode-repeat` runs.
+
 Usage
   .venv/bin/python bench/seq2seq_bench.py               # opus-mt-en-de shape
   .venv/bin/python bench/seq2seq_bench.py --smoke       # tiny model, trex only, < 60 s, exit 0 when it works
@@ -65,6 +69,39 @@ def folder_model_bytes(folder: Path) -> int:
                (p.suffix in (".onnx", ".data") or p.name.endswith(".onnx_data") or p.name.endswith(".onnx.data")))
 
 
+def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int) -> dict:
+    """tokens/s of generate() per runtime and beam count (see the module docstring)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.set_num_threads(2)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    models = {name: ORTModelForSeq2SeqLM.from_pretrained(f, use_cache=True, session_options=so)
+              for name, f in folders.items()}
+    models["transformers (torch)"] = AutoModelForSeq2SeqLM.from_pretrained(ckpt).eval()
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(rng.integers(1, vocab - 1, size=(8, 32)).astype(np.int64))
+    mask = torch.ones_like(ids)
+    new = 32
+    out: dict = {}
+    for beams in (1, 4):
+        times: dict[str, list[float]] = {k: [] for k in models}
+        for _ in range(repeat):
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                               num_beams=beams, do_sample=False)
+                times[name].append(time.perf_counter() - t0)
+        for name, ts in times.items():
+            out.setdefault(name, {})[f"beam{beams}_tokens_per_s"] = new * ids.shape[0] / statistics.median(ts)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-model", type=int, default=512)
@@ -79,6 +116,8 @@ def main():
     ap.add_argument("--trex", type=Path, default=Path(os.environ.get("TREX_BIN", REPO / "build" / "trex")))
     ap.add_argument("--optimum-cli", default=str(Path(sys.executable).parent / "optimum-cli"))
     ap.add_argument("--skip-optimum", action="store_true")
+    ap.add_argument("--decode-repeat", type=int, default=2)
+    ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args()
     if args.smoke:
         args.d_model, args.layers, args.heads, args.ffn, args.vocab = 32, 2, 4, 64, 120
@@ -104,15 +143,21 @@ def main():
             while f.read(1 << 24):
                 pass
         runs: dict[str, list[dict]] = {k: [] for k in tools}
+        shutil.rmtree(out_root, ignore_errors=True)
         for i in range(args.repeat):
             for name, make_cmd in tools.items():
-                shutil.rmtree(out_root, ignore_errors=True)
                 out = out_root / name.replace(" ", "_")
+                shutil.rmtree(out, ignore_errors=True)
                 r = measure(make_cmd(out), env)
                 r["folder_bytes"] = folder_model_bytes(out)
                 runs[name].append(r)
                 print(f"[{i + 1}/{args.repeat}] {name:<16} {r['wall_s']:8.2f} s  "
                       f"{r['maxrss_bytes'] / 2**20:9.1f} MB", file=sys.stderr, flush=True)
+        decode = None
+        if not args.skip_optimum and not args.skip_decode:
+            print("decode speed ...", file=sys.stderr, flush=True)
+            decode = decode_speed({"trex folder": out_root / "trex", "optimum folder": out_root / "optimum-cli"},
+                                  ckpt, args.decode_repeat, args.vocab)
         shutil.rmtree(out_root, ignore_errors=True)
 
         summary = {name: {"wall_s": statistics.median(r["wall_s"] for r in rs),
@@ -130,13 +175,21 @@ def main():
             print(f"| {name} | {s['wall_s']:.2f} | {s['peak_rss_bytes'] / 2**20:.1f} | "
                   f"{s['peak_rss_bytes'] / wbytes:.2f} | {s['folder_bytes'] / 2**20:.1f} | "
                   f"{s['folder_bytes'] / wbytes:.2f} | {sp} |")
+        if decode:
+            base = decode["optimum folder"]
+            print("\n| runtime (generate, batch 8, 32 new tokens) | greedy tok/s | beam 4 tok/s | vs optimum folder |")
+            print("|---|---:|---:|---:|")
+            for name, d in decode.items():
+                print(f"| {name} | {d['beam1_tokens_per_s']:.1f} | {d['beam4_tokens_per_s']:.1f} | "
+                      f"{d['beam1_tokens_per_s'] / base['beam1_tokens_per_s']:.2f}x / "
+                      f"{d['beam4_tokens_per_s'] / base['beam4_tokens_per_s']:.2f}x |")
         if not args.smoke:
             args.results.mkdir(parents=True, exist_ok=True)
             out_json = args.results / f"seq2seq_bench-marian-D{args.d_model}-L{args.layers}.json"
             out_json.write_text(json.dumps({
                 "checkpoint": {"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "ffn": args.ffn,
                                "vocab": args.vocab, "weights_bytes": wbytes},
-                "repeat": args.repeat, "cpus": os.cpu_count(), "results": summary,
+                "repeat": args.repeat, "cpus": os.cpu_count(), "results": summary, "decode": decode,
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
             print(f"\nJSON: {out_json}", file=sys.stderr)
     finally:
