@@ -158,6 +158,7 @@ class GraphBuilder {
   std::map<std::string, int> name_counts_;
   std::map<std::string, size_t> init_index_;
   std::map<std::string, Value> const_cache_;
+  std::map<Value, Value> renamed_;  // internal value → the graph output name it was given
   std::vector<std::pair<std::string, InputSample>> samples_;
 };
 
