@@ -21,6 +21,7 @@ enum class Task {
   kQuestionAnswering,
   kMaskedLM,
   kCausalLM,  // text-generation: logits + KV cache (present.*), one graph for prefill and decode
+  kSeq2SeqLM,  // text2text-generation (translation, summarization): encoder graph + merged decoder graph
 };
 
 std::string task_name(Task t);  // "feature-extraction", "text-classification", ...
@@ -45,6 +46,8 @@ struct BuildContext {
   Task task;
   Dim batch;
   Dim seq;
+  // The graph of the model's set being built (Architecture::graphs); empty for single-graph models.
+  std::string part;
 };
 
 // What an architecture supports beyond its tasks, checked before any weight is read so that an unsupported
@@ -57,6 +60,8 @@ struct Capabilities {
   static Capabilities Encoder() { return {}; }
   // Decoders (KV cache): ONNX, plain and fused (GroupQueryAttention) graphs; no TorchScript, no static shapes.
   static Capabilities Decoder() { return {false, true, false, false}; }
+  // Encoder-decoders: a set of ONNX graphs, plain and fused norms; no TorchScript, quantization or static shapes.
+  static Capabilities Seq2Seq() { return {false, true, false, false}; }
 };
 
 struct Architecture {
@@ -66,6 +71,9 @@ struct Architecture {
   // weights (all of them listed at once) and unsupported config values.
   std::vector<GraphOutput> (*build)(BuildContext& ctx);
   Capabilities capabilities = Capabilities::Encoder();
+  // A model is a set of graphs: the file stems, in build order, each built by `build` with ctx.part set
+  // (encoder-decoders: encoder_model, decoder_model_merged, optimum's names). Empty: one graph, OUTPUT itself.
+  std::vector<std::string> graphs = {};
 };
 
 // nullptr when no architecture handles model_type.

@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <limits>
+#include <algorithm>
 #include <map>
+#include <stdexcept>
 #include <tuple>
 
 #include "arch/layers.h"
@@ -436,6 +438,370 @@ std::vector<GraphOutput> build_decoder(BuildContext& ctx, Weights& w, const Deco
   std::vector<GraphOutput> outs{{"logits", logits, {ctx.batch, ctx.seq, spec.vocab}}};
   outs.insert(outs.end(), presents.begin(), presents.end());
   return outs;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Encoder-decoder models
+// ---------------------------------------------------------------------------------------------------------------
+
+namespace {
+
+// The residual stream of one stack. Pre-norm blocks (T5, mBART) add each sub-block's output to the stream and
+// normalize the stream before the next one; post-norm blocks (BART, Marian) normalize after each residual add.
+// The add and the following norm become one Skip(Simplified)LayerNormalization in the fused lowering.
+class Residual {
+ public:
+  Residual(GraphBuilder& g, Weights& w, Value x, int64_t dim, bool norm_bias)
+      : g_(g), w_(w), x_(std::move(x)), dim_(dim), bias_(norm_bias) {}
+
+  // Runs f on the sub-block's input and adds its result with the block's norm (`norm_name`) where it belongs.
+  template <typename F>
+  void sublayer(const BlockSpec& b, const std::string& norm_name, F f) {
+    if (b.placement == NormPlacement::kPre) {
+      Value h = normed(b, norm_name);
+      pending_ = f(h);
+      return;
+    }
+    Value x = flush();
+    x_ = residual_norm(g_, w_, x, f(x), b.norm, norm_name, dim_, b.eps, bias_).second;
+  }
+  // The stream normalized by `norm_name` (a pending sub-block output is added first, fused with the norm).
+  Value normed(const BlockSpec& b, const std::string& norm_name) {
+    if (pending_.empty()) return norm(g_, w_, x_, b.norm, norm_name, dim_, b.eps, bias_);
+    auto [sum, h] = residual_norm(g_, w_, x_, pending_, b.norm, norm_name, dim_, b.eps, bias_);
+    x_ = sum;
+    pending_.clear();
+    return h;
+  }
+  // The stream with any pending output added.
+  Value flush() {
+    if (!pending_.empty()) {
+      x_ = g_.add(x_, pending_);
+      pending_.clear();
+    }
+    return x_;
+  }
+
+ private:
+  GraphBuilder& g_;
+  Weights& w_;
+  Value x_, pending_;
+  int64_t dim_;
+  bool bias_;
+};
+
+// T5's bucket of a relative position (key - query), as transformers computes it: exact buckets for small
+// distances, logarithmic ones (float32 arithmetic) up to max_distance, one bucket beyond.
+int64_t relative_bucket(int64_t rel, bool bidirectional, int64_t num_buckets, int64_t max_distance) {
+  int64_t bucket = 0;
+  if (bidirectional) {
+    num_buckets /= 2;
+    if (rel > 0) bucket += num_buckets;
+    rel = rel < 0 ? -rel : rel;
+  } else {
+    rel = rel < 0 ? -rel : 0;
+  }
+  const int64_t max_exact = num_buckets / 2;
+  if (rel < max_exact) return bucket + rel;
+  const float ratio = static_cast<float>(rel) / static_cast<float>(max_exact);
+  const float scale = static_cast<float>(std::log(static_cast<double>(max_distance) / static_cast<double>(max_exact)));
+  const float large = std::log(ratio) / scale * static_cast<float>(num_buckets - max_exact);
+  return bucket + std::min<int64_t>(max_exact + static_cast<int64_t>(large), num_buckets - 1);
+}
+
+// The relative position bias [1, heads, S, T] for queries at q_pos [S] and keys at k_pos [T] (int64). Buckets
+// saturate beyond max_distance, so a table over the clipped relative positions [-max, max] (computed at export)
+// gives every bucket; the bias rows are gathered from the checkpoint's [num_buckets, heads] table.
+Value relative_position_bias(GraphBuilder& g, Weights& w, const std::string& name,
+                             const Seq2SeqSpec::RelativeBias& r, int64_t heads, const Value& q_pos,
+                             const Value& k_pos, bool bidirectional) {
+  auto s = g.scope("relative_position_bias");
+  const int64_t md = r.max_distance;
+  std::vector<int64_t> table;
+  for (int64_t rel = -md; rel <= md; ++rel) table.push_back(relative_bucket(rel, bidirectional, r.num_buckets, md));
+  Value rel = g.sub(g.unsqueeze(k_pos, {0}), g.unsqueeze(q_pos, {1}));  // [S, T]
+  Value clipped = g.op("Clip", {rel, g.const_i64({-md}, true), g.const_i64({md}, true)});
+  Value buckets = g.gather(g.const_i64(table), g.add(clipped, g.const_i64({md}, true)), 0);
+  Value bias = g.gather(w.get(name + ".weight", {r.num_buckets, heads}), buckets, 0);  // [S, T, heads]
+  return g.unsqueeze(g.transpose(bias, {2, 0, 1}), {0});
+}
+
+// [B, T] 0/1 mask → additive bias [B, 1, 1, T]: 0 where attended, float32's lowest where padded.
+Value padding_bias(GraphBuilder& g, const Value& mask) {
+  auto s = g.scope("padding_mask");
+  Value keep = g.unsqueeze(g.cast(mask, DType::kBool), {1, 2});
+  return g.where(keep, g.const_f32(0.0f), g.const_f32(std::numeric_limits<float>::lowest()));
+}
+
+// x [B, S, hidden] → [B, heads, S, head_dim] through the projection `name`.
+Value project_heads(GraphBuilder& g, Weights& w, const Value& x, const std::string& name, const BlockSpec& b) {
+  const AttentionSpec& a = b.attention;
+  return split_heads(g, project(g, w, x, name, b.hidden, a.num_heads * a.head_dim, a.qkv_bias, b.conv1d), a.num_heads,
+                     a.head_dim);
+}
+
+// Where an attention's keys and values come from: projections of its input (self-attention), or already projected
+// and split into heads [B, heads, T, d] (cross-attention over the encoder states or their cache).
+struct KeyValues {
+  std::string k, v;
+  Value keys, values;
+};
+
+// Attention of queries from x, then the output projection `o`. Plain: the projections and attention_core. Fused:
+// one com.microsoft MultiHeadAttention node (past ++ new inside, additive bias for the causal mask and the
+// relative positions, the padding as key_padding_mask):
+//
+//   x ─MatMul(W_q)(+b)────────────────────────┐
+//   x ─MatMul(W_k)(+b) │ cross K [B,H,T,d] ───┼─► MultiHeadAttention ─MatMul(W_o)(+b)─► out
+//   x ─MatMul(W_v)(+b) │ cross V [B,H,T,d] ───┘    ▲   ▲            └─► present K/V (self-attention with a past)
+//        key_padding_mask (int32), bias [1|B, 1|H, S, T], past K/V ───┘
+AttentionOutputs seq2seq_attention(GraphBuilder& g, Weights& w, const Value& x, const std::string& q,
+                                   const KeyValues& kv, const std::string& o, const BlockSpec& b,
+                                   const AttentionInputs& in) {
+  const AttentionSpec& a = b.attention;
+  const int64_t width = a.num_heads * a.head_dim;
+  AttentionOutputs out;
+  if (!g.fused()) {
+    Value keys = kv.keys.empty() ? project_heads(g, w, x, kv.k, b) : kv.keys;
+    Value values = kv.values.empty() ? project_heads(g, w, x, kv.v, b) : kv.values;
+    out = attention_core(g, project_heads(g, w, x, q, b), keys, values, a, in);
+  } else {
+    auto proj = [&](const std::string& name) { return project(g, w, x, name, b.hidden, width, a.qkv_bias, b.conv1d); };
+    const bool past = !in.past_key.empty();
+    double scale = 1.0;
+    if (a.scaling != ScoreScaling::kNone) scale = 1.0 / std::sqrt(static_cast<double>(a.head_dim));
+    auto outs = g.node("MultiHeadAttention",
+                       {proj(q), kv.keys.empty() ? proj(kv.k) : kv.keys, kv.values.empty() ? proj(kv.v) : kv.values,
+                        /*bias=*/"", in.key_padding_mask, in.mask_bias, in.past_key, in.past_value},
+                       {GraphBuilder::Attr::Int("num_heads", a.num_heads),
+                        GraphBuilder::Attr::Float("scale", static_cast<float>(scale))},
+                       past ? 3 : 1, GraphBuilder::kMsDomain);
+    out.context = outs[0];
+    if (past) {
+      out.present_key = outs[1];
+      out.present_value = outs[2];
+    }
+  }
+  out.context = project(g, w, out.context, o, width, b.hidden, a.o_bias, b.conv1d);
+  return out;
+}
+
+// Token embeddings (scaled) + positions at `positions` [S] (+ the embedding norm).
+Value seq2seq_embeddings(GraphBuilder& g, Weights& w, const Seq2SeqSpec& spec, const Seq2SeqNames::Stack& names,
+                         const std::string& table, int64_t rows, const Value& ids, const Value& positions) {
+  auto s = g.scope("embeddings");
+  Value x = layers::embedding(g, w, ids, table, rows, spec.hidden);
+  if (spec.embedding_scale != 0) x = g.mul(x, g.const_f32(static_cast<float>(spec.embedding_scale)));
+  if (spec.positions == Seq2SeqSpec::Positions::kLearned) {
+    Value at = spec.position_offset ? g.add(positions, g.const_i64({spec.position_offset}, true)) : positions;
+    x = g.add(x, layers::embedding(g, w, at, names.embed_positions, spec.max_positions + spec.position_offset,
+                                   spec.hidden));
+  } else if (spec.positions == Seq2SeqSpec::Positions::kSinusoidal) {
+    // Marian: sin of every frequency in the first half of each row, cos in the second (computed in double, as
+    // transformers does with numpy, then rounded to float32). Not stored in checkpoints.
+    const int64_t d = spec.hidden, half = (d + 1) / 2;
+    std::vector<float> t(static_cast<size_t>(spec.max_positions * d));
+    for (int64_t p = 0; p < spec.max_positions; ++p)
+      for (int64_t j = 0; j < d; ++j) {
+        const int64_t k = j < half ? 2 * j : 2 * (j - half) + 1;  // the feature of position_enc this column takes
+        const double angle = static_cast<double>(p) / std::pow(10000.0, static_cast<double>(2 * (k / 2)) / d);
+        t[static_cast<size_t>(p * d + j)] = static_cast<float>(j < half ? std::sin(angle) : std::cos(angle));
+      }
+    Value sinusoids =
+        g.initializer(names.embed_positions, TensorData::from_vector(DType::kF32, {spec.max_positions, d}, t));
+    x = g.add(x, g.gather(sinusoids, positions, 0));
+  }
+  if (spec.embedding_norm) {
+    const BlockSpec& b = spec.encoder_layers.front();
+    x = norm(g, w, x, b.norm, names.embedding_norm, spec.hidden, b.eps, spec.norm_bias);
+  }
+  return x;
+}
+
+void check_depth(const BuildContext& ctx, const Weights& w, const LayerNames& layer, int64_t n, const char* key) {
+  // config.json and the checkpoint must agree on the depth: missing layers are reported with the other missing
+  // tensors by Weights::check(); extra ones would silently be dropped.
+  const std::string next = layer.at(n).q + ".weight";
+  if (w.has(next))
+    ctx.config.fail(std::string(key) + " is " + std::to_string(n) + " but the checkpoint has more layers (" + next +
+                    " exists)");
+}
+
+std::vector<GraphOutput> build_encoder_graph(BuildContext& ctx, Weights& w, const Seq2SeqSpec& spec,
+                                             const Seq2SeqNames& names) {
+  auto& g = ctx.graph;
+  const Dim enc_seq("encoder_sequence_length");
+  Value ids = g.input("input_ids", DType::kI64, {ctx.batch, enc_seq}, InputSample::Ids(spec.vocab));
+  Value mask = g.input("attention_mask", DType::kI64, {ctx.batch, enc_seq}, InputSample::Mask(false));
+  auto s = g.scope("encoder");
+  Value seq = g.squeeze(g.dim(ids, 1), {0});
+  Value positions = g.range(g.const_i64({0}, true), seq, g.const_i64({1}, true));
+  Value x = seq2seq_embeddings(g, w, spec, names.encoder, names.embed_tokens, spec.vocab, ids, positions);
+  AttentionInputs in;
+  Value position_bias;
+  if (spec.relative_bias)
+    position_bias = relative_position_bias(g, w, names.encoder.relative_bias, *spec.relative_bias,
+                                           spec.encoder_layers.front().attention.num_heads, positions, positions,
+                                           /*bidirectional=*/true);
+  if (g.fused()) {
+    in.key_padding_mask = g.cast(mask, DType::kI32);
+    in.mask_bias = position_bias;
+  } else {
+    in.mask_bias = padding_bias(g, mask);
+    if (!position_bias.empty()) in.mask_bias = g.add(position_bias, in.mask_bias);
+  }
+  const std::string& cfg = ctx.config.file();
+  Residual r(g, w, x, spec.hidden, spec.norm_bias);
+  const int64_t n_layers = static_cast<int64_t>(spec.encoder_layers.size());
+  check_depth(ctx, w, names.encoder.layer, n_layers, "the encoder's layer count");
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const BlockSpec& b = spec.encoder_layers[static_cast<size_t>(i)];
+    const LayerNames n = names.encoder.layer.at(i);
+    auto layer = g.scope("layers." + std::to_string(i));
+    r.sublayer(b, n.attn_norm, [&](const Value& h) {
+      auto a = g.scope("attention");
+      return seq2seq_attention(g, w, h, n.q, {n.k, n.v, "", ""}, n.o, b, in).context;
+    });
+    r.sublayer(b, n.mlp_norm, [&](const Value& h) { return mlp(g, w, h, b, n, cfg); });
+  }
+  Value out = spec.final_norm ? r.normed(spec.encoder_layers.back(), names.encoder.final_norm) : r.flush();
+  return {{"last_hidden_state", out, {ctx.batch, enc_seq, spec.hidden}}};
+}
+
+std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, const Seq2SeqSpec& spec,
+                                             const Seq2SeqNames& names) {
+  auto& g = ctx.graph;
+  const Dim enc_seq("encoder_sequence_length"), past("past_sequence_length"), total("total_sequence_length"),
+      enc_past("past_encoder_sequence_length");
+  Value ids = g.input("input_ids", DType::kI64, {ctx.batch, ctx.seq}, InputSample::Ids(spec.decoder_vocab));
+  Value enc_mask = g.input("encoder_attention_mask", DType::kI64, {ctx.batch, enc_seq}, InputSample::Mask(false));
+  Value enc = g.input("encoder_hidden_states", DType::kF32, {ctx.batch, enc_seq, spec.hidden}, InputSample::State(""));
+  const int64_t n_layers = static_cast<int64_t>(spec.decoder_layers.size());
+  struct Past {
+    Value key, value, enc_key, enc_value;
+  };
+  std::vector<Past> pasts;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const AttentionSpec& a = spec.decoder_layers[static_cast<size_t>(i)].attention;
+    const std::string p = "past_key_values." + std::to_string(i), pr = "present." + std::to_string(i);
+    Past kv;
+    auto in = [&](const std::string& which, const Dim& len) {
+      return g.input(p + which, DType::kF32, {ctx.batch, a.num_heads, len, a.head_dim},
+                     InputSample::State(pr + which));
+    };
+    kv.key = in(".decoder.key", past);
+    kv.value = in(".decoder.value", past);
+    kv.enc_key = in(".encoder.key", enc_past);
+    kv.enc_value = in(".encoder.value", enc_past);
+    pasts.push_back(kv);
+  }
+  Value use_cache = g.input("use_cache_branch", DType::kBool, {1}, InputSample::CacheFlag());
+
+  auto s = g.scope("decoder");
+  Value seq = g.squeeze(g.dim(ids, 1), {0});
+  Value past_len = g.squeeze(g.dim(pasts.front().key, 2), {0});
+  Value total_len = g.add(past_len, seq);
+  Value one = g.const_i64({1}, true);
+  Value q_pos = g.range(past_len, total_len, one), k_pos = g.range(g.const_i64({0}, true), total_len, one);
+  const std::string& dec_table = names.decoder_embed_tokens.empty() ? names.embed_tokens : names.decoder_embed_tokens;
+  Value x = seq2seq_embeddings(g, w, spec, names.decoder, dec_table, spec.decoder_vocab, ids, q_pos);
+
+  AttentionInputs self_in, cross_in;
+  {
+    auto m = g.scope("mask");
+    Value allowed = g.less_or_equal(g.unsqueeze(k_pos, {0}), g.unsqueeze(q_pos, {1}));  // [S, T]
+    self_in.mask_bias = g.where(allowed, g.const_f32(0.0f), g.const_f32(std::numeric_limits<float>::lowest()));
+    if (g.fused()) self_in.mask_bias = g.unsqueeze(self_in.mask_bias, {0, 1});  // MultiHeadAttention wants 4-D
+  }
+  if (spec.relative_bias)
+    self_in.mask_bias = g.add(relative_position_bias(g, w, names.decoder.relative_bias, *spec.relative_bias,
+                                                     spec.decoder_layers.front().attention.num_heads, q_pos, k_pos,
+                                                     /*bidirectional=*/false),
+                              self_in.mask_bias);
+  if (g.fused())
+    cross_in.key_padding_mask = g.cast(enc_mask, DType::kI32);
+  else
+    cross_in.mask_bias = padding_bias(g, enc_mask);
+  // Cross-attention K/V: projected from the encoder states on the first step, the cached ones afterwards. The
+  // encoder states are cut to 0 rows when use_cache_branch is set, so past ++ new is the cache then, and the new
+  // projection on the first step (whose past is empty).
+  Value enc_rows;
+  {
+    auto c = g.scope("cross_kv_rows");
+    Value rows = g.where(use_cache, g.const_i64({0}), g.dim(enc, 1));
+    enc_rows = g.slice(enc, g.const_i64({0}), rows, g.const_i64({1}));
+  }
+
+  const std::string& cfg = ctx.config.file();
+  Residual r(g, w, x, spec.hidden, spec.norm_bias);
+  check_depth(ctx, w, names.decoder.layer, n_layers, "the decoder's layer count");
+  std::vector<GraphOutput> self_presents, cross_presents;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const BlockSpec& b = spec.decoder_layers[static_cast<size_t>(i)];
+    const LayerNames n = names.decoder.layer.at(i);
+    const Past& p = pasts[static_cast<size_t>(i)];
+    auto layer = g.scope("layers." + std::to_string(i));
+    AttentionOutputs self_att;
+    r.sublayer(b, n.attn_norm, [&](const Value& h) {
+      auto a = g.scope("self_attention");
+      AttentionInputs in = self_in;
+      in.past_key = p.key;
+      in.past_value = p.value;
+      self_att = seq2seq_attention(g, w, h, n.q, {n.k, n.v, "", ""}, n.o, b, in);
+      return self_att.context;
+    });
+    Value cross_k, cross_v;
+    r.sublayer(b, n.cross_norm, [&](const Value& h) {
+      auto a = g.scope("cross_attention");
+      cross_k = g.concat({p.enc_key, project_heads(g, w, enc_rows, n.cross_k, b)}, 2);
+      cross_v = g.concat({p.enc_value, project_heads(g, w, enc_rows, n.cross_v, b)}, 2);
+      return seq2seq_attention(g, w, h, n.cross_q, {"", "", cross_k, cross_v}, n.cross_o, b, cross_in).context;
+    });
+    r.sublayer(b, n.mlp_norm, [&](const Value& h) { return mlp(g, w, h, b, n, cfg); });
+    const AttentionSpec& a = b.attention;
+    const std::string pr = "present." + std::to_string(i);
+    self_presents.push_back({pr + ".decoder.key", self_att.present_key, {ctx.batch, a.num_heads, total, a.head_dim}});
+    self_presents.push_back({pr + ".decoder.value", self_att.present_value, {ctx.batch, a.num_heads, total, a.head_dim}});
+    cross_presents.push_back({pr + ".encoder.key", cross_k, {ctx.batch, a.num_heads, enc_seq, a.head_dim}});
+    cross_presents.push_back({pr + ".encoder.value", cross_v, {ctx.batch, a.num_heads, enc_seq, a.head_dim}});
+  }
+  Value h = spec.final_norm ? r.normed(spec.decoder_layers.back(), names.decoder.final_norm) : r.flush();
+
+  Value logits;
+  {
+    auto lm = g.scope("lm_head");
+    if (spec.tie_word_embeddings) {
+      // The embedding table itself, read transposed by Gemm (transB): neither a second copy in the file nor a
+      // transposed copy made by ONNX Runtime (constant folding of a Transpose, or a Transpose at every step).
+      if (spec.tied_head_scale != 0) h = g.mul(h, g.const_f32(static_cast<float>(spec.tied_head_scale)));
+      std::vector<Value> in{g.reshape(h, {-1, spec.hidden}), w.get(dec_table, {spec.decoder_vocab, spec.hidden})};
+      if (spec.final_logits_bias) in.push_back(w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
+      Value flat = g.op("Gemm", in, {GraphBuilder::Attr::Int("transB", 1)});
+      logits = g.op("Reshape", {flat, g.concat({g.dim(h, 0), g.dim(h, 1), g.const_i64({spec.decoder_vocab})}, 0)});
+    } else {
+      logits = g.matmul(h, w.get_transposed(names.lm_head, {spec.decoder_vocab, spec.hidden}));
+      if (spec.final_logits_bias) logits = g.add(logits, w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
+    }
+  }
+  // optimum pairs present.{i}.decoder.* with past_key_values.{i}.decoder.* by position: self-attention outputs
+  // first, then cross-attention, layer by layer, key before value (the inputs' order per layer).
+  std::vector<GraphOutput> outs{{"logits", logits, {ctx.batch, ctx.seq, spec.decoder_vocab}}};
+  for (size_t i = 0; i < self_presents.size(); i += 2) {
+    outs.push_back(self_presents[i]);
+    outs.push_back(self_presents[i + 1]);
+    outs.push_back(cross_presents[i]);
+    outs.push_back(cross_presents[i + 1]);
+  }
+  return outs;
+}
+
+}  // namespace
+
+std::vector<GraphOutput> build_seq2seq(BuildContext& ctx, Weights& w, const Seq2SeqSpec& spec,
+                                       const Seq2SeqNames& names) {
+  if (ctx.part == kEncoderGraph) return build_encoder_graph(ctx, w, spec, names);
+  if (ctx.part == kDecoderMergedGraph) return build_decoder_graph(ctx, w, spec, names);
+  throw std::logic_error("no encoder-decoder graph named '" + ctx.part + "'");
 }
 
 RotarySpec read_rotary(const ModelConfig& c, int64_t head_dim) {

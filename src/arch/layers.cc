@@ -240,7 +240,8 @@ std::vector<GraphOutput> heads(BuildContext& ctx, Weights& w, const Value& x, co
       return {{"logits", g.add(dec, bias), {ctx.batch, ctx.seq, h.vocab}}};
     }
     case Task::kCausalLM:
-      break;  // decoders are built by blocks::build_decoder
+    case Task::kSeq2SeqLM:
+      break;  // generative models are built by blocks::build_decoder / build_seq2seq
   }
   return {};
 }

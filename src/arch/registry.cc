@@ -12,11 +12,13 @@ extern const Architecture kAlbertArchitecture;
 extern const Architecture kElectraArchitecture;
 extern const Architecture kGpt2Architecture;
 extern const Architecture kLlamaArchitecture;
+extern const Architecture kT5Architecture;
+extern const Architecture kBartArchitecture;
 
 namespace {
 const Architecture* const kArchitectures[] = {
     &kBertArchitecture, &kRobertaArchitecture, &kDistilBertArchitecture, &kAlbertArchitecture, &kElectraArchitecture,
-    &kGpt2Architecture, &kLlamaArchitecture,
+    &kGpt2Architecture, &kLlamaArchitecture, &kT5Architecture, &kBartArchitecture,
 };
 
 struct TaskName {
@@ -31,12 +33,19 @@ const TaskName kTaskNames[] = {
     {"question-answering", Task::kQuestionAnswering},
     {"fill-mask", Task::kMaskedLM},
     {"text-generation", Task::kCausalLM},
+    {"text2text-generation", Task::kSeq2SeqLM},
     {"sentiment-analysis", Task::kSequenceClassification},  // the seed script's names
     {"ner", Task::kTokenClassification},
     {"sequence-classification", Task::kSequenceClassification},
     {"masked-lm", Task::kMaskedLM},
     {"causal-lm", Task::kCausalLM},
     {"text-generation-with-past", Task::kCausalLM},  // optimum's task name
+    {"translation", Task::kSeq2SeqLM},
+    {"summarization", Task::kSeq2SeqLM},
+    {"translation_en_to_fr", Task::kSeq2SeqLM},  // the seed's names
+    {"translation_en_to_de", Task::kSeq2SeqLM},
+    {"translation_en_to_ro", Task::kSeq2SeqLM},
+    {"text2text-generation-with-past", Task::kSeq2SeqLM},
     {"default", Task::kFeatureExtraction},
 };
 }  // namespace
@@ -82,6 +91,7 @@ Task default_task(const ModelConfig& config) {
   if (ends_with("ForQuestionAnswering")) return Task::kQuestionAnswering;
   if (ends_with("ForMaskedLM")) return Task::kMaskedLM;
   if (ends_with("ForCausalLM") || ends_with("LMHeadModel")) return Task::kCausalLM;
+  if (ends_with("ForConditionalGeneration") || ends_with("MTModel")) return Task::kSeq2SeqLM;
   return Task::kFeatureExtraction;
 }
 

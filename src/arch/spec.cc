@@ -20,6 +20,11 @@ LayerNames LayerNames::at(int64_t i) const {
   n.o = fill(o);
   n.q_norm = fill(q_norm);
   n.k_norm = fill(k_norm);
+  n.cross_norm = fill(cross_norm);
+  n.cross_q = fill(cross_q);
+  n.cross_k = fill(cross_k);
+  n.cross_v = fill(cross_v);
+  n.cross_o = fill(cross_o);
   n.mlp_norm = fill(mlp_norm);
   n.up = fill(up);
   n.gate = fill(gate);

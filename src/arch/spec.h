@@ -73,8 +73,11 @@ struct BlockSpec {
 
 // Checkpoint tensor names of one layer, as templates where `{i}` stands for the layer index. A role left empty
 // is one the family does not have (the spec says which roles are used: packed qkv vs q/k/v, gate_up vs gate+up).
+// Each norm role names the norm of its sub-block: applied before it (pre-norm) or after its residual
+// (post-norm). cross_*: the cross-attention of encoder-decoder decoder layers.
 struct LayerNames {
   std::string attn_norm, q, k, v, qkv, o, q_norm, k_norm;
+  std::string cross_norm, cross_q, cross_k, cross_v, cross_o;
   std::string mlp_norm, up, gate, gate_up, down;
   // The names for layer i (every `{i}` replaced).
   LayerNames at(int64_t i) const;

@@ -56,6 +56,15 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
   j["pipeline"] = trex::task_name(r.task);
   j["seconds"] = seconds;
   j["plain"] = files(r.written);
+  if (r.graphs.size() > 1) {
+    j["graphs"] = json::array();
+    for (const auto& gr : r.graphs) {
+      json g = {{"name", gr.name}, {"plain", files(gr.written)}};
+      if (gr.optimized) g["optimized"] = files(*gr.optimized);
+      if (gr.optimized_verify) g["optimized"]["vs_plain"] = json::parse(gr.optimized_verify->json());
+      j["graphs"].push_back(g);
+    }
+  }
   j["plain"]["nodes"] = r.num_nodes;
   j["unused_checkpoint_tensors"] = r.unused_tensors;
   if (r.check) {
@@ -212,23 +221,29 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
       std::cout << "note: " << r.unused_tensors.size() << " checkpoint tensor(s) not used by the "
                 << trex::task_name(r.task) << " head: " << list << "\n";
     }
-    std::cout << "wrote " << r.written.model_path.string() << " (" << mib(r.written.model_bytes) << ")";
-    if (!r.written.data_path.empty())
-      std::cout << " + external data " << r.written.data_path.string() << " (" << mib(r.written.data_bytes) << ")";
-    std::cout << "\n";
+    for (const auto& gr : r.graphs) {
+      std::cout << "wrote " << gr.written.model_path.string() << " (" << mib(gr.written.model_bytes) << ")";
+      if (!gr.written.data_path.empty())
+        std::cout << " + external data " << gr.written.data_path.string() << " (" << mib(gr.written.data_bytes) << ")";
+      std::cout << "\n";
+    }
     if (!r.companions.empty()) {
       std::string list;
       for (const auto& c : r.companions) list += (list.empty() ? "" : ", ") + c.filename().string();
       std::cout << "wrote beside it: " << list << "\n";
     }
-    if (r.check)
-      std::cout << "load check: ok (ONNX Runtime ran batch " << o.static_shape.value_or(std::make_pair(2L, 8L)).first
-                << ": " << r.check->summary() << ")\n";
-    else
-      std::cout << "load check: skipped (--no-check)\n";
-    if (r.optimized) {
-      std::cout << "wrote " << r.optimized->model_path.string() << " (" << mib(r.optimized->model_bytes) << ")\n";
-      std::cout << "optimized vs plain (ONNX Runtime, same random inputs):\n" << r.optimized_verify->table();
+    for (const auto& gr : r.graphs) {
+      const std::string which = r.graphs.size() > 1 ? " " + gr.name : "";
+      if (gr.check)
+        std::cout << "load check" << which << ": ok (ONNX Runtime ran batch "
+                  << o.static_shape.value_or(std::make_pair(2L, 8L)).first << ": " << gr.check->summary() << ")\n";
+      else
+        std::cout << "load check" << which << ": skipped (--no-check)\n";
+      if (gr.optimized) {
+        std::cout << "wrote " << gr.optimized->model_path.string() << " (" << mib(gr.optimized->model_bytes) << ")\n";
+        std::cout << "optimized vs plain" << which << " (ONNX Runtime, same random inputs):\n"
+                  << gr.optimized_verify->table();
+      }
     }
     if (r.quantized) {
       const auto& q = *r.quantized;

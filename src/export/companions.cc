@@ -122,11 +122,11 @@ std::vector<fs::path> write_companion_files(const ModelConfig& config, const Com
     generation = json::parse(bytes, nullptr, /*allow_exceptions=*/false);
     if (!generation.is_object()) throw InputError(gen_path.string(), "not a JSON object");
     put("generation_config.json", bytes);
-  } else if (o.task == Task::kCausalLM) {
+  } else if (o.task == Task::kCausalLM || o.task == Task::kSeq2SeqLM) {
     // transformers derives the defaults from config.json; write them so that the folder is complete.
-    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
-      if (config.has(key)) {
-        const int64_t v = config.get_int(key, -1);
+    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"})
+      if (config.has(key) && config.raw()[key].is_number_integer()) {
+        const int64_t v = config.raw()[key].get<int64_t>();
         if (v >= 0) generation[key] = v;
       }
     put("generation_config.json", generation.dump(2) + "\n");

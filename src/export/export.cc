@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <set>
 
 #include "export/companions.h"
@@ -60,7 +61,7 @@ void check_torchscript_supported(const ModelConfig& config) {
   const Architecture* arch = find_architecture(config.model_type);
   if (arch && !arch->capabilities.torchscript)
     throw UsageError("TorchScript export is not supported for model_type '" + config.model_type +
-                     "' (decoders with a KV cache export to ONNX only)");
+                     "' (models with a KV cache export to ONNX only)");
 }
 
 fs::path resolve_output_file(const fs::path& output) {
@@ -81,18 +82,20 @@ fs::path quantized_path(const fs::path& output) {
 }
 
 BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
-                       Lowering lowering) {
+                       Lowering lowering, const std::string& part) {
   Task task;
   const Architecture* arch = &resolve(config, options, &task);
+  if (part.empty() && !arch->graphs.empty())
+    throw UsageError("model_type '" + config.model_type + "' exports a set of graphs; build one of them by name");
 
-  GraphBuilder g(options.opset, config.model_type + "_" + task_name(task), lowering);
+  GraphBuilder g(options.opset, config.model_type + "_" + (part.empty() ? task_name(task) : part), lowering);
   g.set_gelu_approximation(options.gelu_approximation);
   Dim batch("batch_size"), seq("sequence_length");
   if (options.static_shape) {
     batch = Dim(options.static_shape->first);
     seq = Dim(options.static_shape->second);
   }
-  BuildContext ctx{config, weights, g, task, batch, seq};
+  BuildContext ctx{config, weights, g, task, batch, seq, part};
   std::vector<GraphOutput> outputs = arch->build(ctx);
 
   BuiltModel built{Model{}, config, task, LoadCheckSpec{}};
@@ -104,7 +107,9 @@ BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, co
   auto& proto = built.model.proto;
   proto.set_doc_string("Exported by trex from a " + config.model_type + " checkpoint for " + task_name(task));
   add_meta(proto, "model_type", config.model_type);
-  add_meta(proto, "pipeline", task_name(task));
+  // The pipeline as asked (translation_en_to_de, summarization, ...): they share one export.
+  add_meta(proto, "pipeline", options.pipeline.empty() ? task_name(task) : options.pipeline);
+  if (!part.empty()) add_meta(proto, "graph_name", part);
   if (!config.architectures.empty()) add_meta(proto, "architecture", config.architectures[0]);
   add_meta(proto, "trex_version", TREX_VERSION);
   add_meta(proto, "graph", lowering == Lowering::kOrt ? "onnxruntime-fused" : "plain");
@@ -159,7 +164,7 @@ CompanionOptions companion_options(const ExportOptions& options, const ModelConf
   return c;
 }
 
-ExportResult export_to(const ExportOptions& options);
+ExportResult export_to(const ExportOptions& options, bool output_is_file);
 
 }  // namespace
 
@@ -177,7 +182,7 @@ ExportResult export_onnx(const ExportOptions& requested) {
     if (ec) throw OutputError(out_dir.string(), "cannot create the output folder: " + ec.message());
   }
   try {
-    return export_to(options);
+    return export_to(options, resolve_output_file(requested.output) == requested.output);
   } catch (...) {
     for (const auto& p : created) fs::remove(p, ec);  // innermost first; only folders left empty
     throw;
@@ -186,7 +191,7 @@ ExportResult export_onnx(const ExportOptions& requested) {
 
 namespace {
 
-ExportResult export_to(const ExportOptions& options) {
+ExportResult export_to(const ExportOptions& options, bool output_is_file) {
   auto log = [&](const std::string& s) {
     if (options.log) options.log(s);
   };
@@ -194,12 +199,16 @@ ExportResult export_to(const ExportOptions& options) {
 
   ModelConfig config = ModelConfig::load(options.model_dir / "config.json");
   Task task;
-  resolve(config, options, &task);
-  if (task == Task::kCausalLM || options.write_companions) {
+  const Architecture& arch = resolve(config, options, &task);
+  if (!arch.graphs.empty() && output_is_file)
+    throw UsageError(options.output.string() + ": model_type '" + config.model_type +
+                     "' exports a set of graphs (" + std::to_string(arch.graphs.size()) +
+                     " .onnx files + config and tokenizer files): OUTPUT must be a folder");
+  if (task == Task::kCausalLM || !arch.graphs.empty() || options.write_companions) {
     // Companion files (config.json, tokenizer files) would replace the checkpoint's own: refuse before writing.
-    std::error_code ec;
+    std::error_code dir_ec;
     const fs::path dir = options.output.parent_path().empty() ? fs::path(".") : options.output.parent_path();
-    if (fs::equivalent(dir, options.model_dir, ec))
+    if (fs::equivalent(dir, options.model_dir, dir_ec))
       throw UsageError(dir.string() + ": the output folder is the checkpoint folder; choose another one");
   }
 
@@ -210,66 +219,94 @@ ExportResult export_to(const ExportOptions& options) {
   wo.progress = options.progress;
   wo.allow_nonfinite = options.allow_nonfinite;
   wo.source_for_messages = options.model_dir.string();
-  LoadCheckSpec plain_spec, fused_spec;
-  const fs::path opt_path = optimized_path(options.output);
+  // The graphs of the set: OUTPUT itself for single-graph models, else <folder>/<name>.onnx each.
+  const std::vector<std::string> parts = arch.graphs.empty() ? std::vector<std::string>{""} : arch.graphs;
+  std::vector<fs::path> paths;
+  for (const auto& part : parts)
+    paths.push_back(part.empty() ? options.output : options.output.parent_path() / (part + ".onnx"));
+  std::vector<LoadCheckSpec> plain_specs(parts.size()), fused_specs(parts.size());
   std::error_code ec;
   auto remove_written = [&](const WriteResult& w) {
     fs::remove(w.model_path, ec);
     if (!w.data_path.empty()) fs::remove(w.data_path, ec);
   };
-  {
+  auto remove_all = [&]() {
+    for (const auto& gr : result.graphs) {
+      remove_written(gr.written);
+      if (gr.optimized) remove_written(*gr.optimized);
+    }
+  };
+  // The graphs of a set share their weights (embeddings, tied heads): one external-data file per lowering holds
+  // each tensor once, unless --external-data never asks for self-contained files.
+  std::unique_ptr<SharedExternalData> shared_plain, shared_fused;
+  WriteOptions wo_plain = wo, wo_fused = wo;
+  if (parts.size() > 1 && options.external != ExternalData::kNever) {
+    shared_plain = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights.data");
+    wo_plain.shared = shared_plain.get();
+    if (options.optimize) {
+      shared_fused = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights-optimized.data");
+      wo_fused.shared = shared_fused.get();
+    }
+  }
+  try {
     // The checkpoint stays mapped only while models are built and written; the checks below load the written
     // files in ONNX Runtime, and the two must not be resident at the same time (peak memory).
     WeightStore weights = WeightStore::open_dir(options.model_dir);
     log("read " + std::to_string(weights.size()) + " tensors (" + std::to_string(weights.total_bytes() >> 20) +
         " MiB) from " + options.model_dir.string());
-    BuiltModel built = build_model(config, weights, options);
-    result.task = built.task;
-    result.num_nodes = static_cast<size_t>(built.model.proto.graph().node_size());
-    result.num_initializers = built.model.initializers.size();
-    {
-      std::set<std::string> used;
+    std::set<std::string> used;
+    for (size_t p = 0; p < parts.size(); ++p) {
+      ExportedGraph gr;
+      gr.name = parts[p].empty() ? options.output.stem().string() : parts[p];
+      BuiltModel built = build_model(config, weights, options, Lowering::kPlain, parts[p]);
+      result.task = built.task;
+      result.num_nodes += static_cast<size_t>(built.model.proto.graph().node_size());
+      result.num_initializers += built.model.initializers.size();
       for (const auto& i : built.model.initializers) {
         std::string n = i.name;
         for (const char* suffix : {".T", ".row0"})
           if (n.size() > std::strlen(suffix) && ends_with(n, suffix)) n.resize(n.size() - std::strlen(suffix));
         used.insert(n);
       }
-      for (const auto& n : weights.names())
-        if (!used.count(n) && !is_known_buffer(n)) result.unused_tensors.push_back(n);
-    }
-    log("built " + task_name(built.task) + " graph: " + std::to_string(result.num_nodes) + " nodes, " +
-        std::to_string(result.num_initializers) + " initializers, opset " + std::to_string(options.opset));
-    result.written = write_model(built.model, options.output, wo);
-    plain_spec = built.check_spec;
-    if (options.optimize) {
-      built.model = Model{};  // release the plain graph before building the fused one
-      BuiltModel fused = build_model(config, weights, options, Lowering::kOrt);
-      log("built optimized graph: " + std::to_string(fused.model.proto.graph().node_size()) +
-          " nodes (ONNX Runtime fused ops)");
-      try {
-        result.optimized = write_model(fused.model, opt_path, wo);
-      } catch (const Error&) {
-        remove_written(result.written);
-        throw;
+      log("built " + (parts[p].empty() ? task_name(built.task) : parts[p]) + " graph: " +
+          std::to_string(built.model.proto.graph().node_size()) + " nodes, " +
+          std::to_string(built.model.initializers.size()) + " initializers, opset " + std::to_string(options.opset));
+      gr.written = write_model(built.model, paths[p], wo_plain);
+      result.graphs.push_back(gr);
+      plain_specs[p] = built.check_spec;
+      if (options.optimize) {
+        built.model = Model{};  // release the plain graph before building the fused one
+        BuiltModel fused = build_model(config, weights, options, Lowering::kOrt, parts[p]);
+        log("built optimized graph: " + std::to_string(fused.model.proto.graph().node_size()) +
+            " nodes (ONNX Runtime fused ops)");
+        result.graphs.back().optimized = write_model(fused.model, optimized_path(paths[p]), wo_fused);
+        fused_specs[p] = fused.check_spec;
       }
-      fused_spec = fused.check_spec;
     }
-  }
-
-  try {
-    if (options.check) result.check = load_check(options.output, plain_spec);
+    for (const auto& n : weights.names())
+      if (!used.count(n) && !is_known_buffer(n)) result.unused_tensors.push_back(n);
+    if (shared_plain) shared_plain->commit();
+    if (shared_fused) shared_fused->commit();
   } catch (const Error&) {
-    remove_written(result.written);
-    if (result.optimized) remove_written(*result.optimized);
+    remove_all();
     throw;
   }
-  if (options.optimize) {
+
+  for (size_t p = 0; p < parts.size(); ++p) {
+    ExportedGraph& gr = result.graphs[p];
     try {
-      load_check(opt_path, fused_spec);
+      if (options.check) gr.check = load_check(paths[p], plain_specs[p]);
+    } catch (const Error&) {
+      remove_all();
+      throw;
+    }
+    if (!options.optimize) continue;
+    const fs::path opt_path = optimized_path(paths[p]);
+    try {
+      load_check(opt_path, fused_specs[p]);
       VerifyOptions vo;
       vo.atol = options.optimize_atol;
-      vo.input_limits = plain_spec.input_limits;
+      vo.input_limits = plain_specs[p].input_limits;
       if (options.static_shape) {
         vo.batch = options.static_shape->first;
         vo.seq = options.static_shape->second;
@@ -278,33 +315,43 @@ ExportResult export_to(const ExportOptions& options) {
       // both, then cached as the padding's K/V, which later steps mask out). The comparison runs unpadded rows;
       // left-padded batches are checked against transformers by the step-by-step oracle tests.
       if (task == Task::kCausalLM) vo.padded = false;
-      result.optimized_verify = verify_models(options.output, opt_path, vo);
-      if (task == Task::kCausalLM && result.optimized_verify->ok()) {
-        // Decoders: the prefill above (empty cache), then a decode step over a random 7-token cache.
+      gr.optimized_verify = verify_models(paths[p], opt_path, vo);
+      const bool stateful = task == Task::kCausalLM || (task == Task::kSeq2SeqLM && p > 0);
+      if (stateful && gr.optimized_verify->ok()) {
+        // Decoders: the first step above (empty cache), then a decode step over a random 7-token cache.
         vo.seq = 1;
         vo.past = 7;
-        result.optimized_verify = verify_models(options.output, opt_path, vo);
+        gr.optimized_verify = verify_models(paths[p], opt_path, vo);
       }
-      if (!result.optimized_verify->ok()) {
+      if (!gr.optimized_verify->ok()) {
         std::string worst;
-        for (const auto& o : result.optimized_verify->outputs)
+        for (const auto& o : gr.optimized_verify->outputs)
           worst += (worst.empty() ? "" : ", ") + o.name + " max abs diff " + std::to_string(o.max_abs_diff);
         throw VerificationError(opt_path.string() + ": optimized model differs from the plain model beyond atol " +
                                 std::to_string(vo.atol) + " (" + worst + ")");
       }
     } catch (const Error&) {
-      remove_written(*result.optimized);
+      remove_all();
       throw;
     }
   }
+  {
+    const ExportedGraph& first = result.graphs.front();
+    result.written = first.written;
+    result.check = first.check;
+    result.optimized = first.optimized;
+    result.optimized_verify = first.optimized_verify;
+  }
+  const LoadCheckSpec& plain_spec = plain_specs.back();
+  const fs::path opt_path = optimized_path(options.output);
 
-  // Files that make the output folder loadable as it is (decoders always; encoders when OUTPUT is a folder).
-  if (task == Task::kCausalLM || options.write_companions) {
+  // Files that make the output folder loadable as it is (generative models always; encoders when OUTPUT is a
+  // folder).
+  if (task == Task::kCausalLM || task == Task::kSeq2SeqLM || options.write_companions) {
     try {
       result.companions = write_companion_files(config, companion_options(options, config, plain_spec, task));
     } catch (const Error&) {
-      remove_written(result.written);
-      if (result.optimized) remove_written(*result.optimized);
+      remove_all();
       throw;
     }
   }

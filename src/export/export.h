@@ -44,6 +44,15 @@ struct ExportOptions {
   std::function<void(size_t done, size_t total)> progress;
 };
 
+// One graph of the model's set as written and checked.
+struct ExportedGraph {
+  std::string name;  // file stem: model, encoder_model, decoder_model_merged
+  WriteResult written;
+  std::optional<LoadCheckResult> check;
+  std::optional<WriteResult> optimized;
+  std::optional<VerifyReport> optimized_verify;
+};
+
 struct ExportResult {
   std::string model_type;
   Task task = Task::kFeatureExtraction;
@@ -56,6 +65,8 @@ struct ExportResult {
   std::optional<VerifyReport> optimized_verify;
   std::optional<QuantizeFileResult> quantized;
   std::vector<std::filesystem::path> companions;  // config.json, tokenizer files, genai_config.json, ...
+  // Every graph of the set (the fields above repeat the first one's: written, check, optimized, ...).
+  std::vector<ExportedGraph> graphs;
 };
 
 // Throws trex::Error subclasses (InputError, UsageError, OutputError, VerificationError).
@@ -71,8 +82,9 @@ struct BuiltModel {
   Task task;
   LoadCheckSpec check_spec;
 };
+// `part`: the graph of the architecture's set to build (Architecture::graphs); empty for single-graph models.
 BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
-                       Lowering lowering = Lowering::kPlain);
+                       Lowering lowering = Lowering::kPlain, const std::string& part = "");
 
 // OUTPUT as given (a .onnx / .pt / .pth path, or an existing file) or OUTPUT/model.onnx when it names a folder.
 std::filesystem::path resolve_output_file(const std::filesystem::path& output);

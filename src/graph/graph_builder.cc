@@ -62,6 +62,7 @@ const char* sample_kind_name(InputSample::Kind k) {
     case InputSample::kMask: return "mask";
     case InputSample::kPositions: return "positions";
     case InputSample::kState: return "state";
+    case InputSample::kCacheFlag: return "cache_flag";
   }
   return "auto";
 }
@@ -75,6 +76,28 @@ Value GraphBuilder::input(const std::string& name, DType dtype, const std::vecto
 
 void GraphBuilder::output(const Value& value, const std::string& name, DType dtype, const std::vector<Dim>& dims) {
   Value v = value;
+  if (auto r = renamed_.find(v); r != renamed_.end()) {
+    v = r->second;  // already a graph output: the second name goes through an Identity
+  } else if (v != name) {
+    // The node producing the value gets the public name as its output (consumers follow), so that ONNX Runtime
+    // does not copy each output through an Identity at every run (logits, the KV cache). Values no node produces
+    // (graph inputs, initializers) go through an Identity.
+    auto& nodes = *graph().mutable_node();
+    bool found = false;
+    for (auto& producer : nodes)
+      for (auto& out : *producer.mutable_output())
+        if (out == v) {
+          out = name;
+          found = true;
+        }
+    if (found) {
+      for (auto& consumer : nodes)
+        for (auto& in : *consumer.mutable_input())
+          if (in == v) in = name;
+      renamed_[v] = name;
+      v = name;
+    }
+  }
   if (v != name) {
     // Give the output its public name with an Identity so internal names stay hierarchical.
     auto* n = graph().add_node();

@@ -32,6 +32,7 @@ struct InputSample {
     kMask,       // 0/1 attention mask; the last row padded (left or right)
     kPositions,  // position ids as transformers derives them from the mask (cumsum - 1, pads 1)
     kState,      // a cache tensor: standard normal, or the previous step's `fed_by` output
+    kCacheFlag,  // bool [1]: true when the cache inputs hold a past (optimum's use_cache_branch)
   } kind = kAuto;
   int64_t limit = 0;
   bool pad_left = false;
@@ -40,6 +41,7 @@ struct InputSample {
   static InputSample Mask(bool pad_left) { return {kMask, 0, pad_left, {}}; }
   static InputSample Positions() { return {kPositions, 0, false, {}}; }
   static InputSample State(std::string fed_by) { return {kState, 0, false, std::move(fed_by)}; }
+  static InputSample CacheFlag() { return {kCacheFlag, 0, false, {}}; }
 };
 const char* sample_kind_name(InputSample::Kind k);
 // The metadata key holding the declarations as JSON ({"input": {"sample": "ids", "limit": 99}, ...}).
@@ -156,6 +158,7 @@ class GraphBuilder {
   std::map<std::string, int> name_counts_;
   std::map<std::string, size_t> init_index_;
   std::map<std::string, Value> const_cache_;
+  std::map<Value, Value> renamed_;  // internal value → the graph output name it was given
   std::vector<std::pair<std::string, InputSample>> samples_;
 };
 

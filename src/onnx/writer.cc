@@ -183,6 +183,58 @@ void check_initializers_finite(const Model& model, const std::string& source) {
   }
 }
 
+struct SharedExternalData::Impl {
+  fs::path tmp;
+  FileSink sink;
+  std::map<std::string, std::pair<size_t, size_t>> placed;
+  bool committed = false;
+  Impl(const fs::path& t, const fs::path& shown) : tmp(t), sink(t, shown) {}
+};
+
+SharedExternalData::SharedExternalData(fs::path path) : path_(std::move(path)) {
+  check_output_path(path_);
+  impl_ = std::make_unique<Impl>(temp_path_beside(path_), path_);
+}
+
+SharedExternalData::~SharedExternalData() {
+  if (impl_ && !impl_->committed) {
+    std::error_code ec;
+    fs::remove(impl_->tmp, ec);
+  }
+}
+
+size_t SharedExternalData::bytes() const { return impl_->sink.offset(); }
+
+SharedExternalData::Place SharedExternalData::place(const std::string& key, const Initializer& init,
+                                                    const WriteOptions& options) {
+  auto it = impl_->placed.find(key);
+  if (it != impl_->placed.end()) return {it->second.first, it->second.second, false};
+  const size_t n = init.data.nbytes();
+  FileSink& data = impl_->sink;
+  data.pad_to(n >= (size_t{1} << 20) ? 4096 : 64);
+  const size_t offset = data.offset();
+  if (const std::byte* p = init.data.direct()) {
+    check_finite(init, p, n, options);
+    data.write(p, n);
+  } else {
+    std::vector<std::byte> scratch(n);
+    init.data.copy_to(scratch.data());
+    check_finite(init, scratch.data(), n, options);
+    data.write(scratch.data(), n);
+  }
+  init.data.release_sources();
+  impl_->placed[key] = {offset, n};
+  return {offset, n, true};
+}
+
+void SharedExternalData::commit() {
+  impl_->sink.close();
+  std::error_code ec;
+  fs::rename(impl_->tmp, path_, ec);
+  if (ec) throw OutputError(path_.string(), "cannot write: " + ec.message());
+  impl_->committed = true;
+}
+
 fs::path external_data_path(const fs::path& model_path) {
   return model_path.parent_path() / (model_path.filename().string() + ".data");
 }
@@ -206,12 +258,45 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
   WriteResult result;
   result.model_path = path;
 
-  // External data first: tensors go to <model>.data, headers point at their offsets.
+  // External data first: tensors go to <model>.data (or the shared file), headers point at their offsets.
   std::vector<onnx::TensorProto> headers;
   headers.reserve(model.initializers.size());
   std::vector<bool> inline_data(model.initializers.size(), true);
   size_t done = 0;
-  if (external) {
+  auto point_at = [&](onnx::TensorProto& h, const fs::path& file, size_t offset, size_t n) {
+    h.set_data_location(onnx::TensorProto::EXTERNAL);
+    auto add_kv = [&](const std::string& k, const std::string& v) {
+      auto* e = h.add_external_data();
+      e->set_key(k);
+      e->set_value(v);
+    };
+    add_kv("location", file.filename().string());
+    add_kv("offset", std::to_string(offset));
+    add_kv("length", std::to_string(n));
+  };
+  if (options.shared) {
+    external = true;
+    result.data_path = options.shared->path();
+    for (size_t i = 0; i < model.initializers.size(); ++i) {
+      const auto& init = model.initializers[i];
+      headers.push_back(tensor_header(init));
+      const size_t n = init.data.nbytes();
+      if (n < options.external_min_bytes) continue;
+      inline_data[i] = false;
+      std::string key = init.name;
+      key += '|';
+      key += std::to_string(static_cast<int>(init.data.dtype()));
+      for (auto d : init.data.dims()) {
+        key += ',';
+        key += std::to_string(d);
+      }
+      const SharedExternalData::Place at = options.shared->place(key, init, options);
+      if (at.written_now) result.data_bytes += n;
+      point_at(headers.back(), result.data_path, at.offset, n);
+      done += n;
+      if (options.progress) options.progress(done, total_weights);
+    }
+  } else if (external) {
     result.data_path = external_data_path(path);
     const fs::path tmp = temp_path_beside(result.data_path);
     temps.add(tmp);
@@ -234,16 +319,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
         check_finite(init, scratch.data(), n, options);
         data.write(scratch.data(), n);
       }
-      auto& h = headers.back();
-      h.set_data_location(onnx::TensorProto::EXTERNAL);
-      auto add_kv = [&](const std::string& k, const std::string& v) {
-        auto* e = h.add_external_data();
-        e->set_key(k);
-        e->set_value(v);
-      };
-      add_kv("location", result.data_path.filename().string());
-      add_kv("offset", std::to_string(offset));
-      add_kv("length", std::to_string(n));
+      point_at(headers.back(), result.data_path, offset, n);
       init.data.release_sources();
       done += n;
       if (options.progress) options.progress(done, total_weights);
@@ -309,15 +385,17 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
   out.close();
   result.model_bytes = out.offset();
 
-  // Commit: data file first, so a model file never points at a missing data file.
+  // Commit: data file first, so a model file never points at a missing data file (a shared file is committed
+  // by its owner once every graph of the set is written).
   std::error_code ec;
-  if (external) {
+  const bool own_data = external && !options.shared;
+  if (own_data) {
     fs::rename(temp_path_beside(result.data_path), result.data_path, ec);
     if (ec) throw OutputError(result.data_path.string(), "cannot write: " + ec.message());
   }
   fs::rename(tmp, path, ec);
   if (ec) {
-    if (external) fs::remove(result.data_path, ec);
+    if (own_data) fs::remove(result.data_path, ec);
     throw OutputError(path.string(), "cannot write: " + ec.message());
   }
   temps.commit();

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "graph/model.h"
@@ -14,6 +16,35 @@
 namespace trex {
 
 enum class ExternalData { kAuto, kAlways, kNever };
+
+// One external-data file shared by the graphs of a set (encoder + decoder): each initializer is stored once, at
+// its first request, and every graph holding an initializer of the same name, type and shape points at those
+// bytes (names come from the checkpoint or from what is derived from it, so equal names mean equal bytes within
+// one export). The file is written to a temporary name and appears only on commit().
+struct WriteOptions;
+
+class SharedExternalData {
+ public:
+  explicit SharedExternalData(std::filesystem::path path);
+  ~SharedExternalData();  // removes the temporary file unless committed
+  SharedExternalData(const SharedExternalData&) = delete;
+  SharedExternalData& operator=(const SharedExternalData&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  size_t bytes() const;
+  // Where `init` lives in the file, and whether this call wrote it.
+  struct Place {
+    size_t offset = 0, length = 0;
+    bool written_now = false;
+  };
+  Place place(const std::string& key, const Initializer& init, const WriteOptions& options);
+  void commit();  // close and rename into place (OutputError on failure)
+
+ private:
+  struct Impl;
+  std::filesystem::path path_;
+  std::unique_ptr<Impl> impl_;
+};
 
 struct WriteOptions {
   ExternalData external = ExternalData::kAuto;
@@ -29,13 +60,15 @@ struct WriteOptions {
   std::string source_for_messages;
   // Called after each initializer written (bytes done, bytes total); may be empty.
   std::function<void(size_t, size_t)> progress;
+  // When set, the weights go to this shared file (whatever `external` says) instead of <model>.data.
+  SharedExternalData* shared = nullptr;
 };
 
 struct WriteResult {
   std::filesystem::path model_path;
   std::filesystem::path data_path;  // empty without external data
   size_t model_bytes = 0;
-  size_t data_bytes = 0;
+  size_t data_bytes = 0;  // with a shared file: the bytes this model added to it
 };
 
 // Throws OutputError naming the path when it cannot be written (missing folder, permissions, disk full),

@@ -65,8 +65,9 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
     // Decoders (declared cache inputs) run two steps: a prefill with an empty cache, then one decode step fed
     // with the prefill's present K/V, as a generation loop would.
     const bool stateful = has_state_inputs(session);
-    std::vector<SampleShape> steps{{spec.batch, spec.seq, 0}};
-    if (stateful) steps.push_back({spec.batch, 1, spec.seq});
+    // Encoder-decoders keep their encoder length (the sequence of the first step) in both steps.
+    std::vector<SampleShape> steps{{spec.batch, spec.seq, 0, true, spec.seq}};
+    if (stateful) steps.push_back({spec.batch, 1, spec.seq, true, spec.seq});
     SampleInputs previous;
     std::vector<Ort::Value> previous_outputs;
     for (size_t step = 0; step < steps.size(); ++step) {

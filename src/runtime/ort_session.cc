@@ -44,6 +44,8 @@ int64_t SampleShape::symbol(const std::string& name, size_t axis) const {
   if (name == "sequence_length") return seq;
   if (name == "past_sequence_length") return past;
   if (name == "total_sequence_length") return past + seq;
+  if (name == "encoder_sequence_length") return encoder < 0 ? seq : encoder;
+  if (name == "past_encoder_sequence_length") return past == 0 ? 0 : (encoder < 0 ? seq : encoder);
   return axis == 0 ? batch : seq;
 }
 
@@ -65,6 +67,7 @@ InputSample::Kind kind_of(const nlohmann::json& decl, const std::string& name) {
   if (k == "mask") return InputSample::kMask;
   if (k == "positions") return InputSample::kPositions;
   if (k == "state") return InputSample::kState;
+  if (k == "cache_flag") return InputSample::kCacheFlag;
   // Not declared: guess from the name (models written by other exporters).
   if (contains(name, "mask")) return InputSample::kMask;
   if (contains(name, "position")) return InputSample::kPositions;
@@ -205,6 +208,11 @@ SampleInputs make_step_inputs(const Ort::Session& s, const SampleShape& shape_si
       feed.i32.emplace_back(ints.begin(), ints.end());
       values[i] = Ort::Value::CreateTensor<int32_t>(mem, feed.i32.back().data(), feed.i32.back().size(), shape.data(),
                                                     shape.size());
+    } else if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL && kind == InputSample::kCacheFlag) {
+      feed.flags.emplace_back(new bool[static_cast<size_t>(count)]);
+      std::fill(feed.flags.back().get(), feed.flags.back().get() + count, shape_sizes.past > 0);
+      values[i] = Ort::Value::CreateTensor<bool>(mem, feed.flags.back().get(), static_cast<size_t>(count), shape.data(),
+                                                 shape.size());
     } else if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
       if (floats.empty() && count > 0) {
         std::normal_distribution<float> dist;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -19,13 +20,15 @@ std::vector<std::string> input_names(const Ort::Session& s);
 std::vector<std::string> output_names(const Ort::Session& s);
 
 // The sizes a sample feed uses for the symbolic dims trex declares (batch_size, sequence_length,
-// past_sequence_length, total_sequence_length = past + sequence). Other exporters' symbols: the first dim is the
-// batch, later ones the sequence.
+// past_sequence_length, total_sequence_length = past + sequence; encoder-decoders: encoder_sequence_length and
+// past_encoder_sequence_length, which is 0 on the first step and the encoder's length once a past is fed).
+// Other exporters' symbols: the first dim is the batch, later ones the sequence.
 struct SampleShape {
   int64_t batch = 2;
   int64_t seq = 8;
   int64_t past = 0;
   bool padded = true;  // pad half of the last row of masks
+  int64_t encoder = -1;  // encoder_sequence_length; -1: the same as seq
   int64_t symbol(const std::string& name, size_t axis) const;
 };
 
@@ -40,6 +43,7 @@ struct SampleInputs {
   std::map<std::string, size_t> i64_index;  // input name → its buffer in i64
   std::vector<std::vector<int32_t>> i32;
   std::vector<std::vector<float>> f32;
+  std::vector<std::unique_ptr<bool[]>> flags;
 };
 // Throws VerificationError naming `model` for an input element type it cannot generate.
 SampleInputs make_sample_inputs(const Ort::Session& s, int64_t batch, int64_t seq,

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Encoder-decoder export benchmark: trex vs `optimum-cli export onnx --task text2text-generation-with-past`.
+
+Builds (once, cached) a random Marian checkpoint shaped like opus-mt-en-de (d_model 512, 6 + 6 layers, 8 heads,
+ffn 2048, vocab 58101; ~296 MB of safetensors) with transformers, then measures each tool `--repeat` times
+(median reported): wall time and peak RSS of the export (methods: bench/export_bench.py's `measure`), and the
+bytes of the folder each one writes (every .onnx and external-data file).
+
+  trex --no-check    trex export --model DIR --no-check OUTDIR
+  trex               trex export --model DIR OUTDIR      (includes the ONNX Runtime load check of both graphs)
+  optimum-cli        optimum-cli export onnx --model DIR --task text2text-generation-with-past OUTDIR
+                     (includes optimum's own validation against PyTorch)
+
+With optimum-cli included, the two folders are then run by optimum's ORTModelForSeq2SeqLM (use_cache=True, 2
+threads) and compared with transformers on torch: generate() of 32 new tokens for a batch of 8 random 32-token
+inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, median of `--decode-repeat` runs.
+
+Usage
+  .venv/bin/python bench/seq2seq_bench.py               # opus-mt-en-de shape
+  .venv/bin/python bench/seq2seq_bench.py --smoke       # tiny model, trex only, < 60 s, exit 0 when it works
+Results: a markdown table on stdout and JSON in bench/results/ (or --results).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_bench import measure  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_marian(work: Path, d_model: int, layers: int, heads: int, ffn: int, vocab: int) -> Path:
+    d = work / f"marian-D{d_model}-L{layers}-A{heads}-F{ffn}-V{vocab}"
+    if (d / ".complete").exists():
+        return d
+    import torch
+    from transformers import MarianConfig, MarianMTModel
+
+    print(f"building checkpoint {d.name} ...", file=sys.stderr, flush=True)
+    torch.manual_seed(0)
+    cfg = MarianConfig(vocab_size=vocab, decoder_vocab_size=vocab, d_model=d_model, encoder_layers=layers,
+                       decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
+                       encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, max_position_embeddings=512, pad_token_id=vocab - 1,
+                       decoder_start_token_id=vocab - 1, eos_token_id=0, scale_embedding=True,
+                       activation_function="swish")
+    model = MarianMTModel(cfg).eval()
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build.", dir=work))
+    model.save_pretrained(tmp, safe_serialization=True)
+    (tmp / ".complete").write_text("ok")
+    if d.exists():
+        shutil.rmtree(d)
+    os.replace(tmp, d)
+    return d
+
+
+def folder_model_bytes(folder: Path) -> int:
+    """Bytes of the model files a tool wrote (.onnx and their external data), not config/tokenizer files."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and
+               (p.suffix in (".onnx", ".data") or p.name.endswith(".onnx_data") or p.name.endswith(".onnx.data")))
+
+
+def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int) -> dict:
+    """tokens/s of generate() per runtime and beam count (see the module docstring)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.set_num_threads(2)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    models = {name: ORTModelForSeq2SeqLM.from_pretrained(f, use_cache=True, session_options=so)
+              for name, f in folders.items()}
+    models["transformers (torch)"] = AutoModelForSeq2SeqLM.from_pretrained(ckpt).eval()
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(rng.integers(1, vocab - 1, size=(8, 32)).astype(np.int64))
+    mask = torch.ones_like(ids)
+    new = 32
+    out: dict = {}
+    for beams in (1, 4):
+        times: dict[str, list[float]] = {k: [] for k in models}
+        for _ in range(repeat):
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                               num_beams=beams, do_sample=False)
+                times[name].append(time.perf_counter() - t0)
+        for name, ts in times.items():
+            out.setdefault(name, {})[f"beam{beams}_tokens_per_s"] = new * ids.shape[0] / statistics.median(ts)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--d-model", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--ffn", type=int, default=2048)
+    ap.add_argument("--vocab", type=int, default=58101)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--smoke", action="store_true", help="tiny model, trex only (CI: proves the script runs)")
+    ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "work")
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--trex", type=Path, default=Path(os.environ.get("TREX_BIN", REPO / "build" / "trex")))
+    ap.add_argument("--optimum-cli", default=str(Path(sys.executable).parent / "optimum-cli"))
+    ap.add_argument("--skip-optimum", action="store_true")
+    ap.add_argument("--decode-repeat", type=int, default=2)
+    ap.add_argument("--skip-decode", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.d_model, args.layers, args.heads, args.ffn, args.vocab = 32, 2, 4, 64, 120
+        args.skip_optimum, args.repeat = True, 1
+        args.work = Path(tempfile.mkdtemp(prefix="seq2seq-bench-smoke-"))
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if not args.trex.exists():
+        sys.exit(f"trex binary not found at {args.trex}")
+    try:
+        ckpt = build_marian(args.work, args.d_model, args.layers, args.heads, args.ffn, args.vocab).resolve()
+        weights = ckpt / "model.safetensors"
+        wbytes = weights.stat().st_size
+        out_root = args.work / "out"
+        tools = {
+            "trex --no-check": lambda o: [str(args.trex), "export", "--model", str(ckpt), "--no-check", str(o)],
+            "trex": lambda o: [str(args.trex), "export", "--model", str(ckpt), str(o)],
+        }
+        if not args.skip_optimum:
+            tools["optimum-cli"] = lambda o: [args.optimum_cli, "export", "onnx", "--model", str(ckpt), "--task",
+                                              "text2text-generation-with-past", str(o)]
+        with open(weights, "rb") as f:  # warm the page cache once for every tool
+            while f.read(1 << 24):
+                pass
+        runs: dict[str, list[dict]] = {k: [] for k in tools}
+        shutil.rmtree(out_root, ignore_errors=True)
+        for i in range(args.repeat):
+            for name, make_cmd in tools.items():
+                out = out_root / name.replace(" ", "_")
+                shutil.rmtree(out, ignore_errors=True)
+                r = measure(make_cmd(out), env)
+                r["folder_bytes"] = folder_model_bytes(out)
+                runs[name].append(r)
+                print(f"[{i + 1}/{args.repeat}] {name:<16} {r['wall_s']:8.2f} s  "
+                      f"{r['maxrss_bytes'] / 2**20:9.1f} MB", file=sys.stderr, flush=True)
+        decode = None
+        if not args.skip_optimum and not args.skip_decode:
+            print("decode speed ...", file=sys.stderr, flush=True)
+            decode = decode_speed({"trex folder": out_root / "trex", "optimum folder": out_root / "optimum-cli"},
+                                  ckpt, args.decode_repeat, args.vocab)
+        shutil.rmtree(out_root, ignore_errors=True)
+
+        summary = {name: {"wall_s": statistics.median(r["wall_s"] for r in rs),
+                          "peak_rss_bytes": statistics.median(r["maxrss_bytes"] for r in rs),
+                          "folder_bytes": rs[-1]["folder_bytes"], "runs": rs}
+                   for name, rs in runs.items()}
+        opt = summary.get("optimum-cli", {}).get("wall_s")
+        print(f"\nCheckpoint: Marian d_model={args.d_model} layers={args.layers}+{args.layers} heads={args.heads} "
+              f"ffn={args.ffn} vocab={args.vocab}, model.safetensors {wbytes / 2**20:.1f} MB; median of "
+              f"{args.repeat} run(s); {os.cpu_count()} CPU(s)\n")
+        print("| tool | wall s | peak RSS MB | RSS / weights | model files MB | files / checkpoint | speedup vs optimum |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, s in summary.items():
+            sp = f"{opt / s['wall_s']:.1f}x" if opt else "n/a"
+            print(f"| {name} | {s['wall_s']:.2f} | {s['peak_rss_bytes'] / 2**20:.1f} | "
+                  f"{s['peak_rss_bytes'] / wbytes:.2f} | {s['folder_bytes'] / 2**20:.1f} | "
+                  f"{s['folder_bytes'] / wbytes:.2f} | {sp} |")
+        if decode:
+            base = decode["optimum folder"]
+            print("\n| runtime (generate, batch 8, 32 new tokens) | greedy tok/s | beam 4 tok/s | vs optimum folder |")
+            print("|---|---:|---:|---:|")
+            for name, d in decode.items():
+                print(f"| {name} | {d['beam1_tokens_per_s']:.1f} | {d['beam4_tokens_per_s']:.1f} | "
+                      f"{d['beam1_tokens_per_s'] / base['beam1_tokens_per_s']:.2f}x / "
+                      f"{d['beam4_tokens_per_s'] / base['beam4_tokens_per_s']:.2f}x |")
+        if not args.smoke:
+            args.results.mkdir(parents=True, exist_ok=True)
+            out_json = args.results / f"seq2seq_bench-marian-D{args.d_model}-L{args.layers}.json"
+            out_json.write_text(json.dumps({
+                "checkpoint": {"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "ffn": args.ffn,
+                               "vocab": args.vocab, "weights_bytes": wbytes},
+                "repeat": args.repeat, "cpus": os.cpu_count(), "results": summary, "decode": decode,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+            print(f"\nJSON: {out_json}", file=sys.stderr)
+    finally:
+        if args.smoke:
+            shutil.rmtree(args.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
