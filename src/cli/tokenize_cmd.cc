@@ -1,0 +1,94 @@
+// `trex tokenize DIR`: lines on stdin (split on '\n' only) → one JSON array of ids per line, special tokens added
+// as the tokenizer's post-processor adds them (--offsets: a JSON object with ids, tokens and char offsets).
+// The command runs from its CLI11 callback and exits there, so main.cc only registers it.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "tokenizers/tokenizer.h"
+#include "util/error.h"
+
+namespace {
+
+struct TokenizeArgs {
+  std::string dir;
+  bool no_special = false, offsets = false, no_padding = false;
+};
+
+void append_int(std::string& out, int64_t v) {
+  char buf[24];
+  const int n = std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+  out.append(buf, static_cast<size_t>(n));
+}
+
+int run_tokenize(const TokenizeArgs& a) {
+  using trex::tokenizers::OffsetUnit;
+  auto tok = trex::tokenizers::Tokenizer::load(a.dir);
+  std::ios::sync_with_stdio(false);
+  std::string line, out;
+  size_t line_no = 0;
+  while (std::getline(std::cin, line)) {
+    ++line_no;
+    trex::tokenizers::Encoding e;
+    try {
+      e = tok.encode(line, !a.no_special, OffsetUnit::kChar);
+    } catch (const trex::InputError& err) {
+      throw trex::InputError("stdin line " + std::to_string(line_no) + ": " + err.what());
+    }
+    size_t n = e.ids.size();
+    if (a.no_padding)
+      while (n > 0 && e.attention_mask[n - 1] == 0) --n;
+    out.clear();
+    if (!a.offsets) {
+      out.push_back('[');
+      for (size_t i = 0; i < n; ++i) {
+        if (i) out.push_back(',');
+        append_int(out, e.ids[i]);
+      }
+      out += "]\n";
+    } else {
+      nlohmann::json j;
+      j["ids"] = std::vector<int64_t>(e.ids.begin(), e.ids.begin() + static_cast<std::ptrdiff_t>(n));
+      j["tokens"] = std::vector<std::string>(e.tokens.begin(), e.tokens.begin() + static_cast<std::ptrdiff_t>(n));
+      nlohmann::json offs = nlohmann::json::array();
+      for (size_t i = 0; i < n; ++i) offs.push_back({e.offsets[i].first, e.offsets[i].second});
+      j["offsets"] = std::move(offs);
+      out = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
+CLI::App* add_tokenize_command(CLI::App& app) {
+  auto args = std::make_shared<TokenizeArgs>();
+  auto* t = app.add_subcommand("tokenize", "Tokenize lines from stdin with a checkpoint's tokenizer.json (ids as JSON)");
+  t->add_option("dir", args->dir, "Folder with tokenizer.json (or the tokenizer.json file)")->required();
+  t->add_flag("--no-special-tokens", args->no_special, "Do not add the post-processor's special tokens");
+  t->add_flag("--offsets", args->offsets,
+              "Print {\"ids\", \"tokens\", \"offsets\"} per line; offsets are [start, end) character offsets");
+  t->add_flag("--no-padding", args->no_padding, "Drop the padding that tokenizer.json's padding setting adds");
+  t->callback([args] {
+    int rc;
+    try {
+      rc = run_tokenize(*args);
+    } catch (const trex::Error& e) {
+      std::fflush(stdout);
+      std::cerr << "trex: error: " << e.what() << "\n";
+      rc = static_cast<int>(e.code());
+    } catch (const std::exception& e) {
+      std::fflush(stdout);
+      std::cerr << "trex: error: internal error: " << e.what() << "\n";
+      rc = static_cast<int>(trex::ExitCode::kInternal);
+    }
+    std::fflush(stdout);
+    std::exit(rc);
+  });
+  return t;
+}
