@@ -188,7 +188,11 @@ class BPE : public Model {
     auto add = [&](uint32_t id, size_t begin, size_t len) {
       syms.push_back({id, static_cast<uint32_t>(begin), static_cast<uint32_t>(len), 0, 0});
     };
-    std::optional<std::pair<uint32_t, std::pair<size_t, size_t>>> unk;  // id, (begin, len)
+    struct PendingUnk {
+      bool active = false;
+      uint32_t id = 0;
+      size_t begin = 0, len = 0;
+    } unk;  // unknown characters waiting to be emitted (fused when fuse_unk)
     std::string s;
     size_t i = 0;
     while (i < w.size()) {
@@ -198,9 +202,9 @@ class BPE : public Model {
       if (start > 0 && !prefix_.empty()) s.insert(0, prefix_);
       if (i == w.size() && !suffix_.empty()) s += suffix_;
       if (auto id = vocab_.find(s)) {
-        if (unk) {
-          add(unk->first, unk->second.first, unk->second.second);
-          unk.reset();
+        if (unk.active) {
+          add(unk.id, unk.begin, unk.len);
+          unk.active = false;
         }
         add(*id, start, i - start);
         continue;
@@ -226,15 +230,15 @@ class BPE : public Model {
         }
       }
       if (unk_id_) {
-        if (unk && fuse_unk_) {
-          unk->second.second += i - start;
+        if (unk.active && fuse_unk_) {
+          unk.len += i - start;
         } else {
-          if (unk) add(unk->first, unk->second.first, unk->second.second);
-          unk = {*unk_id_, {start, i - start}};
+          if (unk.active) add(unk.id, unk.begin, unk.len);
+          unk = {true, *unk_id_, start, i - start};
         }
       }
     }
-    if (unk) add(unk->first, unk->second.first, unk->second.second);
+    if (unk.active) add(unk.id, unk.begin, unk.len);
     merge_all(syms);
     return syms;
   }

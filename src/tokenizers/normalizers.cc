@@ -138,7 +138,9 @@ void unicode_normalize(NormalizedString& s, Form form) {
     const auto uc = static_cast<UChar32>(c);
     if (c < 0x80 || norm->hasBoundaryBefore(uc)) {
       flush();
-      if (c < 0x80 || norm->isInert(uc)) {  // unchanged in any context: copy
+      // Unchanged in any context: copy. (ASCII is stable, but a letter may compose with a following mark.)
+      const bool ascii_alone = c < 0x80 && (i == text.size() || static_cast<unsigned char>(text[i]) < 0x80);
+      if (ascii_alone || (c >= 0x80 && norm->isInert(uc))) {
         out.append(text, start, i - start);
         out_align.insert(out_align.end(), i - start, align[start]);
         continue;

@@ -101,7 +101,7 @@ bool is_mark_nonspacing(char32_t c) { return c >= 0x300 && category(c) == U_NON_
 
 bool is_other(char32_t c) {
   const int8_t t = category(c);
-  return t == U_CONTROL_CHAR || t == U_FORMAT_CHAR || t == U_UNASSIGNED || t == U_PRIVATE_USE_CHAR ||
+  return t == U_CONTROL_CHAR || t == U_FORMAT_CHAR || t == U_PRIVATE_USE_CHAR ||
          t == U_SURROGATE;
 }
 

@@ -26,7 +26,7 @@ bool is_alphanumeric(char32_t c);      // Alphabetic or Numeric (Rust char::is_a
 bool is_numeric(char32_t c);           // general category N* (Rust char::is_numeric)
 bool is_letter(char32_t c);            // L*
 bool is_mark_nonspacing(char32_t c);   // Mn
-bool is_other(char32_t c);             // Cc, Cf, Cn, Co, Cs
+bool is_other(char32_t c);             // Cc, Cf, Co, Cs (not Cn: the reference keeps unassigned chars)
 bool is_punctuation(char32_t c);       // P*
 bool is_bert_punctuation(char32_t c);  // ASCII punctuation or P*
 void push_lowercase(char32_t c, std::u32string& out);  // full lowercase mapping, context-free
