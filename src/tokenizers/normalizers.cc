@@ -223,9 +223,14 @@ class Lowercase : public Normalizer {
   void normalize(NormalizedString& s) const override { lowercase(s); }
 };
 
+// Unlike BertNormalizer's accent stripping (Mn only), the StripAccents normalizer drops every mark (M*).
 class StripAccents : public Normalizer {
  public:
-  void normalize(NormalizedString& s) const override { strip_nonspacing_marks(s); }
+  void normalize(NormalizedString& s) const override {
+    s.map_chars([](char32_t c, std::u32string& out) {
+      if (c < 0x300 || !(U_GET_GC_MASK(static_cast<UChar32>(c)) & U_GC_M_MASK)) out.push_back(c);
+    });
+  }
 };
 
 class Strip : public Normalizer {

@@ -276,22 +276,22 @@ std::vector<Piece> class_runs(const std::string& text, Classify&& classify, int 
   return pieces;
 }
 
-// \w+|[^\w\s]+ kept, the rest removed (Oniguruma's \w: letters, marks, numbers, connector punctuation).
+// \w+|[^\w\s]+ kept, the rest removed. Oniguruma's Unicode \w (as UTS #18 defines it): Alphabetic, marks,
+// decimal digits, connector punctuation, and the joiners U+200C/U+200D.
+bool is_regex_word(char32_t c) {
+  if (c < 0x80) return ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  if (c == 0x200C || c == 0x200D) return true;
+  const int8_t t = static_cast<int8_t>(u_charType(static_cast<UChar32>(c)));
+  return t == U_NON_SPACING_MARK || t == U_ENCLOSING_MARK || t == U_COMBINING_SPACING_MARK ||
+         t == U_DECIMAL_DIGIT_NUMBER || t == U_CONNECTOR_PUNCTUATION ||
+         u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_ALPHABETIC);
+}
+
 class Whitespace : public PreTokenizer {
  public:
   void pre_tokenize(std::vector<NormalizedString>& splits) const override {
     split_each(splits, [&](NormalizedString& s, std::vector<NormalizedString>& out) {
-      auto cls = [](char32_t c) {
-        if (c < 0x80) {
-          if (((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || (c >= '0' && c <= '9') || c == '_') return 0;
-          return is_whitespace(c) ? 2 : 1;
-        }
-        const int8_t t = static_cast<int8_t>(u_charType(static_cast<UChar32>(c)));
-        if (is_letter(c) || is_numeric(c) || t == U_NON_SPACING_MARK || t == U_ENCLOSING_MARK ||
-            t == U_COMBINING_SPACING_MARK || t == U_CONNECTOR_PUNCTUATION)
-          return 0;
-        return is_whitespace(c) ? 2 : 1;
-      };
+      auto cls = [](char32_t c) { return is_regex_word(c) ? 0 : is_whitespace(c) ? 2 : 1; };
       split_pieces(s, class_runs(s.text(), cls, 2), SplitBehavior::kRemoved, out);
     });
   }

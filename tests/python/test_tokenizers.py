@@ -1,5 +1,5 @@
 """`trex tokenize` against Hugging Face tokenizers: identical ids and (char) offsets on a multilingual corpus of
->= 10k lines for four tokenizers (real MiniLM WordPiece; trained byte-level BPE, Unigram/Metaspace, byte-fallback
+>= 10k lines for six tokenizers (real MiniLM WordPiece; five trained ones, see tokenizer_cases.py: byte-level BPE, Unigram, byte-fallback
 BPE), special tokens on and off; hostile strings; invalid UTF-8 refused with a clear error."""
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import fixtures as fx
 import tokenizer_corpus
 
-NAMES = ["minilm-wordpiece", "bytelevel-bpe", "unigram-metaspace", "bytefallback-bpe"]
+NAMES = ["minilm-wordpiece", "bytelevel-bpe", "unigram-metaspace", "bytefallback-bpe", "split-regex-bpe",
+         "whitespace-wordpiece"]
 VERSION = "1"  # bump when a recipe changes
 
 
@@ -75,6 +76,49 @@ def _byte_fallback_bpe(path: Path):
     path.write_text(json.dumps(j, ensure_ascii=False))
 
 
+# The pre-tokenizer pattern of GPT-4-era tokenizers (cl100k), as Llama 3 / Qwen tokenizer.json files carry it.
+CL100K = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+          r"\s+(?!\S)|\s+")
+
+
+def _split_regex_bpe(path: Path):
+    """Split(Regex) + ByteLevel without its own regex: the Llama 3 / Qwen layout."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CL100K), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_train_lines(), trainer)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+                                      special_tokens=[("<|begin_of_text|>", bos)])])
+    tok.save(str(path))
+
+
+def _whitespace_wordpiece(path: Path):
+    """Components the other cases leave out: NFD + Lowercase + StripAccents + Strip, Whitespace, Punctuation,
+    Digits, BertProcessing."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=40))
+    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents(),
+                                           normalizers.Strip()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.Punctuation(behavior="isolated"),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=3000, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]"],
+                                        show_progress=False)
+    tok.train_from_iterator(_train_lines(), trainer)
+    tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
+                                                   ("[CLS]", tok.token_to_id("[CLS]")))
+    tok.save(str(path))
+
+
 def folder(name: str) -> Path:
     """Folder holding tokenizer.json for the named case (trained on first use)."""
     if name == "minilm-wordpiece":
@@ -85,6 +129,7 @@ def folder(name: str) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / "tokenizer.json.tmp"
         {"bytelevel-bpe": _byte_level_bpe, "unigram-metaspace": _unigram_metaspace,
-         "bytefallback-bpe": _byte_fallback_bpe}[name](tmp)
+         "bytefallback-bpe": _byte_fallback_bpe, "split-regex-bpe": _split_regex_bpe,
+         "whitespace-wordpiece": _whitespace_wordpiece}[name](tmp)
         tmp.replace(path)
     return d
