@@ -1,5 +1,6 @@
 // `trex tokenize DIR`: lines on stdin (split on '\n' only) → one JSON array of ids per line, special tokens added
-// as the tokenizer's post-processor adds them (--offsets: a JSON object with ids, tokens and char offsets).
+// as the tokenizer's post-processor adds them (--offsets: a JSON object with ids, tokens and char offsets;
+// --decode: JSON arrays of ids in, decoded text out).
 // The command runs from its CLI11 callback and exits there, so main.cc only registers it.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -16,7 +17,7 @@ namespace {
 
 struct TokenizeArgs {
   std::string dir;
-  bool no_special = false, offsets = false, no_padding = false;
+  bool no_special = false, offsets = false, no_padding = false, decode = false, keep_special = false;
 };
 
 void append_int(std::string& out, int64_t v) {
@@ -33,6 +34,18 @@ int run_tokenize(const TokenizeArgs& a) {
   size_t line_no = 0;
   while (std::getline(std::cin, line)) {
     ++line_no;
+    if (a.decode) {
+      std::vector<int64_t> ids;
+      try {
+        ids = nlohmann::json::parse(line).get<std::vector<int64_t>>();
+      } catch (const nlohmann::json::exception&) {
+        throw trex::InputError("stdin line " + std::to_string(line_no) + ": expected a JSON array of token ids");
+      }
+      out = nlohmann::json(tok.decode(ids, !a.keep_special)).dump(-1, ' ', false,
+                                                                  nlohmann::json::error_handler_t::replace) + "\n";
+      std::fwrite(out.data(), 1, out.size(), stdout);
+      continue;
+    }
     trex::tokenizers::Encoding e;
     try {
       e = tok.encode(line, !a.no_special, OffsetUnit::kChar);
@@ -74,6 +87,9 @@ CLI::App* add_tokenize_command(CLI::App& app) {
   t->add_flag("--offsets", args->offsets,
               "Print {\"ids\", \"tokens\", \"offsets\"} per line; offsets are [start, end) character offsets");
   t->add_flag("--no-padding", args->no_padding, "Drop the padding that tokenizer.json's padding setting adds");
+  t->add_flag("--decode", args->decode,
+              "The other way: each stdin line is a JSON array of ids; print the decoded text as a JSON string");
+  t->add_flag("--keep-special-tokens", args->keep_special, "With --decode: keep special tokens in the text");
   t->callback([args] {
     int rc;
     try {

@@ -1,6 +1,6 @@
 """`trex tokenize` against Hugging Face tokenizers: identical ids and (char) offsets on a multilingual corpus of
->= 10k lines for six tokenizers (real MiniLM WordPiece; five trained ones, see tokenizer_cases.py: byte-level BPE, Unigram, byte-fallback
-BPE), special tokens on and off; hostile strings; invalid UTF-8 refused with a clear error."""
+>= 10k lines for six tokenizers (the real MiniLM WordPiece and five trained ones, see tokenizer_cases.py), special
+tokens on and off; decoding; hostile strings; invalid UTF-8 refused with a clear error."""
 from __future__ import annotations
 
 import json
@@ -141,3 +141,22 @@ def test_unknown_component_is_named(trex_bin, tmp_path):
 def test_missing_tokenizer_json(trex_bin, tmp_path):
     r = subprocess.run([str(trex_bin), "tokenize", str(tmp_path)], input=b"x\n", capture_output=True, timeout=60)
     assert r.returncode == 2 and "tokenizer.json" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("name", tc.NAMES)
+def test_decode_identical_to_hf(name, corpus):
+    folder = tc.folder(name)
+    hf = hf_tokenizer(folder)
+    hf.no_padding()
+    lines = corpus[:1500] + [h.replace("\n", " ") for h in HOSTILE]
+    ids = [e.ids for e in hf.encode_batch(lines)]
+    data = "".join(json.dumps(i) + "\n" for i in ids).encode()
+    for keep in (False, True):
+        flags = ["--decode"] + (["--keep-special-tokens"] if keep else [])
+        r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder), *flags], input=data, capture_output=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr.decode()
+        got = [json.loads(l) for l in r.stdout.decode().split("\n")[:-1]]
+        want = hf.decode_batch(ids, skip_special_tokens=not keep)
+        bad = [(w, g) for w, g in zip(want, got) if w != g]
+        assert len(got) == len(want) and not bad, f"{len(bad)} differ, e.g. {bad[:3]}"
