@@ -1,6 +1,6 @@
 // `trex tokenize DIR`: lines on stdin (split on '\n' only) → one JSON array of ids per line, special tokens added
 // as the tokenizer's post-processor adds them (--offsets: a JSON object with ids, tokens and char offsets;
-// --decode: JSON arrays of ids in, decoded text out).
+// --pairs: JSON [text, pair] lines; --decode: JSON arrays of ids in, decoded text out).
 // The command runs from its CLI11 callback and exits there, so main.cc only registers it.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -17,7 +17,7 @@ namespace {
 
 struct TokenizeArgs {
   std::string dir;
-  bool no_special = false, offsets = false, no_padding = false, decode = false, keep_special = false;
+  bool no_special = false, offsets = false, no_padding = false, decode = false, keep_special = false, pairs = false;
 };
 
 void append_int(std::string& out, int64_t v) {
@@ -48,7 +48,17 @@ int run_tokenize(const TokenizeArgs& a) {
     }
     trex::tokenizers::Encoding e;
     try {
-      e = tok.encode(line, !a.no_special, OffsetUnit::kChar);
+      if (a.pairs) {
+        std::vector<std::string> texts;
+        try {
+          texts = nlohmann::json::parse(line).get<std::vector<std::string>>();
+        } catch (const nlohmann::json::exception&) {
+        }
+        if (texts.size() != 2) throw trex::InputError("expected a JSON array of two strings");
+        e = tok.encode_pair(texts[0], texts[1], !a.no_special, OffsetUnit::kChar);
+      } else {
+        e = tok.encode(line, !a.no_special, OffsetUnit::kChar);
+      }
     } catch (const trex::InputError& err) {
       throw trex::InputError("stdin line " + std::to_string(line_no) + ": " + err.what());
     }
@@ -67,6 +77,7 @@ int run_tokenize(const TokenizeArgs& a) {
       nlohmann::json j;
       j["ids"] = std::vector<int64_t>(e.ids.begin(), e.ids.begin() + static_cast<std::ptrdiff_t>(n));
       j["tokens"] = std::vector<std::string>(e.tokens.begin(), e.tokens.begin() + static_cast<std::ptrdiff_t>(n));
+      j["type_ids"] = std::vector<int64_t>(e.type_ids.begin(), e.type_ids.begin() + static_cast<std::ptrdiff_t>(n));
       nlohmann::json offs = nlohmann::json::array();
       for (size_t i = 0; i < n; ++i) offs.push_back({e.offsets[i].first, e.offsets[i].second});
       j["offsets"] = std::move(offs);
@@ -85,8 +96,10 @@ CLI::App* add_tokenize_command(CLI::App& app) {
   t->add_option("dir", args->dir, "Folder with tokenizer.json (or the tokenizer.json file)")->required();
   t->add_flag("--no-special-tokens", args->no_special, "Do not add the post-processor's special tokens");
   t->add_flag("--offsets", args->offsets,
-              "Print {\"ids\", \"tokens\", \"offsets\"} per line; offsets are [start, end) character offsets");
+              "Print {\"ids\", \"tokens\", \"type_ids\", \"offsets\"} per line; offsets are [start, end) character offsets");
   t->add_flag("--no-padding", args->no_padding, "Drop the padding that tokenizer.json's padding setting adds");
+  t->add_flag("--pairs", args->pairs,
+              "Each stdin line is a JSON array [text, pair] encoded as a sequence pair (question + context)");
   t->add_flag("--decode", args->decode,
               "The other way: each stdin line is a JSON array of ids; print the decoded text as a JSON string");
   t->add_flag("--keep-special-tokens", args->keep_special, "With --decode: keep special tokens in the text");

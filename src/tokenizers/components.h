@@ -61,11 +61,13 @@ struct Enc {
   std::vector<std::pair<size_t, size_t>> offsets;
 };
 
+// Post-processors work on the list of encodings (one per sequence, or pieces of the final layout, as the
+// reference's process_encodings); the result is their concatenation.
 class PostProcessor {
  public:
   virtual ~PostProcessor() = default;
-  virtual size_t added_tokens() const = 0;
-  virtual void process(Enc& e, bool add_special_tokens) const = 0;
+  virtual size_t added_tokens(bool pair) const = 0;
+  virtual void process(std::vector<Enc>& encs, bool add_special_tokens) const = 0;
 };
 std::unique_ptr<PostProcessor> make_post_processor(const Json& j, const LoadContext& ctx);
 

@@ -13,15 +13,18 @@ struct SpecialPiece {
   int64_t type_id = 0;
 };
 
-void add_special(Enc& e, const SpecialPiece& p, bool front) {
+Enc special_enc(const SpecialPiece& p) {
+  Enc e;
   const size_t n = p.ids.size();
-  auto at = [&](auto& v) { return front ? v.begin() : v.end(); };
-  e.ids.insert(at(e.ids), p.ids.begin(), p.ids.end());
-  e.tokens.insert(at(e.tokens), p.tokens.begin(), p.tokens.end());
-  e.type_ids.insert(at(e.type_ids), n, p.type_id);
-  e.special.insert(at(e.special), n, 1);
-  e.offsets.insert(at(e.offsets), n, std::pair<size_t, size_t>{0, 0});
+  e.ids = p.ids;
+  e.tokens = p.tokens;
+  e.type_ids.assign(n, p.type_id);
+  e.special.assign(n, 1);
+  e.offsets.assign(n, {0, 0});
+  return e;
 }
+
+void set_type(Enc& e, int64_t type_id) { e.type_ids.assign(e.ids.size(), type_id); }
 
 // Offsets of byte-level tokens trimmed of the spaces they carry (Ġ or whitespace), as the reference does.
 void trim_byte_level_offsets(Enc& e, bool add_prefix_space) {
@@ -47,45 +50,70 @@ void trim_byte_level_offsets(Enc& e, bool add_prefix_space) {
 class Template : public PostProcessor {
  public:
   Template(const Json& j, const LoadContext& ctx) {
-    std::map<std::string, SpecialPiece> specials;
     if (j.contains("special_tokens"))
       for (auto it = j["special_tokens"].begin(); it != j["special_tokens"].end(); ++it) {
         SpecialPiece p;
         p.ids = it.value().at("ids").get<std::vector<int64_t>>();
         p.tokens = it.value().at("tokens").get<std::vector<std::string>>();
-        specials[it.key()] = p;
+        if (p.ids.size() != p.tokens.size()) ctx.fail("TemplateProcessing special token '" + it.key() + "': ids and tokens differ in length");
+        specials_[it.key()] = p;
       }
-    for (const auto& item : j.at("single")) {
-      if (item.contains("SpecialToken")) {
-        const std::string id = item["SpecialToken"].at("id").get<std::string>();
-        auto it = specials.find(id);
-        if (it == specials.end()) ctx.fail("TemplateProcessing names special token '" + id + "' without defining it");
-        SpecialPiece p = it->second;
-        p.type_id = item["SpecialToken"].value("type_id", 0);
-        added_ += p.ids.size();
-        (seen_sequence_ ? after_ : before_).push_back(std::move(p));
-      } else if (item.contains("Sequence")) {
-        if (seen_sequence_) ctx.fail("TemplateProcessing single template with two sequences");
-        seen_sequence_ = true;
-        seq_type_ = item["Sequence"].value("type_id", 0);
-      } else {
-        ctx.fail("unknown TemplateProcessing piece " + item.dump());
+    single_ = parse(j.at("single"), ctx);
+    if (j.contains("pair") && !j["pair"].is_null()) pair_ = parse(j["pair"], ctx);
+  }
+  size_t added_tokens(bool pair) const override {
+    size_t n = 0;
+    for (const Item& i : pair ? pair_ : single_)
+      if (i.sequence < 0) n += specials_.at(i.special).ids.size();
+    return n;
+  }
+  void process(std::vector<Enc>& encs, bool add) const override {
+    const std::vector<Item>& tpl = encs.size() == 2 ? pair_ : single_;
+    std::vector<Enc> out;
+    for (const Item& i : tpl) {
+      if (i.sequence >= 0) {
+        if (static_cast<size_t>(i.sequence) >= encs.size()) continue;
+        Enc e = encs[static_cast<size_t>(i.sequence)];
+        set_type(e, i.type_id);
+        out.push_back(std::move(e));
+      } else if (add) {
+        SpecialPiece p = specials_.at(i.special);
+        p.type_id = i.type_id;
+        out.push_back(special_enc(p));
       }
     }
-  }
-  size_t added_tokens() const override { return added_; }
-  void process(Enc& e, bool add) const override {
-    if (!add) return;
-    for (auto& t : e.type_ids) t = seq_type_;
-    for (auto it = before_.rbegin(); it != before_.rend(); ++it) add_special(e, *it, true);
-    for (const auto& p : after_) add_special(e, p, false);
+    encs = std::move(out);
   }
 
  private:
-  std::vector<SpecialPiece> before_, after_;
-  bool seen_sequence_ = false;
-  int64_t seq_type_ = 0;
-  size_t added_ = 0;
+  struct Item {
+    int sequence = -1;  // 0 = A, 1 = B, -1 = special token
+    std::string special;
+    int64_t type_id = 0;
+  };
+  std::vector<Item> parse(const Json& list, const LoadContext& ctx) const {
+    std::vector<Item> items;
+    for (const auto& item : list) {
+      Item it;
+      if (item.contains("SpecialToken")) {
+        it.special = item["SpecialToken"].at("id").get<std::string>();
+        if (!specials_.count(it.special))
+          ctx.fail("TemplateProcessing names special token '" + it.special + "' without defining it");
+        it.type_id = item["SpecialToken"].value("type_id", 0);
+      } else if (item.contains("Sequence")) {
+        const std::string id = item["Sequence"].at("id").get<std::string>();
+        if (id != "A" && id != "B") ctx.fail("TemplateProcessing sequence id must be A or B, got '" + id + "'");
+        it.sequence = id == "A" ? 0 : 1;
+        it.type_id = item["Sequence"].value("type_id", 0);
+      } else {
+        ctx.fail("unknown TemplateProcessing piece " + item.dump());
+      }
+      items.push_back(std::move(it));
+    }
+    return items;
+  }
+  std::map<std::string, SpecialPiece> specials_;
+  std::vector<Item> single_, pair_;
 };
 
 // BertProcessing and RobertaProcessing: CLS A SEP (Roberta also trims byte-level offsets).
@@ -99,12 +127,29 @@ class ClsSep : public PostProcessor {
     trim_ = roberta && j.value("trim_offsets", true);
     prefix_space_ = j.value("add_prefix_space", true);
   }
-  size_t added_tokens() const override { return 2; }
-  void process(Enc& e, bool add) const override {
-    if (trim_) trim_byte_level_offsets(e, prefix_space_);
+  size_t added_tokens(bool pair) const override { return pair ? (roberta_ ? 4 : 3) : 2; }
+  void process(std::vector<Enc>& encs, bool add) const override {
+    if (trim_)
+      for (auto& e : encs) trim_byte_level_offsets(e, prefix_space_);
+    if (roberta_)  // RoBERTa has one token type
+      for (auto& e : encs) set_type(e, 0);
     if (!add) return;
-    add_special(e, cls_, true);
-    add_special(e, sep_, false);
+    std::vector<Enc> out{special_enc(cls_), encs[0], special_enc(sep_)};
+    if (encs.size() == 2) {
+      if (roberta_) {
+        out.push_back(special_enc(sep_));
+        out.push_back(encs[1]);
+        out.push_back(special_enc(sep_));
+      } else {
+        SpecialPiece sep1 = sep_;
+        sep1.type_id = 1;
+        Enc b = encs[1];
+        set_type(b, 1);
+        out.push_back(std::move(b));
+        out.push_back(special_enc(sep1));
+      }
+    }
+    encs = std::move(out);
   }
 
  private:
@@ -116,9 +161,10 @@ class ByteLevelProcessor : public PostProcessor {
  public:
   explicit ByteLevelProcessor(const Json& j)
       : trim_(j.value("trim_offsets", true)), prefix_space_(j.value("add_prefix_space", true)) {}
-  size_t added_tokens() const override { return 0; }
-  void process(Enc& e, bool) const override {
-    if (trim_) trim_byte_level_offsets(e, prefix_space_);
+  size_t added_tokens(bool) const override { return 0; }
+  void process(std::vector<Enc>& encs, bool) const override {
+    if (trim_)
+      for (auto& e : encs) trim_byte_level_offsets(e, prefix_space_);
   }
 
  private:
@@ -130,13 +176,13 @@ class ProcessorSequence : public PostProcessor {
   ProcessorSequence(const Json& j, const LoadContext& ctx) {
     for (const auto& p : j.at("processors")) parts_.push_back(make_post_processor(p, ctx));
   }
-  size_t added_tokens() const override {
+  size_t added_tokens(bool pair) const override {
     size_t n = 0;
-    for (const auto& p : parts_) n += p->added_tokens();
+    for (const auto& p : parts_) n += p->added_tokens(pair);
     return n;
   }
-  void process(Enc& e, bool add) const override {
-    for (const auto& p : parts_) p->process(e, add);
+  void process(std::vector<Enc>& encs, bool add) const override {
+    for (const auto& p : parts_) p->process(encs, add);
   }
 
  private:

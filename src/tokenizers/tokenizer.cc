@@ -61,9 +61,11 @@ class Matcher {
   bool empty_ = true;
 };
 
+enum class Strategy { kLongestFirst, kOnlyFirst, kOnlySecond };
 struct Truncation {
   size_t max_length = 0;
   bool left = false;
+  Strategy strategy = Strategy::kLongestFirst;
 };
 struct Padding {
   bool fixed = false;
@@ -116,7 +118,12 @@ class TokenizerImpl {
     normalized_matcher_.finish();
     if (j.contains("truncation") && !j["truncation"].is_null()) {
       const Json& t = j["truncation"];
-      truncation_ = Truncation{t.at("max_length").get<size_t>(), t.value("direction", "Right") == "Left"};
+      truncation_ = Truncation{t.at("max_length").get<size_t>(), t.value("direction", "Right") == "Left",
+                               Strategy::kLongestFirst};
+      const std::string strategy = t.value("strategy", "LongestFirst");
+      if (strategy == "OnlyFirst") truncation_->strategy = Strategy::kOnlyFirst;
+      else if (strategy == "OnlySecond") truncation_->strategy = Strategy::kOnlySecond;
+      else if (strategy != "LongestFirst") ctx_.fail("unknown truncation strategy '" + strategy + "'");
     }
     if (j.contains("padding") && !j["padding"].is_null()) {
       const Json& p = j["padding"];
@@ -138,7 +145,7 @@ class TokenizerImpl {
     }
   }
 
-  Enc encode_unpadded(std::string_view text, bool add_special, OffsetUnit unit) const {
+  Enc tokenize_sequence(std::string_view text, OffsetUnit unit, int64_t type_id = 0) const {
     const size_t bad = find_invalid_utf8(text);
     if (bad != std::string_view::npos)
       throw InputError("input text is not valid UTF-8 (byte " + std::to_string(bad) + ")");
@@ -182,13 +189,70 @@ class TokenizerImpl {
       }
     }
     if (unit == OffsetUnit::kChar) to_char_offsets(text, e);
-    if (truncation_) {
-      const size_t extra = add_special && post_processor_ ? post_processor_->added_tokens() : 0;
-      const size_t max = truncation_->max_length > extra ? truncation_->max_length - extra : 0;
-      if (e.ids.size() > max) truncate(e, max, truncation_->left);
-    }
-    if (post_processor_) post_processor_->process(e, add_special);
+    e.type_ids.assign(e.ids.size(), type_id);  // the second sequence of a pair is type 1 until post-processing
     return e;
+  }
+
+  // Truncation (with room for the special tokens), then the post-processor, then the pieces concatenated.
+  Enc post_process(Enc a, std::optional<Enc> b, bool add_special) const {
+    if (truncation_) {
+      const size_t extra = add_special && post_processor_ ? post_processor_->added_tokens(b.has_value()) : 0;
+      if (truncation_->max_length < extra)
+        throw InputError("truncation max_length " + std::to_string(truncation_->max_length) +
+                         " leaves no room for the " + std::to_string(extra) + " special tokens");
+      truncate_pair(a, b, truncation_->max_length - extra);
+    }
+    std::vector<Enc> encs;
+    encs.push_back(std::move(a));
+    if (b) encs.push_back(std::move(*b));
+    if (post_processor_) post_processor_->process(encs, add_special);
+    if (encs.size() == 1) return std::move(encs[0]);
+    Enc out;
+    for (auto& e : encs) {
+      out.ids.insert(out.ids.end(), e.ids.begin(), e.ids.end());
+      out.type_ids.insert(out.type_ids.end(), e.type_ids.begin(), e.type_ids.end());
+      out.special.insert(out.special.end(), e.special.begin(), e.special.end());
+      out.tokens.insert(out.tokens.end(), std::make_move_iterator(e.tokens.begin()), std::make_move_iterator(e.tokens.end()));
+      out.offsets.insert(out.offsets.end(), e.offsets.begin(), e.offsets.end());
+    }
+    return out;
+  }
+
+  // The reference's strategies: longest_first shares the budget, only_first / only_second cut one sequence.
+  void truncate_pair(Enc& a, std::optional<Enc>& b, size_t max) const {
+    const size_t total = a.ids.size() + (b ? b->ids.size() : 0);
+    if (total <= max) return;
+    const size_t to_remove = total - max;
+    const bool left = truncation_->left;
+    switch (truncation_->strategy) {
+      case Strategy::kLongestFirst: {
+        if (!b) {
+          truncate(a, max, left);
+          return;
+        }
+        size_t n1 = a.ids.size(), n2 = b->ids.size();
+        const bool swap = n1 > n2;
+        if (swap) std::swap(n1, n2);
+        n2 = n1 > max ? n1 : std::max(n1, max - n1);
+        if (n1 + n2 > max) {
+          n1 = max / 2;
+          n2 = n1 + max % 2;
+        }
+        if (swap) std::swap(n1, n2);
+        truncate(a, std::min(n1, a.ids.size()), left);
+        truncate(*b, std::min(n2, b->ids.size()), left);
+        return;
+      }
+      case Strategy::kOnlyFirst:
+      case Strategy::kOnlySecond: {
+        Enc* target = truncation_->strategy == Strategy::kOnlyFirst ? &a : (b ? &*b : nullptr);
+        if (!target) throw InputError("truncation strategy only_second needs a second sequence");
+        if (target->ids.size() <= to_remove)
+          throw InputError("truncation: the sequence to truncate is shorter than what must be removed");
+        truncate(*target, target->ids.size() - to_remove, left);
+        return;
+      }
+    }
   }
 
   Encoding finish(Enc&& e, size_t pad_to) const {
@@ -327,7 +391,7 @@ class TokenizerImpl {
 
   static void push(Enc& e, uint32_t id, std::string value, size_t b, size_t end) {
     e.ids.push_back(id);
-    e.type_ids.push_back(0);
+    e.type_ids.push_back(0);  // set per sequence by tokenize_sequence
     e.special.push_back(0);
     e.tokens.push_back(std::move(value));
     e.offsets.push_back({b, end});
@@ -411,7 +475,15 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
 }
 
 Encoding Tokenizer::encode(std::string_view text, bool add_special_tokens, OffsetUnit unit) const {
-  Enc e = impl_->encode_unpadded(text, add_special_tokens, unit);
+  Enc e = impl_->post_process(impl_->tokenize_sequence(text, unit), std::nullopt, add_special_tokens);
+  const size_t n = impl_->pad_length(e.ids.size());
+  return impl_->finish(std::move(e), n);
+}
+
+Encoding Tokenizer::encode_pair(std::string_view text, std::string_view pair, bool add_special_tokens,
+                                OffsetUnit unit) const {
+  Enc e = impl_->post_process(impl_->tokenize_sequence(text, unit), impl_->tokenize_sequence(pair, unit, 1),
+                              add_special_tokens);
   const size_t n = impl_->pad_length(e.ids.size());
   return impl_->finish(std::move(e), n);
 }
@@ -422,7 +494,7 @@ std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& te
   encs.reserve(texts.size());
   size_t longest = 0;
   for (const auto& t : texts) {
-    encs.push_back(impl_->encode_unpadded(t, add_special_tokens, unit));
+    encs.push_back(impl_->post_process(impl_->tokenize_sequence(t, unit), std::nullopt, add_special_tokens));
     longest = std::max(longest, encs.back().ids.size());
   }
   const size_t n = impl_->pad_length(longest);

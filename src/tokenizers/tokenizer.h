@@ -43,6 +43,9 @@ class Tokenizer {
 
   // Applies the file's truncation and padding settings (single sequence; batch padding in encode_batch).
   Encoding encode(std::string_view text, bool add_special_tokens = true, OffsetUnit unit = OffsetUnit::kByte) const;
+  // Two sequences (question + context, sentence pairs): offsets of the second are into `pair`.
+  Encoding encode_pair(std::string_view text, std::string_view pair, bool add_special_tokens = true,
+                       OffsetUnit unit = OffsetUnit::kByte) const;
   std::vector<Encoding> encode_batch(const std::vector<std::string>& texts, bool add_special_tokens = true,
                                      OffsetUnit unit = OffsetUnit::kByte) const;
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = true) const;

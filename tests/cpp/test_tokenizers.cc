@@ -183,3 +183,14 @@ TEST(Tokenizer, Errors) {
   j["normalizer"] = {{"type", "Precompiled"}, {"precompiled_charsmap", ""}};
   EXPECT_THROW(make(j), trex::InputError);
 }
+
+TEST(Tokenizer, PairWithLongestFirstTruncation) {
+  json j = bert_json();
+  j["truncation"] = {{"max_length", 7}, {"strategy", "LongestFirst"}, {"stride", 0}};
+  Tokenizer tok = make(j);
+  // 5 + 1 tokens, budget 7 - 3 specials = 4: the longer sequence gives way first.
+  auto e = tok.encode_pair("hello world hello world hello", "world");
+  EXPECT_EQ(e.ids, (std::vector<int64_t>{1, 3, 4, 3, 2, 4, 2}));
+  EXPECT_EQ(e.type_ids, (std::vector<int64_t>{0, 0, 0, 0, 0, 1, 1}));
+  EXPECT_EQ(e.offsets[5], (std::pair<size_t, size_t>{0, 5}));  // into the second text
+}

@@ -160,3 +160,26 @@ def test_decode_identical_to_hf(name, corpus):
         want = hf.decode_batch(ids, skip_special_tokens=not keep)
         bad = [(w, g) for w, g in zip(want, got) if w != g]
         assert len(got) == len(want) and not bad, f"{len(bad)} differ, e.g. {bad[:3]}"
+
+
+@pytest.mark.parametrize("name", tc.NAMES)
+def test_pairs_identical_to_hf(name, corpus):
+    """Sequence pairs (consecutive corpus lines, long ones too, so truncation shares the budget): ids, type ids,
+    offsets."""
+    folder = tc.folder(name)
+    hf = hf_tokenizer(folder)
+    pairs = [(corpus[i], corpus[i + 1]) for i in range(0, 1600, 2)] + [(corpus[0] * 20, corpus[1]),
+                                                                         (corpus[2], corpus[3] * 30), ("", "x")]
+    data = "".join(json.dumps(p) + "\n" for p in pairs).encode()
+    for add in (True, False):
+        flags = ["--pairs", "--offsets"] + ([] if add else ["--no-special-tokens"])
+        r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder), *flags], input=data, capture_output=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr.decode()
+        got = [json.loads(l) for l in r.stdout.decode().split("\n")[:-1]]
+        bad = []
+        for (a, b), g in zip(pairs, got):
+            e = hf.encode(a, b, add_special_tokens=add)
+            if (g["ids"], g["type_ids"], g["offsets"]) != (e.ids, e.type_ids, [list(o) for o in e.offsets]):
+                bad.append((a[:60], b[:60], g["tokens"][:20], e.tokens[:20]))
+        assert len(got) == len(pairs) and not bad, f"{len(bad)} pairs differ, e.g. {bad[:2]}"

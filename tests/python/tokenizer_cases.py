@@ -123,7 +123,7 @@ def folder(name: str) -> Path:
     """Folder holding tokenizer.json for the named case (trained on first use)."""
     if name == "minilm-wordpiece":
         return fx.minilm_dir()
-    d = fx.GENERATED / "tokenizers" / f"{name}-v{VERSION}"
+    d = tokenizer_corpus.cache_dir() / f"{name}-v{VERSION}"
     path = d / "tokenizer.json"
     if not path.exists():
         d.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """A multilingual text corpus assembled from files shipped on this machine by others (Debian's gettext
 catalogs, localized man pages, package documentation, Python package metadata), for the tokenizer tests and
 bench. Deterministic for a given machine: files are read in sorted order and lines taken round-robin by
-language. Written to tests/fixtures/generated/<version>/tokenizers/corpus.txt (one line per text, UTF-8)."""
+language. Written to tests/fixtures/generated/<version>/tokenizers/corpus.txt (one line per text, UTF-8), or
+under $TREX_TOKENIZER_CACHE."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import sys
 from collections import OrderedDict
@@ -103,9 +105,17 @@ def build(min_lines: int = MIN_LINES) -> list[str]:
     return out
 
 
-def corpus_path() -> Path:
+def cache_dir() -> Path:
+    """Where the corpus and the trained tokenizers are cached: $TREX_TOKENIZER_CACHE, else the generated
+    fixtures folder."""
+    if os.environ.get("TREX_TOKENIZER_CACHE"):
+        return Path(os.environ["TREX_TOKENIZER_CACHE"])
     import fixtures as fx
-    return fx.GENERATED / "tokenizers" / "corpus.txt"
+    return fx.GENERATED / "tokenizers"
+
+
+def corpus_path() -> Path:
+    return cache_dir() / "corpus.txt"
 
 
 def load() -> list[str]:
