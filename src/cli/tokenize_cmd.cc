@@ -78,6 +78,13 @@ int run_tokenize(const TokenizeArgs& a) {
       j["ids"] = std::vector<int64_t>(e.ids.begin(), e.ids.begin() + static_cast<std::ptrdiff_t>(n));
       j["tokens"] = std::vector<std::string>(e.tokens.begin(), e.tokens.begin() + static_cast<std::ptrdiff_t>(n));
       j["type_ids"] = std::vector<int64_t>(e.type_ids.begin(), e.type_ids.begin() + static_cast<std::ptrdiff_t>(n));
+      nlohmann::json words = nlohmann::json::array(), seqs = nlohmann::json::array();
+      for (size_t i = 0; i < n; ++i) {
+        words.push_back(e.word_ids[i] < 0 ? nlohmann::json() : nlohmann::json(e.word_ids[i]));
+        seqs.push_back(e.sequence_ids[i] < 0 ? nlohmann::json() : nlohmann::json(e.sequence_ids[i]));
+      }
+      j["word_ids"] = std::move(words);
+      j["sequence_ids"] = std::move(seqs);
       nlohmann::json offs = nlohmann::json::array();
       for (size_t i = 0; i < n; ++i) offs.push_back({e.offsets[i].first, e.offsets[i].second});
       j["offsets"] = std::move(offs);
@@ -96,7 +103,8 @@ CLI::App* add_tokenize_command(CLI::App& app) {
   t->add_option("dir", args->dir, "Folder with tokenizer.json (or the tokenizer.json file)")->required();
   t->add_flag("--no-special-tokens", args->no_special, "Do not add the post-processor's special tokens");
   t->add_flag("--offsets", args->offsets,
-              "Print {\"ids\", \"tokens\", \"type_ids\", \"offsets\"} per line; offsets are [start, end) character offsets");
+              "Print {\"ids\", \"tokens\", \"type_ids\", \"offsets\", \"word_ids\", \"sequence_ids\"} per line; "
+              "offsets are [start, end) character offsets");
   t->add_flag("--no-padding", args->no_padding, "Drop the padding that tokenizer.json's padding setting adds");
   t->add_flag("--pairs", args->pairs,
               "Each stdin line is a JSON array [text, pair] encoded as a sequence pair (question + context)");

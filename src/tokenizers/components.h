@@ -57,6 +57,7 @@ std::unique_ptr<Model> make_model(const Json& j, const LoadContext& ctx);
 // An encoding under construction (one sequence).
 struct Enc {
   std::vector<int64_t> ids, type_ids, special;
+  std::vector<int64_t> word_ids, sequence_ids;  // -1: none (special tokens)
   std::vector<std::string> tokens;
   std::vector<std::pair<size_t, size_t>> offsets;
 };

@@ -20,6 +20,8 @@ Enc special_enc(const SpecialPiece& p) {
   e.tokens = p.tokens;
   e.type_ids.assign(n, p.type_id);
   e.special.assign(n, 1);
+  e.word_ids.assign(n, -1);
+  e.sequence_ids.assign(n, -1);
   e.offsets.assign(n, {0, 0});
   return e;
 }

@@ -169,11 +169,12 @@ class TokenizerImpl {
     Enc e;
     std::vector<Token> toks;
     std::vector<NormalizedString> pieces;
+    int64_t word = 0;  // index of the split (pre-token or added token) a token comes from
     for (auto& p : parts) {
       if (p.added >= 0) {
         const AddedToken& a = added_[static_cast<size_t>(p.added)];
         const Span o = p.s.original_span();
-        push(e, a.id, p.s.text(), o.begin, o.end);
+        push(e, a.id, p.s.text(), o.begin, o.end, word++);
         continue;
       }
       pieces.clear();
@@ -184,12 +185,14 @@ class TokenizerImpl {
         model_->tokenize(piece.text(), toks);
         for (auto& t : toks) {
           const Span o = piece.original_of(t.begin, t.end, {static_cast<uint32_t>(t.begin), static_cast<uint32_t>(t.end)});
-          push(e, t.id, std::move(t.value), o.begin, o.end);
+          push(e, t.id, std::move(t.value), o.begin, o.end, word);
         }
+        ++word;
       }
     }
     if (unit == OffsetUnit::kChar) to_char_offsets(text, e);
     e.type_ids.assign(e.ids.size(), type_id);  // the second sequence of a pair is type 1 until post-processing
+    e.sequence_ids.assign(e.ids.size(), type_id);
     return e;
   }
 
@@ -212,6 +215,8 @@ class TokenizerImpl {
       out.ids.insert(out.ids.end(), e.ids.begin(), e.ids.end());
       out.type_ids.insert(out.type_ids.end(), e.type_ids.begin(), e.type_ids.end());
       out.special.insert(out.special.end(), e.special.begin(), e.special.end());
+      out.word_ids.insert(out.word_ids.end(), e.word_ids.begin(), e.word_ids.end());
+      out.sequence_ids.insert(out.sequence_ids.end(), e.sequence_ids.begin(), e.sequence_ids.end());
       out.tokens.insert(out.tokens.end(), std::make_move_iterator(e.tokens.begin()), std::make_move_iterator(e.tokens.end()));
       out.offsets.insert(out.offsets.end(), e.offsets.begin(), e.offsets.end());
     }
@@ -266,6 +271,8 @@ class TokenizerImpl {
       pad(e.type_ids, p.pad_type_id);
       pad(e.tokens, p.pad_token);
       pad(e.special, int64_t{1});
+      pad(e.word_ids, int64_t{-1});
+      pad(e.sequence_ids, int64_t{-1});
       pad(e.offsets, std::pair<size_t, size_t>{0, 0});
       pad(out.attention_mask, int64_t{0});
     }
@@ -274,6 +281,8 @@ class TokenizerImpl {
     out.tokens = std::move(e.tokens);
     out.offsets = std::move(e.offsets);
     out.special_tokens_mask = std::move(e.special);
+    out.word_ids = std::move(e.word_ids);
+    out.sequence_ids = std::move(e.sequence_ids);
     return out;
   }
 
@@ -389,8 +398,9 @@ class TokenizerImpl {
       if (range.first < range.second) out.push_back({s.slice(range.first, range.second), idx});
   }
 
-  static void push(Enc& e, uint32_t id, std::string value, size_t b, size_t end) {
+  static void push(Enc& e, uint32_t id, std::string value, size_t b, size_t end, int64_t word) {
     e.ids.push_back(id);
+    e.word_ids.push_back(word);
     e.type_ids.push_back(0);  // set per sequence by tokenize_sequence
     e.special.push_back(0);
     e.tokens.push_back(std::move(value));
@@ -405,6 +415,8 @@ class TokenizerImpl {
     cut(e.ids);
     cut(e.type_ids);
     cut(e.special);
+    cut(e.word_ids);
+    cut(e.sequence_ids);
     cut(e.tokens);
     cut(e.offsets);
   }

@@ -27,6 +27,8 @@ struct Encoding {
   std::vector<std::pair<size_t, size_t>> offsets;  // [start, end) in the input; (0, 0) for added special tokens
   std::vector<int64_t> attention_mask;
   std::vector<int64_t> special_tokens_mask;
+  std::vector<int64_t> word_ids;      // index of the pre-tokenized word of each token; -1 for special tokens
+  std::vector<int64_t> sequence_ids;  // 0 or 1 (second text of a pair); -1 for special tokens
 };
 
 class TokenizerImpl;

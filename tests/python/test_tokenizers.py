@@ -29,7 +29,7 @@ def hf_tokenizer(folder):
 
 
 def compare(folder, lines, add_special=True):
-    """(number of lines whose ids differ, number whose offsets differ, first examples)."""
+    """(number of lines whose ids differ, number whose offsets / word ids / sequence ids differ, first examples)."""
     hf = hf_tokenizer(folder)
     flags = ["--offsets"] + ([] if add_special else ["--no-special-tokens"])
     got = trex_tokenize(folder, lines, *flags)
@@ -42,11 +42,12 @@ def compare(folder, lines, add_special=True):
             id_bad += 1
             if len(examples) < 5:
                 examples.append(f"ids  {line[:80]!r}\n  trex {g['tokens'][:40]}\n  hf   {e.tokens[:40]}")
-        elif g["offsets"] != offsets:
+        elif g["offsets"] != offsets or g["word_ids"] != e.word_ids or g["sequence_ids"] != e.sequence_ids:
             off_bad += 1
             if len(examples) < 5:
-                diff = [(t, a, b) for t, a, b in zip(e.tokens, g["offsets"], offsets) if a != b][:8]
-                examples.append(f"offsets {line[:80]!r}: (token, trex, hf) {diff}")
+                diff = [(t, a, b) for t, a, b in zip(e.tokens, zip(g["offsets"], g["word_ids"]),
+                                                     zip(offsets, e.word_ids)) if a != b][:8]
+                examples.append(f"offsets/words {line[:80]!r}: (token, trex, hf) {diff}")
     return id_bad, off_bad, examples
 
 
@@ -180,6 +181,7 @@ def test_pairs_identical_to_hf(name, corpus):
         bad = []
         for (a, b), g in zip(pairs, got):
             e = hf.encode(a, b, add_special_tokens=add)
-            if (g["ids"], g["type_ids"], g["offsets"]) != (e.ids, e.type_ids, [list(o) for o in e.offsets]):
+            if ((g["ids"], g["type_ids"], g["offsets"], g["word_ids"], g["sequence_ids"]) !=
+                    (e.ids, e.type_ids, [list(o) for o in e.offsets], e.word_ids, e.sequence_ids)):
                 bad.append((a[:60], b[:60], g["tokens"][:20], e.tokens[:20]))
         assert len(got) == len(pairs) and not bad, f"{len(bad)} pairs differ, e.g. {bad[:2]}"
