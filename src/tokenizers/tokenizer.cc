@@ -75,6 +75,15 @@ struct Padding {
   std::string pad_token = "[PAD]";
 };
 
+// Whether a post_processor is, or a Sequence holds, TemplateProcessing.
+bool has_template(const Json& p) {
+  if (json_type(p) == "TemplateProcessing") return true;
+  if (json_type(p) == "Sequence" && p.contains("processors"))
+    for (const auto& q : p["processors"])
+      if (has_template(q)) return true;
+  return false;
+}
+
 bool is_word_char(char32_t c) { return is_alphanumeric(c) || c == '_'; }
 
 }  // namespace
@@ -87,6 +96,7 @@ class TokenizerImpl {
     normalizer_ = make_normalizer(j.value("normalizer", Json()), ctx_);
     pre_tokenizer_ = make_pre_tokenizer(j.value("pre_tokenizer", Json()), ctx_);
     post_processor_ = make_post_processor(j.value("post_processor", Json()), ctx_);
+    template_processing_ = has_template(j.value("post_processor", Json()));
     decoder_ = make_decoder(j.value("decoder", Json()), ctx_);
     if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
       for (const auto& t : j["added_tokens"]) {
@@ -197,8 +207,8 @@ class TokenizerImpl {
   }
 
   // Truncation (with room for the special tokens), then the post-processor, then the pieces concatenated.
-  Enc post_process(Enc a, std::optional<Enc> b, bool add_special) const {
-    if (truncation_) {
+  Enc post_process(Enc a, std::optional<Enc> b, bool add_special, bool apply_truncation = true) const {
+    if (truncation_ && apply_truncation) {
       const size_t extra = add_special && post_processor_ ? post_processor_->added_tokens(b.has_value()) : 0;
       if (truncation_->max_length < extra)
         throw InputError("truncation max_length " + std::to_string(truncation_->max_length) +
@@ -219,6 +229,49 @@ class TokenizerImpl {
       out.sequence_ids.insert(out.sequence_ids.end(), e.sequence_ids.begin(), e.sequence_ids.end());
       out.tokens.insert(out.tokens.end(), std::make_move_iterator(e.tokens.begin()), std::make_move_iterator(e.tokens.end()));
       out.offsets.insert(out.offsets.end(), e.offsets.begin(), e.offsets.end());
+    }
+    return out;
+  }
+
+  // Overlapping windows over the second sequence (long QA contexts): what the reference gives as an encoding
+  // and its overflowing encodings with truncation only_second, max_length and stride.
+  std::vector<Enc> windows(const Enc& a, const Enc& b, size_t max_length, size_t stride, bool add_special) const {
+    const size_t extra = add_special && post_processor_ ? post_processor_->added_tokens(true) : 0;
+    if (max_length < extra + a.ids.size() + 1)
+      throw InputError("max_length " + std::to_string(max_length) + " leaves no room for the second sequence (" +
+                       std::to_string(a.ids.size()) + " tokens in the first, " + std::to_string(extra) +
+                       " special tokens)");
+    const size_t budget = max_length - extra - a.ids.size();  // tokens of `b` per window
+    std::vector<Enc> out;
+    if (b.ids.size() <= budget) {
+      out.push_back(post_process(a, b, add_special, false));
+      return out;
+    }
+    if (stride >= budget)
+      throw InputError("stride " + std::to_string(stride) + " must be smaller than the " + std::to_string(budget) +
+                       " tokens of the second sequence that fit in a window");
+    for (size_t start = 0;; start += budget - stride) {
+      const size_t stop = std::min(start + budget, b.ids.size());
+      Enc part;
+      auto take = [&](const auto& from, auto& to) {
+        to.assign(from.begin() + static_cast<std::ptrdiff_t>(start), from.begin() + static_cast<std::ptrdiff_t>(stop));
+      };
+      take(b.ids, part.ids);
+      take(b.type_ids, part.type_ids);
+      take(b.special, part.special);
+      take(b.tokens, part.tokens);
+      take(b.offsets, part.offsets);
+      take(b.word_ids, part.word_ids);
+      take(b.sequence_ids, part.sequence_ids);
+      out.push_back(post_process(a, std::move(part), add_special, false));
+      if (start > 0 && template_processing_) {
+        // As the reference does for overflowing encodings: the template's sequence type ids are not applied
+        // (the tokens keep 0 for the first text, 1 for the second).
+        Enc& w = out.back();
+        for (size_t i = 0; i < w.ids.size(); ++i)
+          if (w.sequence_ids[i] >= 0) w.type_ids[i] = w.sequence_ids[i];
+      }
+      if (stop == b.ids.size()) break;
     }
     return out;
   }
@@ -445,6 +498,7 @@ class TokenizerImpl {
   std::unique_ptr<Normalizer> normalizer_;
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
   std::unique_ptr<PostProcessor> post_processor_;
+  bool template_processing_ = false;
   std::unique_ptr<Decoder> decoder_;
   std::vector<AddedToken> added_;
   std::vector<int64_t> added_by_id_;
@@ -498,6 +552,18 @@ Encoding Tokenizer::encode_pair(std::string_view text, std::string_view pair, bo
                               add_special_tokens);
   const size_t n = impl_->pad_length(e.ids.size());
   return impl_->finish(std::move(e), n);
+}
+
+std::vector<Encoding> Tokenizer::encode_pair_windows(std::string_view text, std::string_view pair, size_t max_length,
+                                                     size_t stride, bool add_special_tokens, OffsetUnit unit) const {
+  std::vector<Enc> parts = impl_->windows(impl_->tokenize_sequence(text, unit), impl_->tokenize_sequence(pair, unit, 1),
+                                          max_length, stride, add_special_tokens);
+  size_t longest = 0;
+  for (const auto& e : parts) longest = std::max(longest, e.ids.size());
+  const size_t n = impl_->pad_length(longest);  // the windows are padded alike, as the reference pads overflows
+  std::vector<Encoding> out;
+  for (auto& e : parts) out.push_back(impl_->finish(std::move(e), n));
+  return out;
 }
 
 std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& texts, bool add_special_tokens,

@@ -48,6 +48,12 @@ class Tokenizer {
   // Two sequences (question + context, sentence pairs): offsets of the second are into `pair`.
   Encoding encode_pair(std::string_view text, std::string_view pair, bool add_special_tokens = true,
                        OffsetUnit unit = OffsetUnit::kByte) const;
+  // Question + long context: windows of at most max_length tokens whose context parts overlap by `stride`
+  // tokens (the reference's truncation only_second + stride + overflowing tokens; the file's truncation setting
+  // is not used, its padding is).
+  std::vector<Encoding> encode_pair_windows(std::string_view text, std::string_view pair, size_t max_length,
+                                            size_t stride, bool add_special_tokens = true,
+                                            OffsetUnit unit = OffsetUnit::kByte) const;
   std::vector<Encoding> encode_batch(const std::vector<std::string>& texts, bool add_special_tokens = true,
                                      OffsetUnit unit = OffsetUnit::kByte) const;
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = true) const;

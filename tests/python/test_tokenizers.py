@@ -185,3 +185,31 @@ def test_pairs_identical_to_hf(name, corpus):
                     (e.ids, e.type_ids, [list(o) for o in e.offsets], e.word_ids, e.sequence_ids)):
                 bad.append((a[:60], b[:60], g["tokens"][:20], e.tokens[:20]))
         assert len(got) == len(pairs) and not bad, f"{len(bad)} pairs differ, e.g. {bad[:2]}"
+
+
+@pytest.mark.parametrize("name", tc.NAMES)
+def test_windows_identical_to_hf_overflow(name, corpus):
+    """--windows MAX,STRIDE (question + long context) == HF truncation only_second + stride: the encoding and its
+    overflowing encodings."""
+    folder = tc.folder(name)
+    hf = hf_tokenizer(folder)
+    max_length, stride = 64, 8
+    hf.enable_truncation(max_length=max_length, stride=stride, strategy="only_second")
+    pairs = [(corpus[i][:12], " ".join(corpus[i + 1: i + 12])) for i in range(0, 600, 12)]
+    data = "".join(json.dumps(p) + "\n" for p in pairs).encode()
+    r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder), "--pairs", f"--windows={max_length},{stride}"],
+                       input=data, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    got = [json.loads(l) for l in r.stdout.decode().split("\n")[:-1]]
+    assert len(got) == len(pairs)
+    bad, n_windows = [], 0
+    for (q, c), windows in zip(pairs, got):
+        e = hf.encode(q, c)
+        want = [e] + list(e.overflowing)
+        n_windows += len(want)
+        fields = lambda w: (w.ids, w.type_ids, [list(o) for o in w.offsets], w.word_ids, w.sequence_ids)
+        mine = [(w["ids"], w["type_ids"], w["offsets"], w["word_ids"], w["sequence_ids"]) for w in windows]
+        if mine != [fields(w) for w in want]:
+            bad.append((q, len(windows), len(want)))
+    assert n_windows > 2 * len(pairs)
+    assert not bad, f"{len(bad)} of {len(pairs)} differ, e.g. {bad[:3]}"
