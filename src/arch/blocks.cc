@@ -342,6 +342,21 @@ std::pair<Value, Value> rotary_caches(GraphBuilder& g, const RotarySpec& r, int6
 
 }  // namespace
 
+namespace {
+
+// logits [B, S, vocab] = h [B, S, hidden] @ table^T (+ bias [1, vocab]) with the embedding table itself, read
+// transposed by Gemm (transB): neither a second copy in the file nor a transposed copy made by ONNX Runtime
+// (constant folding of a Transpose, or a Transpose at every step).
+Value tied_head(GraphBuilder& g, Weights& w, const Value& h, const std::string& table, int64_t vocab, int64_t hidden,
+                const std::string& bias) {
+  std::vector<Value> in{g.reshape(h, {-1, hidden}), w.get(table, {vocab, hidden})};
+  if (!bias.empty()) in.push_back(w.get(bias, {1, vocab}));
+  Value flat = g.op("Gemm", in, {GraphBuilder::Attr::Int("transB", 1)});
+  return g.op("Reshape", {flat, g.concat({g.dim(h, 0), g.dim(h, 1), g.const_i64({vocab})}, 0)});
+}
+
+}  // namespace
+
 std::vector<GraphOutput> build_decoder(BuildContext& ctx, Weights& w, const DecoderSpec& spec,
                                        const DecoderNames& names) {
   auto& g = ctx.graph;
@@ -428,10 +443,9 @@ std::vector<GraphOutput> build_decoder(BuildContext& ctx, Weights& w, const Deco
   Value logits;
   {
     auto s = g.scope("lm_head");
-    // Tied heads share the embedding table (one copy in the file, transposed at run time); an untied head must
-    // be in the checkpoint.
+    // Tied heads read the embedding table itself (tied_head); an untied head must be in the checkpoint.
     if (spec.tie_word_embeddings)
-      logits = g.matmul(h, g.transpose(w.get(names.embed_tokens, {spec.vocab, spec.hidden}), {1, 0}));
+      logits = tied_head(g, w, h, names.embed_tokens, spec.vocab, spec.hidden, "");
     else
       logits = g.matmul(h, w.get_transposed(names.lm_head, {spec.vocab, spec.hidden}));
   }
@@ -771,13 +785,9 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
   {
     auto lm = g.scope("lm_head");
     if (spec.tie_word_embeddings) {
-      // The embedding table itself, read transposed by Gemm (transB): neither a second copy in the file nor a
-      // transposed copy made by ONNX Runtime (constant folding of a Transpose, or a Transpose at every step).
       if (spec.tied_head_scale != 0) h = g.mul(h, g.const_f32(static_cast<float>(spec.tied_head_scale)));
-      std::vector<Value> in{g.reshape(h, {-1, spec.hidden}), w.get(dec_table, {spec.decoder_vocab, spec.hidden})};
-      if (spec.final_logits_bias) in.push_back(w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
-      Value flat = g.op("Gemm", in, {GraphBuilder::Attr::Int("transB", 1)});
-      logits = g.op("Reshape", {flat, g.concat({g.dim(h, 0), g.dim(h, 1), g.const_i64({spec.decoder_vocab})}, 0)});
+      logits = tied_head(g, w, h, dec_table, spec.decoder_vocab, spec.hidden,
+                         spec.final_logits_bias ? names.final_logits_bias : "");
     } else {
       logits = g.matmul(h, w.get_transposed(names.lm_head, {spec.decoder_vocab, spec.hidden}));
       if (spec.final_logits_bias) logits = g.add(logits, w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
