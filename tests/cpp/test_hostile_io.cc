@@ -1,6 +1,7 @@
 // Unit tests of the input-side defences (issue 13): confined regular-file opening, bounded JSON, error-message
 // capping, overflow-safe sizes, pickle amplification, config sanity, non-finite detection, external-data
 // locations.
+#include "temp_dir.h"
 #include <gtest/gtest.h>
 
 #include <stdlib.h>
@@ -27,27 +28,10 @@
 
 namespace fs = std::filesystem;
 using namespace trex;
+using trex::testing::TempDir;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "trex_hostile_test_XXXXXX").string();
-    char* p = ::mkdtemp(tmpl.data());
-    if (p == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 void write(const fs::path& p, const std::string& s) {
   std::ofstream f(p, std::ios::binary);

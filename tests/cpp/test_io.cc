@@ -1,4 +1,5 @@
 // Unit tests of the checkpoint-reading layer (src/io): every file is hand-built in a temp folder.
+#include "temp_dir.h"
 #include <gtest/gtest.h>
 
 #include <stdlib.h>
@@ -26,29 +27,12 @@
 
 namespace fs = std::filesystem;
 using namespace trex;
+using trex::testing::TempDir;
 
 namespace {
 
 // ---------------------------------------------------------------- helpers
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "trex_io_test_XXXXXX").string();
-    char* p = ::mkdtemp(tmpl.data());
-    if (p == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
 
 void write_file(const fs::path& p, const std::string& bytes) {
   std::ofstream out(p, std::ios::binary);
