@@ -26,7 +26,24 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
   r.policy = o.policy;
   const auto t0 = std::chrono::steady_clock::now();
   const Model in = read_model(input);
-  Model out = quantize_model(in, r.policy, &r.report);
+  auto quantize = [&] {
+    Model m;
+    if (o.bits != 4) {
+      m = quantize_model(in, r.policy, &r.report);
+    } else {
+      Int4Policy p4 = o.int4;
+      p4.exclude_nodes = r.policy.exclude_nodes;
+      p4.exclude_op_types = r.policy.exclude_op_types;
+      p4.auto_policy = r.policy.auto_policy;
+      p4.min_elements = r.policy.min_elements;
+      m = quantize_int4_model(in, p4, &r.report);
+    }
+    if (!o.embeddings) return m;
+    m = quantize_embeddings(m, o.embedding, &r.embeddings);
+    r.report.weight_bytes_after = m.weight_bytes();
+    return m;
+  };
+  Model out = quantize();
   r.written = write_model(out, output, o.write);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!o.check) return r;
@@ -44,14 +61,15 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
     std::vector<std::pair<double, std::string>> ranked;
     std::set<std::string> seen;
     for (const auto& l : r.report.quantized)
-      if (seen.insert(l.weight).second) ranked.emplace_back(weight_quantization_error(in, l.weight, r.policy.params), l.weight);
+      if (seen.insert(l.weight).second) ranked.emplace_back(o.bits == 4 ? int4_weight_error(in, l.weight, o.int4.params)
+                                                   : weight_quantization_error(in, l.weight, r.policy.params), l.weight);
     std::sort(ranked.rbegin(), ranked.rend());
     const size_t drop = std::max<size_t>(1, ranked.size() / 8);
     for (size_t i = 0; i < drop && i < ranked.size(); ++i) {
       r.policy.exclude_nodes.push_back(ranked[i].second);  // a weight name matches as an exact pattern
       r.fallback.push_back(ranked[i].second);
     }
-    out = quantize_model(in, r.policy, &r.report);
+    out = quantize();
     r.written = write_model(out, output, o.write);
     r.comparison = compare_models(input, output, co);
   }
