@@ -27,7 +27,7 @@ struct QuantizeArgs {
   int64_t batch = 2, seq = 16;
   int bits = 8;                            // 4: MatMulNBits (src/passes/quantize_int4.h)
   int64_t block_size = 32, accuracy_level = 0;
-  bool asymmetric = false, symmetric = false, rtn = false, no_embeddings = false;
+  bool asymmetric = false, symmetric = false, rtn = false, no_embeddings = false, no_calibration = false, no_gptq = false;
   int embedding_bits = 8;
   int64_t embedding_block = 128;
 };
@@ -59,10 +59,12 @@ int run_quantize(const QuantizeArgs& a) {
   o.seq = a.seq;
   o.bits = a.bits;
   o.int4.params.block_size = a.block_size;
-  o.int4.params.symmetric = !a.asymmetric;
+  o.int4.params.symmetric = a.symmetric;  // asymmetric by default: measurably better with GPTQ (docs/quantization.md)
   o.int4.params.search = !a.rtn;
   o.int4.accuracy_level = a.accuracy_level;
   if (a.bits == 4) trex::check_int4_params(o.int4.params);
+  o.calibrate = !a.no_calibration;
+  o.gptq = !a.no_gptq;
   o.embeddings = !a.no_embeddings;
   o.embedding.bits = a.embedding_bits;
   o.embedding.block_size = a.embedding_block;
@@ -85,8 +87,8 @@ int run_quantize(const QuantizeArgs& a) {
     std::printf("%-28s %zu quantized, %zu kept fp32\n", "MatMul/Gemm nodes", rep.quantized.size(), rep.skipped.size());
     if (a.bits == 4)
       std::printf("%-28s int4 MatMulNBits, block %lld, %s, %s, accuracy_level %lld\n", "mode",
-                  static_cast<long long>(a.block_size), a.asymmetric ? "asymmetric" : "symmetric",
-                  a.rtn ? "round-to-nearest" : "clipping search", static_cast<long long>(a.accuracy_level));
+                  static_cast<long long>(a.block_size), a.symmetric ? "symmetric" : "asymmetric",
+                  a.rtn ? "round-to-nearest" : a.no_calibration ? "clipping search" : a.no_gptq ? "calibrated clipping search" : "GPTQ + calibrated clipping search", static_cast<long long>(a.accuracy_level));
     else
     std::printf("%-28s %s, %s, %s%s\n", "mode", policy.params.type == trex::WeightType::kS8 ? "s8" : "u8",
                 policy.params.per_channel ? "per-channel" : "per-tensor",
@@ -118,7 +120,7 @@ int run_quantize(const QuantizeArgs& a) {
                  {"ops", a.ops},
                  {"bits", a.bits}};
     if (a.bits == 4)
-      j["mode"]["int4"] = {{"block_size", a.block_size}, {"symmetric", !a.asymmetric}, {"search", !a.rtn},
+      j["mode"]["int4"] = {{"block_size", a.block_size}, {"symmetric", a.symmetric}, {"search", !a.rtn}, {"calibrated", !a.rtn && !a.no_calibration}, {"gptq", !a.rtn && !a.no_calibration && !a.no_gptq},
                            {"accuracy_level", a.accuracy_level}};
     j["weight_bytes_before"] = rep.weight_bytes_before;
     j["weight_bytes_after"] = rep.weight_bytes_after;
@@ -190,8 +192,14 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
   q->add_option("--bits", args->bits, "Weight bits: 8 (dynamic int8, default) or 4 (com.microsoft.MatMulNBits)")
       ->check(CLI::IsMember({4, 8}));
   q->add_option("--block-size", args->block_size, "--bits 4: weights per scale along K (16..256, power of 2; default 32)");
-  auto* sym = q->add_flag("--symmetric", args->symmetric, "--bits 4: codes -8..7, no zero points (default)");
-  q->add_flag("--asymmetric", args->asymmetric, "--bits 4: a zero point per block")->excludes(sym);
+  auto* sym = q->add_flag("--symmetric", args->symmetric, "--bits 4: codes -8..7 around MatMulNBits' default zero point 8, no zero-point input");
+  q->add_flag("--asymmetric", args->asymmetric, "--bits 4: a 4-bit zero point per block (default)")->excludes(sym);
+  q->add_flag("--no-calibration", args->no_calibration,
+              "--bits 4: search the clipping on the weight error alone (default: weighted by the activations' mean "
+              "squares, measured on random sample inputs in ONNX Runtime)");
+  q->add_flag("--no-gptq", args->no_gptq,
+              "--bits 4: no GPTQ error feedback (default with calibration: each row's rounding error is spread over "
+              "the rows not yet quantized, weighted by the inverse activation Gram matrix)");
   q->add_flag("--rtn", args->rtn, "--bits 4: plain round-to-nearest scales (no clipping search; for comparisons)");
   q->add_option("--accuracy-level", args->accuracy_level,
                 "--bits 4: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)")

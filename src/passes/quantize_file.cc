@@ -5,6 +5,7 @@
 #include <set>
 
 #include "onnx/reader.h"
+#include "passes/quantize_calibrate.h"
 #include "util/error.h"
 
 namespace trex {
@@ -26,12 +27,15 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
   r.policy = o.policy;
   const auto t0 = std::chrono::steady_clock::now();
   const Model in = read_model(input);
+  Int4Policy p4 = o.int4;
+  if (o.bits == 4 && o.calibrate && o.int4.params.search && p4.importance.empty())
+    p4.importance = activation_mean_squares(in, weight_activation_names(in), output.string() + ".calibration.onnx", {},
+                                            o.gptq ? &p4.gram : nullptr);
   auto quantize = [&] {
     Model m;
     if (o.bits != 4) {
       m = quantize_model(in, r.policy, &r.report);
     } else {
-      Int4Policy p4 = o.int4;
       p4.exclude_nodes = r.policy.exclude_nodes;
       p4.exclude_op_types = r.policy.exclude_op_types;
       p4.auto_policy = r.policy.auto_policy;

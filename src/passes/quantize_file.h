@@ -20,6 +20,8 @@ struct QuantizeFileOptions {
   QuantizePolicy policy;
   int bits = 8;        // 4: MatMulNBits with int4 (the exclusions and auto policy are taken from `policy`)
   Int4Policy int4;     // bits = 4
+  bool calibrate = true;      // bits = 4: weigh the clipping search by activation mean squares (quantize_calibrate.h)
+  bool gptq = true;           // bits = 4 with calibration: GPTQ error feedback (quantize_int4_gptq)
   bool embeddings = true;     // Gather tables -> GatherBlockQuantized (passes/quantize_embeddings.h)
   EmbeddingPolicy embedding;
   WriteOptions write;

@@ -20,6 +20,7 @@ constexpr int kSymmetricZero = 8;           // MatMulNBits' default zero point f
 constexpr float kClipStep = 0.015f;         // ratios 1.0, 0.985, ..., 0.7 (kInt4ClipSteps of them)
 constexpr int kLanes = 8;                   // error sums are kept in 8 lanes (see int4_block_error)
 constexpr int64_t kMaxBlock = 256;
+constexpr double kGptqDamping = 0.1;       // of the mean Gram diagonal (random-token calibration: keep it high)
 
 float clip_ratio(int i) { return 1.0f - kClipStep * static_cast<float>(i); }
 
@@ -41,13 +42,13 @@ struct Choice {
 };
 
 // Least-squares refit of the scale for the codes that `c` gives, zero point kept: the scale s minimizing
-// sum (x - (code - zp) * s)^2 is sum(x * q) / sum(q * q) with q = code - zp. Sums in 8 lanes.
-float reference_refit(const float* x, int64_t len, const Choice& c) {
+// sum h (x - (code - zp) * s)^2 is sum(h x q) / sum(h q q) with q = code - zp. Sums in 8 lanes.
+float reference_refit(const float* x, const float* h, int64_t len, const Choice& c) {
   float num[kLanes] = {}, den[kLanes] = {};
   for (int64_t j = 0; j < len; ++j) {
     const float q = static_cast<float>(reference_code(x[j], c.scale, c.zero_point) - c.zero_point);
-    num[j % kLanes] += x[j] * q;
-    den[j % kLanes] += q * q;
+    num[j % kLanes] += h[j] * x[j] * q;
+    den[j % kLanes] += h[j] * q * q;
   }
   float n = 0.0f, d = 0.0f;
   for (int l = 0; l < kLanes; ++l) {
@@ -73,7 +74,7 @@ Choice asymmetric_choice(float lo, float hi) {
 //   Search: the same with the range shrunk by each clip ratio (asymmetric: both ends together, then the top
 //   end alone, then the bottom end alone), keeping the candidate of least squared error (RTN on ties), then a
 //   least-squares refit of the scale for the chosen codes, kept only when it lowers the error.
-Choice reference_block(const float* x, int64_t len, const Int4Params& p) {
+Choice reference_block(const float* x, const float* h, int64_t len, const Int4Params& p) {
   Choice best;
   if (p.symmetric) {
     float m = 0.0f;
@@ -81,13 +82,13 @@ Choice reference_block(const float* x, int64_t len, const Int4Params& p) {
       if (std::fabs(x[j]) > std::fabs(m)) m = x[j];
     best.zero_point = kSymmetricZero;
     best.scale = m / -8.0f;
-    best.error = int4_block_error(x, len, best.scale, best.zero_point);
+    best.error = int4_block_error(x, len, best.scale, best.zero_point, h);
     if (!p.search || best.scale == 0.0f) return best;
     for (int i = 1; i < kInt4ClipSteps; ++i) {
       Choice c;
       c.zero_point = kSymmetricZero;
       c.scale = m * clip_ratio(i) / -8.0f;
-      c.error = int4_block_error(x, len, c.scale, c.zero_point);
+      c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) best = c;
     }
   } else {
@@ -97,12 +98,12 @@ Choice reference_block(const float* x, int64_t len, const Int4Params& p) {
       hi = std::max(hi, x[j]);
     }
     best = asymmetric_choice(lo, hi);
-    best.error = int4_block_error(x, len, best.scale, best.zero_point);
+    best.error = int4_block_error(x, len, best.scale, best.zero_point, h);
     if (!p.search || best.scale == 0.0f) return best;
     int both = 0, top = 0;
     for (int i = 1; i < kInt4ClipSteps; ++i) {  // both ends
       Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(i));
-      c.error = int4_block_error(x, len, c.scale, c.zero_point);
+      c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) {
         best = c;
         both = i;
@@ -111,7 +112,7 @@ Choice reference_block(const float* x, int64_t len, const Int4Params& p) {
     top = both;
     for (int i = 0; i < kInt4ClipSteps; ++i) {  // the top end alone
       Choice c = asymmetric_choice(lo * clip_ratio(both), hi * clip_ratio(i));
-      c.error = int4_block_error(x, len, c.scale, c.zero_point);
+      c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) {
         best = c;
         top = i;
@@ -119,13 +120,13 @@ Choice reference_block(const float* x, int64_t len, const Int4Params& p) {
     }
     for (int i = 0; i < kInt4ClipSteps; ++i) {  // the bottom end alone
       Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(top));
-      c.error = int4_block_error(x, len, c.scale, c.zero_point);
+      c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) best = c;
     }
   }
   Choice refit = best;
-  refit.scale = reference_refit(x, len, best);
-  refit.error = int4_block_error(x, len, refit.scale, refit.zero_point);
+  refit.scale = reference_refit(x, h, len, best);
+  refit.error = int4_block_error(x, len, refit.scale, refit.zero_point, h);
   if (refit.error < best.error) best = refit;
   return best;
 }
@@ -155,6 +156,7 @@ constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: (v + M) - M rounds |v
 
 struct FastBlock {
   const float* x;
+  const float* h;  // importance, ones without calibration
   int64_t len;
   int64_t padded;  // len rounded up to kLanes; x[len..padded) are zero and ignored by the masks below
   float code[kMaxBlock];
@@ -183,11 +185,11 @@ inline float fast_error(FastBlock& b, float scale, int zero_point) {
   for (int64_t j = 0; j < full; j += kLanes)
     for (int l = 0; l < kLanes; ++l) {
       const float d = b.x[j + l] - (b.code[j + l] - z) * scale;
-      acc[l] += d * d;
+      acc[l] += b.h[j + l] * (d * d);
     }
   for (int64_t j = full; j < b.len; ++j) {
     const float d = b.x[j] - (b.code[j] - z) * scale;
-    acc[j % kLanes] += d * d;
+    acc[j % kLanes] += b.h[j] * (d * d);
   }
   float s = 0.0f;
   for (int l = 0; l < kLanes; ++l) s += acc[l];
@@ -200,8 +202,8 @@ inline float fast_refit(FastBlock& b, const Choice& c) {
   float num[kLanes] = {}, den[kLanes] = {};
   for (int64_t j = 0; j < b.len; ++j) {
     const float q = b.code[j] - z;
-    num[j % kLanes] += b.x[j] * q;
-    den[j % kLanes] += q * q;
+    num[j % kLanes] += b.h[j] * b.x[j] * q;
+    den[j % kLanes] += b.h[j] * q * q;
   }
   float n = 0.0f, d = 0.0f;
   for (int l = 0; l < kLanes; ++l) {
@@ -262,7 +264,7 @@ Choice fast_block(FastBlock& b, const Int4Params& p) {
 
 // Columns [c0, c1): blocks gathered from the K×N (or N×K) weight into a zero-padded buffer.
 void fast_columns(const float* w, int64_t k, int64_t n, bool transposed, const Int4Params& p, int64_t c0, int64_t c1,
-                  Int4Weight* out) {
+                  const float* importance, Int4Weight* out) {
   const int64_t bs = p.block_size, kb = out->k_blocks;
   alignas(32) float buf[kMaxBlock + kLanes];
   FastBlock b;
@@ -273,6 +275,7 @@ void fast_columns(const float* w, int64_t k, int64_t n, bool transposed, const I
       if (transposed) std::memcpy(buf, w + c * k + r0, static_cast<size_t>(len) * sizeof(float));
       else
         for (int64_t j = 0; j < len; ++j) buf[j] = w[(r0 + j) * n + c];
+      b.h = importance + r0;
       b.len = len;
       b.padded = (len + kLanes - 1) / kLanes * kLanes;
       for (int64_t j = len; j < b.padded; ++j) buf[j] = 0.0f;
@@ -290,12 +293,12 @@ void fast_columns(const float* w, int64_t k, int64_t n, bool transposed, const I
 
 }  // namespace
 
-float int4_block_error(const float* x, int64_t len, float scale, int zero_point) {
+float int4_block_error(const float* x, int64_t len, float scale, int zero_point, const float* h) {
   float acc[kLanes] = {};
   for (int64_t j = 0; j < len; ++j) {
     const int code = reference_code(x[j], scale, zero_point);
     const float d = x[j] - static_cast<float>(code - zero_point) * scale;
-    acc[j % kLanes] += d * d;
+    acc[j % kLanes] += (h ? h[j] : 1.0f) * (d * d);
   }
   float s = 0.0f;
   for (int l = 0; l < kLanes; ++l) s += acc[l];
@@ -308,21 +311,25 @@ void check_int4_params(const Int4Params& p) {
     throw UsageError("quantize: --block-size must be a power of two in 16..256 (got " + std::to_string(b) + ")");
 }
 
-bool quantize_int4_reference(const float* w, int64_t k, int64_t n, const Int4Params& p, Int4Weight* out) {
+bool quantize_int4_reference(const float* w, int64_t k, int64_t n, const Int4Params& p, Int4Weight* out,
+                             const float* importance) {
   check_int4_params(p);
   if (!all_finite(w, k * n)) {
     *out = Int4Weight{};
     return false;
   }
   init_weight(k, n, p, out);
-  std::vector<float> block(static_cast<size_t>(p.block_size));
+  std::vector<float> block(static_cast<size_t>(p.block_size)), weight(static_cast<size_t>(p.block_size));
   for (int64_t c = 0; c < n; ++c) {
     for (int64_t blk = 0; blk < out->k_blocks; ++blk) {
-      // 1. The block: rows [blk * bs, blk * bs + len) of column c.
+      // 1. The block: rows [blk * bs, blk * bs + len) of column c, and each row's importance (default 1).
       const int64_t r0 = blk * p.block_size, len = std::min(p.block_size, k - r0);
-      for (int64_t j = 0; j < len; ++j) block[static_cast<size_t>(j)] = w[(r0 + j) * n + c];
+      for (int64_t j = 0; j < len; ++j) {
+        block[static_cast<size_t>(j)] = w[(r0 + j) * n + c];
+        weight[static_cast<size_t>(j)] = importance ? importance[r0 + j] : 1.0f;
+      }
       // 2. Its scale and zero point.
-      const Choice ch = reference_block(block.data(), len, p);
+      const Choice ch = reference_block(block.data(), weight.data(), len, p);
       const size_t g = static_cast<size_t>(c * out->k_blocks + blk);
       out->scales[g] = ch.scale;
       out->zero_points[g] = static_cast<uint8_t>(ch.zero_point);
@@ -337,24 +344,142 @@ bool quantize_int4_reference(const float* w, int64_t k, int64_t n, const Int4Par
 }
 
 bool quantize_int4(const float* w, int64_t k, int64_t n, bool transposed, const Int4Params& p, Int4Weight* out,
-                   int threads) {
+                   int threads, const float* importance) {
   check_int4_params(p);
   if (!all_finite(w, k * n)) {
     *out = Int4Weight{};
     return false;
   }
   init_weight(k, n, p, out);
+  // The importance of each row, padded by one block of ones (the zero-padded tail of a partial block).
+  std::vector<float> h(static_cast<size_t>(k + kMaxBlock + kLanes), 1.0f);
+  if (importance) std::copy(importance, importance + k, h.begin());
   int t = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   t = static_cast<int>(std::min<int64_t>(t, std::max<int64_t>(1, n / 64)));
   if (t <= 1) {
-    fast_columns(w, k, n, transposed, p, 0, n, out);
+    fast_columns(w, k, n, transposed, p, 0, n, h.data(), out);
     return true;
   }
   std::vector<std::thread> pool;
   for (int i = 0; i < t; ++i) {
     const int64_t c0 = n * i / t, c1 = n * (i + 1) / t;
-    pool.emplace_back([=] { fast_columns(w, k, n, transposed, p, c0, c1, out); });
+    pool.emplace_back([=, &h] { fast_columns(w, k, n, transposed, p, c0, c1, h.data(), out); });
   }
+  for (auto& th : pool) th.join();
+  return true;
+}
+
+namespace {
+
+// Cholesky factorization in place: a (m×m, symmetric positive definite) -> lower L with a = L Lᵀ. False when
+// a pivot is not positive.
+bool cholesky_lower(std::vector<double>& a, int64_t m) {
+  for (int64_t j = 0; j < m; ++j) {
+    double d = a[static_cast<size_t>(j * m + j)];
+    for (int64_t t = 0; t < j; ++t) d -= a[static_cast<size_t>(j * m + t)] * a[static_cast<size_t>(j * m + t)];
+    if (!(d > 0.0)) return false;
+    d = std::sqrt(d);
+    a[static_cast<size_t>(j * m + j)] = d;
+    for (int64_t i = j + 1; i < m; ++i) {
+      double v = a[static_cast<size_t>(i * m + j)];
+      for (int64_t t = 0; t < j; ++t) v -= a[static_cast<size_t>(i * m + t)] * a[static_cast<size_t>(j * m + t)];
+      a[static_cast<size_t>(i * m + j)] = v / d;
+    }
+    for (int64_t i = 0; i < j; ++i) a[static_cast<size_t>(i * m + j)] = 0.0;
+  }
+  return true;
+}
+
+// U (upper, K×K) with H⁻¹ = Uᵀ U: factor H = R Rᵀ with R upper (a lower Cholesky of H with the indices
+// reversed), then U = R⁻¹.
+bool inverse_upper_factor(const std::vector<double>& h, int64_t m, std::vector<double>* u_out) {
+  std::vector<double> rev(static_cast<size_t>(m * m));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < m; ++j) rev[static_cast<size_t>(i * m + j)] = h[static_cast<size_t>((m - 1 - i) * m + (m - 1 - j))];
+  if (!cholesky_lower(rev, m)) return false;
+  std::vector<double> r(static_cast<size_t>(m * m), 0.0);  // R = J M J, upper
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = i; j < m; ++j) r[static_cast<size_t>(i * m + j)] = rev[static_cast<size_t>((m - 1 - i) * m + (m - 1 - j))];
+  // U = R⁻¹ (upper too), row by row from the bottom: U[i][j] = -(sum_{t=i+1..j} R[i][t] U[t][j]) / R[i][i].
+  std::vector<double>& u = *u_out;
+  u.assign(static_cast<size_t>(m * m), 0.0);
+  std::vector<double> acc(static_cast<size_t>(m));
+  for (int64_t i = m - 1; i >= 0; --i) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t t = i + 1; t < m; ++t) {
+      const double rt = r[static_cast<size_t>(i * m + t)];
+      const double* ut = u.data() + t * m;
+      for (int64_t j = t; j < m; ++j) acc[static_cast<size_t>(j)] += rt * ut[j];
+    }
+    const double d = r[static_cast<size_t>(i * m + i)];
+    u[static_cast<size_t>(i * m + i)] = 1.0 / d;
+    for (int64_t j = i + 1; j < m; ++j) u[static_cast<size_t>(i * m + j)] = -acc[static_cast<size_t>(j)] / d;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool quantize_int4_gptq(const float* w, int64_t k, int64_t n, bool transposed, const Int4Params& p,
+                        const std::vector<double>& gram, Int4Weight* out, int threads) {
+  check_int4_params(p);
+  if (static_cast<int64_t>(gram.size()) != k * k)
+    throw InputError("int4 GPTQ: the activation Gram matrix has " + std::to_string(gram.size()) + " values, want " +
+                     std::to_string(k * k));
+  if (!all_finite(w, k * n)) {
+    *out = Int4Weight{};
+    return false;
+  }
+  init_weight(k, n, p, out);
+  // 1. H = gram + kGptqDamping times its mean diagonal; a dead input channel (zero diagonal) gets 1 and its
+  //    weights are irrelevant to the output.
+  std::vector<double> h = gram;
+  double mean_diag = 0.0;
+  for (int64_t i = 0; i < k; ++i) mean_diag += h[static_cast<size_t>(i * k + i)];
+  mean_diag = mean_diag > 0.0 ? mean_diag / static_cast<double>(k) : 1.0;
+  std::vector<float> importance(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    double& d = h[static_cast<size_t>(i * k + i)];
+    importance[static_cast<size_t>(i)] = static_cast<float>(d);
+    if (d <= 0.0) d = 1.0;
+    d += kGptqDamping * mean_diag;
+  }
+  std::vector<double> u;
+  if (!inverse_upper_factor(h, k, &u)) return quantize_int4(w, k, n, transposed, p, out, threads, importance.data());
+  std::vector<float> uf(u.begin(), u.end());
+
+  // 2. Columns are independent: each is quantized row by row with error feedback.
+  auto columns = [&](int64_t c0, int64_t c1) {
+    std::vector<float> x(static_cast<size_t>(k));
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t r = 0; r < k; ++r) x[static_cast<size_t>(r)] = transposed ? w[c * k + r] : w[r * n + c];
+      for (int64_t blk = 0; blk < out->k_blocks; ++blk) {
+        const int64_t r0 = blk * p.block_size, len = std::min(p.block_size, k - r0);
+        // The block's scale from its current (error-corrected) weights.
+        const Choice ch = reference_block(x.data() + r0, importance.data() + r0, len, p);
+        const size_t g = static_cast<size_t>(c * out->k_blocks + blk);
+        out->scales[g] = ch.scale;
+        out->zero_points[g] = static_cast<uint8_t>(ch.zero_point);
+        uint8_t* codes = out->codes.data() + g * static_cast<size_t>(p.block_size);
+        for (int64_t j = 0; j < p.block_size; ++j) codes[j] = static_cast<uint8_t>(ch.zero_point);
+        for (int64_t j = 0; j < len; ++j) {
+          const int64_t i = r0 + j;
+          const int code = reference_code(x[static_cast<size_t>(i)], ch.scale, ch.zero_point);
+          codes[j] = static_cast<uint8_t>(code);
+          const float q = static_cast<float>(code - ch.zero_point) * ch.scale;
+          // The rounding error, spread over the rows after i.
+          const float e = (x[static_cast<size_t>(i)] - q) / uf[static_cast<size_t>(i * k + i)];
+          const float* urow = uf.data() + i * k;
+          for (int64_t t = i + 1; t < k; ++t) x[static_cast<size_t>(t)] -= e * urow[t];
+        }
+      }
+    }
+  };
+  int t = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  t = static_cast<int>(std::min<int64_t>(t, std::max<int64_t>(1, n / 16)));
+  std::vector<std::thread> pool;
+  for (int i = 1; i < t; ++i) pool.emplace_back(columns, n * i / t, n * (i + 1) / t);
+  columns(0, n / t);
   for (auto& th : pool) th.join();
   return true;
 }
@@ -540,7 +665,15 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
       auto qw = std::make_shared<Int4Weight>();
       {
         Floats f = floats_of(src);
-        qn.ok = quantize_int4(f.p, k, n, transposed, policy.params, qw.get());
+        auto imp = policy.importance.find(node.input(0));
+        const float* h = imp != policy.importance.end() && static_cast<int64_t>(imp->second.size()) == k
+                             ? imp->second.data()
+                             : nullptr;
+        auto gram = policy.gram.find(node.input(0));
+        if (gram != policy.gram.end() && static_cast<int64_t>(gram->second.size()) == k * k)
+          qn.ok = quantize_int4_gptq(f.p, k, n, transposed, policy.params, gram->second, qw.get());
+        else
+          qn.ok = quantize_int4(f.p, k, n, transposed, policy.params, qw.get(), 0, h);
       }
       if (!qn.ok) {
         qn.b = "-";  // marks "tried, not quantizable"

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,8 @@ namespace trex {
 
 struct Int4Params {
   int64_t block_size = 32;  // 16..256, a power of two
-  bool symmetric = true;    // codes -8..7 around a fixed zero point of 8, else a zero point per block
+  bool symmetric = true;    // codes -8..7 around a fixed zero point of 8, else a zero point per block (the CLI's
+                            // default is asymmetric)
   bool search = true;       // search the clipping per block; false: plain round-to-nearest (RTN)
 };
 
@@ -47,14 +49,25 @@ constexpr int kInt4ClipSteps = 21;
 // Throws UsageError for an invalid block size.
 void check_int4_params(const Int4Params& p);
 
-// The scalar reference quantizer: `w` is K×N row-major. Returns false (out cleared) when `w` holds NaN or
-// infinity.
-bool quantize_int4_reference(const float* w, int64_t k, int64_t n, const Int4Params& p, Int4Weight* out);
+// The scalar reference quantizer: `w` is K×N row-major. `importance` (K values, or nullptr for all ones) weighs
+// each input channel's squared error in the search: the mean square of the activation that multiplies that row
+// (calibration), so the search minimizes an estimate of the output error rather than the weight error.
+// Returns false (out cleared) when `w` holds NaN or infinity.
+bool quantize_int4_reference(const float* w, int64_t k, int64_t n, const Int4Params& p, Int4Weight* out,
+                             const float* importance = nullptr);
 
 // The fast quantizer, bit-identical to the reference. `w` is K×N row-major, or N×K when `transposed` (Gemm
 // transB=1). `threads` 0 = hardware concurrency.
 bool quantize_int4(const float* w, int64_t k, int64_t n, bool transposed, const Int4Params& p, Int4Weight* out,
-                   int threads = 0);
+                   int threads = 0, const float* importance = nullptr);
+
+// GPTQ-style quantization with error feedback: rows (input channels) are quantized in order and each row's
+// rounding error is spread over the rows not yet quantized, weighted by the inverse of `gram` (K×K, the mean of
+// x xᵀ over calibration activations), which minimizes the layer's output error ||X (W - Ŵ)||² rather than the
+// weight error. Each block's scale comes from the clipping search on the block's updated weights (importance =
+// diag(gram)). Deterministic (threads split the columns, which are independent). False on NaN / infinity.
+bool quantize_int4_gptq(const float* w, int64_t k, int64_t n, bool transposed, const Int4Params& p,
+                        const std::vector<double>& gram, Int4Weight* out, int threads = 0);
 
 // The value that element (row, col) of the K×N weight stands for.
 float dequantize_int4(const Int4Weight& q, int64_t row, int64_t col);
@@ -63,9 +76,10 @@ float dequantize_int4(const Int4Weight& q, int64_t row, int64_t col);
 std::vector<uint8_t> pack_int4_codes(const Int4Weight& q);
 std::vector<uint8_t> pack_int4_zero_points(const Int4Weight& q);
 
-// Squared reconstruction error of one block of `len` values under (scale, zero point), summed in 8 lanes
-// (lane = index % 8, lanes added in order) so that the fast quantizer can reproduce it exactly.
-float int4_block_error(const float* x, int64_t len, float scale, int zero_point);
+// Squared reconstruction error of one block of `len` values under (scale, zero point), each term times h[j]
+// (nullptr: 1), summed in 8 lanes (lane = index % 8, lanes added in order) so that the fast quantizer can
+// reproduce it exactly.
+float int4_block_error(const float* x, int64_t len, float scale, int zero_point, const float* h = nullptr);
 
 struct Int4Policy {
   Int4Params params;
@@ -75,6 +89,10 @@ struct Int4Policy {
   bool auto_policy = true;                    // keep fp32 weights below min_elements or min_channels
   int64_t min_elements = 1024;
   int64_t min_channels = 16;
+  // Calibration: activation value name -> mean square per channel (K values), for the MatMuls it feeds.
+  std::map<std::string, std::vector<float>> importance;
+  // Calibration: activation value name -> mean x xᵀ (K×K); with it the weight is quantized by quantize_int4_gptq.
+  std::map<std::string, std::vector<double>> gram;
 };
 
 // Rewrites MatMul (and Gemm with transA=0, alpha=beta=1) whose weight is a 2-D float initializer with

@@ -62,11 +62,19 @@ TEST(QuantizeInt4, FastEqualsReferenceBitForBit) {
     const std::vector<float> wt = transpose(w, k, n);
     for (const auto& p : int4_modes()) {
       if (k < p.block_size) continue;
-      Int4Weight ref, fast, fast_t, fast_1;
+      Int4Weight ref, fast, fast_t, fast_1, ref_h, fast_h;
       ASSERT_TRUE(quantize_int4_reference(w.data(), k, n, p, &ref));
       ASSERT_TRUE(quantize_int4(w.data(), k, n, false, p, &fast));
       ASSERT_TRUE(quantize_int4(wt.data(), k, n, true, p, &fast_t, 3));
       ASSERT_TRUE(quantize_int4(w.data(), k, n, false, p, &fast_1, 1));
+      // With an importance per row (calibration).
+      std::vector<float> h(static_cast<size_t>(k));
+      for (int64_t r = 0; r < k; ++r) h[static_cast<size_t>(r)] = 0.1f + static_cast<float>((r * 37) % 11);
+      ASSERT_TRUE(quantize_int4_reference(w.data(), k, n, p, &ref_h, h.data()));
+      ASSERT_TRUE(quantize_int4(wt.data(), k, n, true, p, &fast_h, 2, h.data()));
+      ASSERT_EQ(ref_h.codes, fast_h.codes) << name(p) << " with importance";
+      for (size_t i = 0; i < ref_h.scales.size(); ++i)
+        ASSERT_EQ(std::memcmp(&ref_h.scales[i], &fast_h.scales[i], sizeof(float)), 0) << name(p) << " importance scale " << i;
       for (const Int4Weight* f : {&fast, &fast_t, &fast_1}) {
         ASSERT_EQ(ref.codes, f->codes) << name(p) << " " << k << "x" << n;
         ASSERT_EQ(ref.zero_points, f->zero_points) << name(p);
@@ -190,4 +198,59 @@ TEST(QuantizeEmbeddings, Int8TableWithinHalfAStep) {
     }
   t[9] = std::nanf("");
   EXPECT_FALSE(quantize_table_int8(t.data(), rows, cols, block, &codes, &scales));
+}
+
+// GPTQ minimizes the output error ||X (W - Ŵ)||² for correlated activations X better than the per-block search
+// alone (which sees only diag(XᵀX)).
+TEST(QuantizeInt4, GptqLowersTheOutputError) {
+  const int64_t k = 128, n = 64, rows = 512;
+  const std::vector<float> w = int4_matrix(k, n, 21);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(rows * k));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float common = dist(rng);  // a shared component: strongly correlated channels
+    for (int64_t c = 0; c < k; ++c) x[static_cast<size_t>(r * k + c)] = dist(rng) + 2.0f * common * (c % 3 == 0 ? 1.0f : -0.5f);
+  }
+  std::vector<double> gram(static_cast<size_t>(k * k), 0.0);
+  std::vector<float> diag(static_cast<size_t>(k), 0.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b)
+        gram[static_cast<size_t>(a * k + b)] += double(x[static_cast<size_t>(r * k + a)]) * x[static_cast<size_t>(r * k + b)] / rows;
+  for (int64_t a = 0; a < k; ++a) diag[static_cast<size_t>(a)] = static_cast<float>(gram[static_cast<size_t>(a * k + a)]);
+  auto output_error = [&](const Int4Weight& q) {
+    double e = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < n; ++c) {
+        double d = 0;
+        for (int64_t i = 0; i < k; ++i)
+          d += double(x[static_cast<size_t>(r * k + i)]) * (w[static_cast<size_t>(i * n + c)] - dequantize_int4(q, i, c));
+        e += d * d;
+      }
+    return e;
+  };
+  for (bool sym : {true, false}) {
+    Int4Weight plain, gptq, again;
+    ASSERT_TRUE(quantize_int4(w.data(), k, n, false, {32, sym, true}, &plain, 0, diag.data()));
+    ASSERT_TRUE(quantize_int4_gptq(w.data(), k, n, false, {32, sym, true}, gram, &gptq));
+    ASSERT_TRUE(quantize_int4_gptq(w.data(), k, n, false, {32, sym, true}, gram, &again, 1));
+    EXPECT_EQ(gptq.codes, again.codes);  // deterministic, whatever the threads
+    EXPECT_EQ(gptq.scales, again.scales);
+    const double e_plain = output_error(plain), e_gptq = output_error(gptq);
+    std::printf("%s output error: search %.4g, GPTQ %.4g\n", sym ? "sym " : "asym", e_plain, e_gptq);
+    EXPECT_LT(e_gptq, 0.9 * e_plain);
+  }
+}
+
+TEST(QuantizeInt4, ImportanceOnesEqualsNone) {
+  const std::vector<float> w = int4_matrix(96, 40, 2);
+  const std::vector<float> ones(96, 1.0f);
+  Int4Weight a, b, c;
+  ASSERT_TRUE(quantize_int4_reference(w.data(), 96, 40, {32, false, true}, &a));
+  ASSERT_TRUE(quantize_int4_reference(w.data(), 96, 40, {32, false, true}, &b, ones.data()));
+  ASSERT_TRUE(quantize_int4(w.data(), 96, 40, false, {32, false, true}, &c, 0, ones.data()));
+  EXPECT_EQ(a.codes, b.codes);
+  EXPECT_EQ(a.codes, c.codes);
+  EXPECT_EQ(a.scales, c.scales);
 }
