@@ -84,6 +84,9 @@ Model quantize_embeddings(const Model& in, const EmbeddingPolicy& policy, Embedd
     return s;
   };
 
+  int64_t opset = 0;
+  for (const auto& o : in.proto.opset_import())
+    if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
   Model out;
   out.proto = in.proto;
   onnx::GraphProto* og = out.proto.mutable_graph();
@@ -91,8 +94,42 @@ Model quantize_embeddings(const Model& in, const EmbeddingPolicy& policy, Embedd
   std::unordered_set<std::string> replaced;
   std::vector<Initializer> new_inits;
   for (const auto& node : g.node()) {
-    const bool gather = (node.domain().empty() || node.domain() == "ai.onnx") && node.op_type() == "Gather" &&
-                        node.input_size() == 2;
+    const bool std_domain = node.domain().empty() || node.domain() == "ai.onnx";
+    const bool gather = std_domain && node.op_type() == "Gather" && node.input_size() == 2;
+    // A table read through Slice (position embeddings for the first `seq` positions): DequantizeLinear (per
+    // row, uint8 around 128) -> Slice, standard ONNX; the whole small table is dequantized per run.
+    const bool slice = std_domain && node.op_type() == "Slice" && opset >= 13 && init_index.count(node.input(0)) &&
+                       uses[node.input(0)] == 1 && !outputs_and_inputs.count(node.input(0));
+    if (slice) {
+      const TensorData& t = in.initializers[init_index.at(node.input(0))].data;
+      const int64_t rows = t.dims().size() == 2 ? t.dims()[0] : 0, cols = t.dims().size() == 2 ? t.dims()[1] : 0;
+      std::vector<uint8_t> data;
+      std::vector<float> scales;
+      if (t.dtype() == DType::kF32 && rows * cols >= policy.min_elements &&
+          quantize_table_int8(floats(t).data(), rows, cols, cols, &data, &scales)) {
+        const std::string& table = node.input(0);
+        const std::string qname = fresh(table + "_Q8"), sname = fresh(table + "_scale"), zname = fresh(table + "_zero_point");
+        const std::string deq = fresh(table + "_dequantized");
+        new_inits.push_back({qname, TensorData::from_vector(DType::kU8, {rows, cols}, data)});
+        new_inits.push_back({sname, TensorData::from_vector(DType::kF32, {rows}, scales)});
+        new_inits.push_back({zname, TensorData::from_vector(DType::kU8, {rows}, std::vector<uint8_t>(static_cast<size_t>(rows), 128))});
+        onnx::NodeProto dq;
+        dq.set_op_type("DequantizeLinear");
+        dq.set_name(fresh(table + "_DequantizeLinear"));
+        dq.add_input(qname);
+        dq.add_input(sname);
+        dq.add_input(zname);
+        dq.add_output(deq);
+        add_int(&dq, "axis", 0);
+        *og->add_node() = dq;
+        onnx::NodeProto sl = node;
+        sl.set_input(0, deq);
+        *og->add_node() = sl;
+        replaced.insert(table);
+        report.quantized.push_back({node.name(), table, rows, cols, cols});
+        continue;
+      }
+    }
     if (!gather) {
       *og->add_node() = node;
       continue;

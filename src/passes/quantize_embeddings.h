@@ -8,6 +8,8 @@
 //   bits 4: data uint8 [V, H/2] (element 2i in the low nibble), codes around the default zero point 8, scales
 //           [V, H/block]; the scales come from the int4 quantizer's clipping search (passes/quantize_int4.h)
 //   no zero_points input in either case.
+// A table read through Slice (trex's position embeddings) becomes DequantizeLinear (uint8 per row around 128,
+// axis 0, opset >= 13) -> Slice: standard ONNX, 1 byte per value.
 #pragma once
 
 #include <cstdint>
