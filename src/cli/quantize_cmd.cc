@@ -103,7 +103,7 @@ int run_quantize(const QuantizeArgs& a) {
       std::printf("%-28s %.3e\n", "max abs diff vs fp32", cmp->max_abs_diff);
       std::printf("%-28s %.5f (min row %.5f)\n", "cosine vs fp32", cmp->mean_cosine, cmp->min_cosine);
       if (cmp->label_agreement >= 0) std::printf("%-28s %.2f %%\n", "label agreement", 100.0 * cmp->label_agreement);
-      std::printf("%-28s %.2f ms fp32, %.2f ms int8 (batch %lld x %lld)\n", "sample run time", cmp->reference_ms,
+      std::printf("%-28s %.2f ms fp32, %.2f ms quantized (batch %lld x %lld)\n", "sample run time", cmp->reference_ms,
                   cmp->candidate_ms, static_cast<long long>(a.batch), static_cast<long long>(a.seq));
     } else {
       std::printf("%-28s skipped (--no-check)\n", "comparison");
