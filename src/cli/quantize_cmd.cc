@@ -27,9 +27,14 @@ struct QuantizeArgs {
        allow_nonfinite = false;
   std::vector<std::string> exclude, exclude_op_types;
   int64_t min_elements = 1024;
-  double min_cosine = 0.99, min_label_agreement = 0.95;
+  double min_cosine = -1, min_label_agreement = 0.95;  // min_cosine < 0: 0.99 for int8, 0.95 for int4
   int samples = 4, fallback_rounds = 3;
   int64_t batch = 2, seq = 16;
+  int bits = 8;                            // 4: MatMulNBits (src/passes/quantize_int4.h)
+  int64_t block_size = 32, accuracy_level = 0;
+  bool asymmetric = false, symmetric = false, rtn = false, no_embeddings = false, no_calibration = false, no_gptq = false;
+  int embedding_bits = 8;
+  int64_t embedding_block = 128;
 };
 
 using trex::cli::mib;
@@ -63,11 +68,22 @@ int run_quantize(const QuantizeArgs& a) {
   o.check = !a.no_check;
   o.fallback = !a.no_fallback;
   o.fallback_rounds = a.fallback_rounds;
-  o.min_cosine = a.min_cosine;
+  o.min_cosine = a.min_cosine >= 0 ? a.min_cosine : a.bits == 4 ? 0.95 : 0.99;
   o.min_label_agreement = a.min_label_agreement;
   o.samples = a.samples;
   o.batch = a.batch;
   o.seq = a.seq;
+  o.bits = a.bits;
+  o.int4.params.block_size = a.block_size;
+  o.int4.params.symmetric = a.symmetric;  // asymmetric by default: measurably better with GPTQ (docs/quantization.md)
+  o.int4.params.search = !a.rtn;
+  o.int4.accuracy_level = a.accuracy_level;
+  if (a.bits == 4) trex::check_int4_params(o.int4.params);
+  o.calibrate = !a.no_calibration;
+  o.gptq = !a.no_gptq;
+  o.embeddings = !a.no_embeddings;
+  o.embedding.bits = a.embedding_bits;
+  o.embedding.block_size = a.embedding_block;
   trex::QuantizeFileResult res = trex::quantize_file(a.input, a.output, o);
   const trex::QuantizeReport& rep = res.report;
   const trex::WriteResult& written = res.written;
@@ -85,17 +101,25 @@ int run_quantize(const QuantizeArgs& a) {
                 mib(rep.weight_bytes_after).c_str(),
                 rep.weight_bytes_after ? static_cast<double>(rep.weight_bytes_before) / static_cast<double>(rep.weight_bytes_after) : 0.0);
     std::printf("%-28s %zu quantized, %zu kept fp32\n", "MatMul/Gemm nodes", rep.quantized.size(), rep.skipped.size());
+    if (a.bits == 4)
+      std::printf("%-28s int4 MatMulNBits, block %lld, %s, %s, accuracy_level %lld\n", "mode",
+                  static_cast<long long>(a.block_size), a.symmetric ? "symmetric" : "asymmetric",
+                  a.rtn ? "round-to-nearest" : a.no_calibration ? "clipping search" : a.no_gptq ? "calibrated clipping search" : "GPTQ + calibrated clipping search", static_cast<long long>(a.accuracy_level));
+    else
     std::printf("%-28s %s, %s, %s%s\n", "mode", policy.params.type == trex::WeightType::kS8 ? "s8" : "u8",
                 policy.params.per_channel ? "per-channel" : "per-tensor",
                 policy.ops == trex::QuantOps::kMicrosoft ? "MatMulIntegerToFloat" : "MatMulInteger",
                 policy.params.reduce_range ? ", reduce-range" : "");
+    if (!res.embeddings.quantized.empty())
+      std::printf("%-28s %zu table(s) as GatherBlockQuantized, %d-bit, block %lld\n", "embeddings",
+                  res.embeddings.quantized.size(), a.embedding_bits, static_cast<long long>(a.embedding_block));
     std::printf("%-28s %.3f s\n", "quantize time", quantize_s);
     if (!fallback.empty()) std::printf("%-28s %zu weight(s) back to fp32 by the accuracy check\n", "fallback", fallback.size());
     if (cmp) {
       std::printf("%-28s %.3e\n", "max abs diff vs fp32", cmp->max_abs_diff);
       std::printf("%-28s %.5f (min row %.5f)\n", "cosine vs fp32", cmp->mean_cosine, cmp->min_cosine);
       if (cmp->label_agreement >= 0) std::printf("%-28s %.2f %%\n", "label agreement", 100.0 * cmp->label_agreement);
-      std::printf("%-28s %.2f ms fp32, %.2f ms int8 (batch %lld x %lld)\n", "sample run time", cmp->reference_ms,
+      std::printf("%-28s %.2f ms fp32, %.2f ms quantized (batch %lld x %lld)\n", "sample run time", cmp->reference_ms,
                   cmp->candidate_ms, static_cast<long long>(a.batch), static_cast<long long>(a.seq));
     } else {
       std::printf("%-28s skipped (--no-check)\n", "comparison");
@@ -109,7 +133,11 @@ int run_quantize(const QuantizeArgs& a) {
     j["mode"] = {{"weight_type", a.weight_type},
                  {"per_channel", policy.params.per_channel},
                  {"reduce_range", policy.params.reduce_range},
-                 {"ops", a.ops}};
+                 {"ops", a.ops},
+                 {"bits", a.bits}};
+    if (a.bits == 4)
+      j["mode"]["int4"] = {{"block_size", a.block_size}, {"symmetric", a.symmetric}, {"search", !a.rtn}, {"calibrated", !a.rtn && !a.no_calibration}, {"gptq", !a.rtn && !a.no_calibration && !a.no_gptq},
+                           {"accuracy_level", a.accuracy_level}};
     j["weight_bytes_before"] = rep.weight_bytes_before;
     j["weight_bytes_after"] = rep.weight_bytes_after;
     j["model_bytes"] = written.model_bytes;
@@ -123,6 +151,10 @@ int run_quantize(const QuantizeArgs& a) {
     for (const auto& s : rep.skipped)
       j["skipped"].push_back({{"node", s.node}, {"op_type", s.op_type}, {"weight", s.weight}, {"reason", s.reason}});
     j["fallback_fp32"] = fallback;
+    j["embeddings"] = nlohmann::json::array();
+    for (const auto& e : res.embeddings.quantized)
+      j["embeddings"].push_back({{"table", e.table}, {"rows", e.rows}, {"cols", e.cols}, {"bits", a.embedding_bits},
+                                 {"block_size", e.block_size}});
     if (cmp) {
       nlohmann::json c;
       c["max_abs_diff"] = cmp->max_abs_diff;
@@ -155,9 +187,9 @@ int run_quantize(const QuantizeArgs& a) {
   if (missed) {
     char buf[160];
     std::snprintf(buf, sizeof buf, "cosine %.5f, label agreement %s (targets %.3f / %.3f)", cmp->mean_cosine,
-                  cmp->label_agreement >= 0 ? std::to_string(cmp->label_agreement).c_str() : "n/a", a.min_cosine,
+                  cmp->label_agreement >= 0 ? std::to_string(cmp->label_agreement).c_str() : "n/a", o.min_cosine,
                   a.min_label_agreement);
-    throw trex::VerificationError(a.output + ": int8 model misses its accuracy target vs fp32: " + buf +
+    throw trex::VerificationError(a.output + (a.bits == 4 ? ": int4" : ": int8") + " model misses its accuracy target vs fp32: " + buf +
                                   " (the model was written; pass --no-check to skip the comparison)");
   }
   return 0;
@@ -180,6 +212,27 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
                 "Emitted ops: microsoft (DynamicQuantizeLinear + com.microsoft.MatMulIntegerToFloat, default) or "
                 "standard (DynamicQuantizeLinear + MatMulInteger + Cast + Mul)")
       ->check(CLI::IsMember({"microsoft", "standard"}));
+  q->add_option("--bits", args->bits, "Weight bits: 8 (dynamic int8, default) or 4 (com.microsoft.MatMulNBits)")
+      ->check(CLI::IsMember({4, 8}));
+  q->add_option("--block-size", args->block_size, "--bits 4: weights per scale along K (16..256, power of 2; default 32)");
+  auto* sym = q->add_flag("--symmetric", args->symmetric, "--bits 4: codes -8..7 around MatMulNBits' default zero point 8, no zero-point input");
+  q->add_flag("--asymmetric", args->asymmetric, "--bits 4: a 4-bit zero point per block (default)")->excludes(sym);
+  q->add_flag("--no-calibration", args->no_calibration,
+              "--bits 4: search the clipping on the weight error alone (default: weighted by the activations' mean "
+              "squares, measured on random sample inputs in ONNX Runtime)");
+  q->add_flag("--no-gptq", args->no_gptq,
+              "--bits 4: no GPTQ error feedback (default with calibration: each row's rounding error is spread over "
+              "the rows not yet quantized, weighted by the inverse activation Gram matrix)");
+  q->add_flag("--rtn", args->rtn, "--bits 4: plain round-to-nearest scales (no clipping search; for comparisons)");
+  q->add_option("--accuracy-level", args->accuracy_level,
+                "--bits 4: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)")
+      ->check(CLI::Range(0, 4));
+  q->add_flag("--no-quantize-embeddings", args->no_embeddings,
+              "Keep Gather embedding tables float (default: com.microsoft.GatherBlockQuantized)");
+  q->add_option("--embedding-bits", args->embedding_bits, "Embedding table bits: 8 (default) or 4")
+      ->check(CLI::IsMember({4, 8}));
+  q->add_option("--embedding-block-size", args->embedding_block,
+                "Embedding table values per scale (16..256, power of 2 dividing the width; default 128)");
   q->add_option("--exclude", args->exclude, "Keep fp32: node or weight name, glob patterns (* ?); repeatable");
   q->add_option("--exclude-op-type", args->exclude_op_types, "Keep fp32 every node of this op type (MatMul, Gemm)");
   q->add_flag("--no-auto-policy", args->no_auto, "Quantize every eligible weight (no size / logit-layer rules)");
@@ -190,7 +243,7 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
   q->add_flag("--allow-nonfinite", args->allow_nonfinite, "Write weights holding NaN or infinity (an error by default)");
   q->add_flag("--no-check", args->no_check, "Skip the fp32 vs int8 comparison in ONNX Runtime");
   q->add_flag("--no-fallback", args->no_fallback, "Report a missed accuracy target instead of keeping layers fp32");
-  q->add_option("--min-cosine", args->min_cosine, "Accuracy target: mean cosine vs fp32 (default 0.99)")
+  q->add_option("--min-cosine", args->min_cosine, "Accuracy target: mean cosine vs fp32 (default 0.99; 0.95 with --bits 4)")
       ->check(trex::cli::real_in(-1, 1));
   q->add_option("--min-label-agreement", args->min_label_agreement,
                 "Accuracy target: argmax agreement of *logits outputs on the random-token samples (default 0.95)")

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "onnx/reader.h"
+#include "passes/quantize_calibrate.h"
 #include "util/error.h"
 #include "util/output_path.h"
 
@@ -33,12 +34,30 @@ const char* quantized_op(const Model& m) {
   return nullptr;
 }
 
-// Compares the written int8 model with fp32 in ONNX Runtime and, while the target is missed, puts the most
+// The quantized model under the current policy (int8 or int4 weights, then the embedding tables).
+Model quantize_once(const Model& in, const QuantizeFileOptions& o, Int4Policy& p4, QuantizeFileResult& r) {
+  Model m;
+  if (o.bits != 4) {
+    m = quantize_model(in, r.policy, &r.report);
+  } else {
+    p4.exclude_nodes = r.policy.exclude_nodes;
+    p4.exclude_op_types = r.policy.exclude_op_types;
+    p4.auto_policy = r.policy.auto_policy;
+    p4.min_elements = r.policy.min_elements;
+    m = quantize_int4_model(in, p4, &r.report);
+  }
+  if (!o.embeddings) return m;
+  m = quantize_embeddings(m, o.embedding, &r.embeddings);
+  r.report.weight_bytes_after = m.weight_bytes();
+  return m;
+}
+
+// Compares the written quantized model with fp32 in ONNX Runtime and, while the target is missed, puts the most
 // sensitive weights back to fp32 and rewrites it.
 void compare_and_fall_back(const Model& in, const std::filesystem::path& input, const std::filesystem::path& output,
-                           const QuantizeFileOptions& o, QuantizeFileResult* result) {
+                           const QuantizeFileOptions& o, const WriteOptions& wo, Int4Policy& p4,
+                           QuantizeFileResult* result) {
   QuantizeFileResult& r = *result;
-
   CompareOptions co;
   co.batches = o.samples;
   co.batch = o.batch;
@@ -52,17 +71,17 @@ void compare_and_fall_back(const Model& in, const std::filesystem::path& input, 
     std::vector<std::pair<double, std::string>> ranked;
     std::set<std::string> seen;
     for (const auto& l : r.report.quantized)
-      if (seen.insert(l.weight).second) ranked.emplace_back(weight_quantization_error(in, l.weight, r.policy.params), l.weight);
+      if (seen.insert(l.weight).second)
+        ranked.emplace_back(o.bits == 4 ? int4_weight_error(in, l.weight, o.int4.params)
+                                        : weight_quantization_error(in, l.weight, r.policy.params),
+                            l.weight);
     std::sort(ranked.rbegin(), ranked.rend());
     const size_t drop = std::max<size_t>(1, ranked.size() / 8);
     for (size_t i = 0; i < drop && i < ranked.size(); ++i) {
       r.policy.exclude_nodes.push_back(ranked[i].second);  // a weight name matches as an exact pattern
       r.fallback.push_back(ranked[i].second);
     }
-    const Model out = quantize_model(in, r.policy, &r.report);
-    WriteOptions wo = o.write;
-    if (wo.source_for_messages.empty()) wo.source_for_messages = input.string();
-    r.written = write_model(out, output, wo);
+    r.written = write_model(quantize_once(in, o, p4, r), output, wo);
     r.comparison = compare_models(input, output, co);
   }
   r.missed_target = below_target(*r.comparison, o);
@@ -81,13 +100,17 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
   if (const char* op = quantized_op(in))
     throw UsageError(input.string() + ": already quantized (it has " + op +
                      " nodes); quantize the fp32 model it came from instead");
+  Int4Policy p4 = o.int4;
+  if (o.bits == 4 && o.calibrate && o.int4.params.search && p4.importance.empty())
+    p4.importance = activation_mean_squares(in, weight_activation_names(in), output.string() + ".calibration.onnx", {},
+                                            o.gptq ? &p4.gram : nullptr);
   WriteOptions wo = o.write;
   if (wo.source_for_messages.empty()) wo.source_for_messages = input.string();
-  r.written = write_model(quantize_model(in, r.policy, &r.report), output, wo);
+  r.written = write_model(quantize_once(in, o, p4, r), output, wo);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!o.check) return r;
   try {
-    compare_and_fall_back(in, input, output, o, &r);
+    compare_and_fall_back(in, input, output, o, wo, p4, &r);
   } catch (const Error&) {  // e.g. ONNX Runtime cannot load the model: leave no output behind
     std::error_code ec;
     std::filesystem::remove(r.written.model_path, ec);

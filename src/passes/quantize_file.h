@@ -10,12 +10,20 @@
 
 #include "onnx/writer.h"
 #include "passes/quantize.h"
+#include "passes/quantize_embeddings.h"
+#include "passes/quantize_int4.h"
 #include "runtime/compare.h"
 
 namespace trex {
 
 struct QuantizeFileOptions {
   QuantizePolicy policy;
+  int bits = 8;        // 4: MatMulNBits with int4 (the exclusions and auto policy are taken from `policy`)
+  Int4Policy int4;     // bits = 4
+  bool calibrate = true;      // bits = 4: weigh the clipping search by activation mean squares (quantize_calibrate.h)
+  bool gptq = true;           // bits = 4 with calibration: GPTQ error feedback (quantize_int4_gptq)
+  bool embeddings = true;     // Gather tables -> GatherBlockQuantized (passes/quantize_embeddings.h)
+  EmbeddingPolicy embedding;
   WriteOptions write;
   bool check = true;          // compare with fp32 in ONNX Runtime
   bool fallback = true;       // on a missed target, move the worst eighth of weights back to fp32 and retry
@@ -29,6 +37,7 @@ struct QuantizeFileOptions {
 struct QuantizeFileResult {
   QuantizePolicy policy;  // as finally applied (with fallback exclusions)
   QuantizeReport report;
+  EmbeddingReport embeddings;
   WriteResult written;
   double seconds = 0;     // read + quantize + write (first pass)
   std::optional<CompareResult> comparison;
