@@ -28,11 +28,9 @@ Range range_of(const QuantParams& p) {
   return {s8 ? -qmax : 0, qmax};
 }
 
-// Floats of a tensor, aligned: the mapped bytes when they are aligned, else a copy.
-struct Floats {
-  const float* p = nullptr;
-  std::vector<float> copy;
-};
+
+}  // namespace
+
 Floats floats_of(const TensorData& t) {
   Floats f;
   const std::byte* d = t.direct();
@@ -45,8 +43,6 @@ Floats floats_of(const TensorData& t) {
   }
   return f;
 }
-
-}  // namespace
 
 bool weight_scales(const float* w, int64_t k, int64_t n, bool transposed, const QuantParams& p, QuantizedWeight* out) {
   const auto [qmin, qmax] = range_of(p);

@@ -71,6 +71,13 @@ void quantize_with_scales(const float* w, int64_t k, int64_t n, bool transposed,
 // quantizer; used to rank layers when the accuracy check asks for some to be kept in fp32.
 double weight_quantization_error(const Model& model, const std::string& weight, const QuantParams& p);
 
+// The floats of an fp32 tensor: its mapped bytes when they are aligned, else an aligned copy.
+struct Floats {
+  const float* p = nullptr;
+  std::vector<float> copy;
+};
+Floats floats_of(const TensorData& t);
+
 // Glob match with `*` and `?`.
 bool glob_match(const std::string& pattern, const std::string& text);
 

@@ -1,5 +1,7 @@
 #include "passes/quantize_int4.h"
 
+#include "passes/quantize.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -514,22 +516,6 @@ std::vector<uint8_t> pack_int4_zero_points(const Int4Weight& q) {
 
 namespace {
 
-struct Floats {
-  const float* p = nullptr;
-  std::vector<float> copy;
-};
-Floats floats_of(const TensorData& t) {
-  Floats f;
-  const std::byte* d = t.direct();
-  if (d && reinterpret_cast<uintptr_t>(d) % alignof(float) == 0) {
-    f.p = reinterpret_cast<const float*>(d);
-  } else {
-    f.copy.resize(t.nbytes() / sizeof(float));
-    t.copy_to(reinterpret_cast<std::byte*>(f.copy.data()));
-    f.p = f.copy.data();
-  }
-  return f;
-}
 
 int64_t int_attr(const onnx::NodeProto& n, const char* name, int64_t dflt) {
   for (const auto& a : n.attribute())
