@@ -275,7 +275,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   ExportArgs ea;
-  auto* ex = app.add_subcommand("export", "Export a checkpoint folder to ONNX (plain, standard ONNX ops)");
+  auto* ex = app.add_subcommand("export", "Export a checkpoint (folder or hub id) to ONNX: encoders, decoder-only LMs, "
+                                          "encoder-decoders");
   ex->add_option("--model,-m", ea.model, "Checkpoint folder (config.json + model.safetensors / pytorch_model.bin, "
                                          "sharded or not), a Hugging Face cache folder (models--ORG--NAME), or a "
                                          "hub id ORG/NAME: taken from the local Hugging Face cache (HF_HUB_CACHE, "

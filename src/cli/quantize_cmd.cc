@@ -199,7 +199,7 @@ int run_quantize(const QuantizeArgs& a) {
 
 CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
   auto args = std::make_shared<QuantizeArgs>();
-  auto* q = app.add_subcommand("quantize", "Dynamic int8 quantization of an ONNX model's MatMul/Gemm weights");
+  auto* q = app.add_subcommand("quantize", "Quantize an ONNX model's weights: dynamic int8 (default) or int4 MatMulNBits (--bits 4)");
   q->add_option("input", args->input, "ONNX model to quantize (any exporter; external data is followed)")->required();
   q->add_option("output", args->output, "Quantized model to write (missing folders are created; never the input)")
       ->required();
