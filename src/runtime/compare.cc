@@ -60,23 +60,56 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
     Ort::SessionOptions so;
     so.SetIntraOpNumThreads(o.threads);
     so.SetInterOpNumThreads(1);
-    Ort::Session ref(ort_env(), reference.c_str(), so);
-    Ort::Session cand(ort_env(), candidate.c_str(), so);
-    const std::vector<std::string> in_names = input_names(ref);
-    std::vector<std::string> out_names = output_names(ref);
-    if (o.outputs.empty()) {
-      if (out_names != output_names(cand))
-        throw VerificationError(candidate.string() + ": outputs differ from " + reference.string() + "'s");
-    } else {
-      const std::vector<std::string> cand_names = output_names(cand);
-      for (const auto& n : o.outputs) {
-        if (std::find(out_names.begin(), out_names.end(), n) == out_names.end())
+    // One session at a time: the reference runs every sample batch and its outputs are kept, then it is closed
+    // before the candidate opens, so comparing two large models never holds both sets of weights.
+    struct Kept {
+      std::vector<int64_t> shape;
+      bool is_float = false;
+      std::vector<float> values;
+    };
+    std::vector<SampleInputs> feeds;
+    std::vector<std::vector<Kept>> ref_outputs;
+    std::vector<std::string> in_names, out_names;
+    double ref_ms = 0, cand_ms = 0;
+    std::mt19937_64 rng(o.seed);
+    {
+      Ort::Session ref(ort_env(), reference.c_str(), so);
+      in_names = input_names(ref);
+      out_names = o.outputs.empty() ? output_names(ref) : o.outputs;
+      const std::vector<std::string> all = output_names(ref);
+      for (const auto& n : out_names)
+        if (std::find(all.begin(), all.end(), n) == all.end())
           throw VerificationError(reference.string() + ": no output '" + n + "'");
-        if (std::find(cand_names.begin(), cand_names.end(), n) == cand_names.end())
-          throw VerificationError(candidate.string() + ": no output '" + n + "'");
+      std::vector<const char*> in_c, out_c;
+      for (auto& n : in_names) in_c.push_back(n.c_str());
+      for (auto& n : out_names) out_c.push_back(n.c_str());
+      for (int b = 0; b < o.batches; ++b) {
+        feeds.push_back(make_step_inputs(ref, SampleShape{o.batch, o.seq, o.past, o.padded}, o.input_limits, rng,
+                                         reference.string()));
+        const auto t0 = std::chrono::steady_clock::now();
+        auto ra = ref.Run(Ort::RunOptions{nullptr}, in_c.data(), feeds.back().values.data(), feeds.back().values.size(),
+                          out_c.data(), out_c.size());
+        ref_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        std::vector<Kept> kept(ra.size());
+        for (size_t k = 0; k < ra.size(); ++k) {
+          auto info = ra[k].GetTensorTypeAndShapeInfo();
+          kept[k].shape = info.GetShape();
+          kept[k].is_float = info.GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+          if (kept[k].is_float) {
+            const float* x = ra[k].GetTensorData<float>();
+            kept[k].values.assign(x, x + info.GetElementCount());
+          }
+        }
+        ref_outputs.push_back(std::move(kept));
       }
-      out_names = o.outputs;
     }
+    Ort::Session cand(ort_env(), candidate.c_str(), so);
+    const std::vector<std::string> cand_names = output_names(cand);
+    if (o.outputs.empty() && cand_names != out_names)
+      throw VerificationError(candidate.string() + ": outputs differ from " + reference.string() + "'s");
+    for (const auto& n : out_names)
+      if (std::find(cand_names.begin(), cand_names.end(), n) == cand_names.end())
+        throw VerificationError(candidate.string() + ": no output '" + n + "'");
 
     std::vector<const char*> in_c, out_c;
     for (auto& n : in_names) in_c.push_back(n.c_str());
@@ -86,31 +119,25 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
     std::vector<double> cos_sum(out_names.size(), 0), abs_sum(out_names.size(), 0);
     std::vector<size_t> rows(out_names.size(), 0), elems(out_names.size(), 0), agree(out_names.size(), 0);
     for (size_t i = 0; i < out_names.size(); ++i) result.outputs[i].name = out_names[i];
-    std::mt19937_64 rng(o.seed);
-    double ref_ms = 0, cand_ms = 0;
 
     for (int b = 0; b < o.batches; ++b) {
-      SampleInputs feed = make_step_inputs(ref, SampleShape{o.batch, o.seq, o.past, o.padded}, o.input_limits, rng,
-                                           reference.string());
-      auto t0 = std::chrono::steady_clock::now();
-      auto ra = ref.Run(Ort::RunOptions{nullptr}, in_c.data(), feed.values.data(), feed.values.size(), out_c.data(), out_c.size());
-      auto t1 = std::chrono::steady_clock::now();
-      auto ca = cand.Run(Ort::RunOptions{nullptr}, in_c.data(), feed.values.data(), feed.values.size(), out_c.data(), out_c.size());
-      auto t2 = std::chrono::steady_clock::now();
-      ref_ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
-      cand_ms += std::chrono::duration<double, std::milli>(t2 - t1).count();
+      const SampleInputs& feed = feeds[static_cast<size_t>(b)];
+      const auto t1 = std::chrono::steady_clock::now();
+      auto ca = cand.Run(Ort::RunOptions{nullptr}, in_c.data(), feed.values.data(), feed.values.size(), out_c.data(),
+                         out_c.size());
+      cand_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
+      const std::vector<Kept>& ra = ref_outputs[static_cast<size_t>(b)];
 
       for (size_t k = 0; k < out_names.size(); ++k) {
-        auto ri = ra[k].GetTensorTypeAndShapeInfo();
         auto ci = ca[k].GetTensorTypeAndShapeInfo();
-        if (ri.GetShape() != ci.GetShape())
+        if (ra[k].shape != ci.GetShape())
           throw VerificationError(candidate.string() + ": output '" + out_names[k] + "' has shape " +
-                                  shape_str(ci.GetShape()) + ", the reference " + shape_str(ri.GetShape()));
-        if (ri.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) continue;
-        const float* x = ra[k].GetTensorData<float>();
+                                  shape_str(ci.GetShape()) + ", the reference " + shape_str(ra[k].shape));
+        if (!ra[k].is_float || ci.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) continue;
+        const float* x = ra[k].values.data();
         const float* y = ca[k].GetTensorData<float>();
-        const size_t n = ri.GetElementCount();
-        const std::vector<int64_t> shp = ri.GetShape();
+        const size_t n = ra[k].values.size();
+        const std::vector<int64_t>& shp = ra[k].shape;
         const size_t last = shp.empty() ? 1 : static_cast<size_t>(std::max<int64_t>(shp.back(), 1));
         OutputComparison& oc = result.outputs[k];
         const bool logits = contains(out_names[k], "logits");
