@@ -31,6 +31,32 @@ Range range_of(const QuantParams& p) {
 
 }  // namespace
 
+int64_t int_attr(const onnx::NodeProto& n, const char* name, int64_t dflt) {
+  for (const auto& a : n.attribute())
+    if (a.name() == name) return a.i();
+  return dflt;
+}
+float float_attr(const onnx::NodeProto& n, const char* name, float dflt) {
+  for (const auto& a : n.attribute())
+    if (a.name() == name) return a.f();
+  return dflt;
+}
+
+UniqueNames::UniqueNames(const Model& m) {
+  for (const auto& init : m.initializers) used_.insert(init.name);
+  for (const auto& node : m.proto.graph().node()) {
+    used_.insert(node.name());
+    for (const auto& o : node.output()) used_.insert(o);
+  }
+}
+
+std::string UniqueNames::operator()(const std::string& base) {
+  std::string s = base;
+  for (int i = 1; used_.count(s); ++i) s = base + "_" + std::to_string(i);
+  used_.insert(s);
+  return s;
+}
+
 Floats floats_of(const TensorData& t) {
   Floats f;
   const std::byte* d = t.direct();
@@ -226,16 +252,6 @@ void collect_subgraph_inputs(const onnx::GraphProto& g, std::unordered_set<std::
   }
 }
 
-int64_t int_attr(const onnx::NodeProto& n, const char* name, int64_t dflt) {
-  for (const auto& a : n.attribute())
-    if (a.name() == name) return a.i();
-  return dflt;
-}
-float float_attr(const onnx::NodeProto& n, const char* name, float dflt) {
-  for (const auto& a : n.attribute())
-    if (a.name() == name) return a.f();
-  return dflt;
-}
 
 onnx::NodeProto make_node(const std::string& op, const std::string& name, std::vector<std::string> inputs,
                           std::vector<std::string> outputs, const std::string& domain = "") {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "graph/model.h"
@@ -77,6 +78,21 @@ struct Floats {
   std::vector<float> copy;
 };
 Floats floats_of(const TensorData& t);
+
+// A node attribute's value, or `dflt` when the node does not set it.
+int64_t int_attr(const onnx::NodeProto& n, const char* name, int64_t dflt);
+float float_attr(const onnx::NodeProto& n, const char* name, float dflt);
+
+// Fresh names for the values, nodes and initializers a graph rewrite adds: never one the model already uses.
+class UniqueNames {
+ public:
+  explicit UniqueNames(const Model& m);
+  // `base`, or `base_1`, `base_2`, ... (the first one not used yet); the name is taken.
+  std::string operator()(const std::string& base);
+
+ private:
+  std::unordered_set<std::string> used_;
+};
 
 // Glob match with `*` and `?`.
 bool glob_match(const std::string& pattern, const std::string& text);

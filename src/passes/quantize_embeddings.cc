@@ -1,5 +1,7 @@
 #include "passes/quantize_embeddings.h"
 
+#include "passes/quantize.h"
+
 #include <algorithm>
 #include <cmath>
 #include <unordered_map>
@@ -69,20 +71,10 @@ Model quantize_embeddings(const Model& in, const EmbeddingPolicy& policy, Embedd
   for (const auto& node : g.node())
     for (const auto& x : node.input())
       if (!x.empty()) ++uses[x];
-  std::unordered_set<std::string> outputs_and_inputs, names;
+  std::unordered_set<std::string> outputs_and_inputs;
   for (const auto& o : g.output()) outputs_and_inputs.insert(o.name());
   for (const auto& v : g.input()) outputs_and_inputs.insert(v.name());
-  for (const auto& i : in.initializers) names.insert(i.name);
-  for (const auto& node : g.node()) {
-    names.insert(node.name());
-    for (const auto& o : node.output()) names.insert(o);
-  }
-  auto fresh = [&](const std::string& base) {
-    std::string s = base;
-    for (int i = 1; names.count(s); ++i) s = base + "_" + std::to_string(i);
-    names.insert(s);
-    return s;
-  };
+  UniqueNames fresh(in);
 
   int64_t opset = 0;
   for (const auto& o : in.proto.opset_import())

@@ -517,16 +517,6 @@ std::vector<uint8_t> pack_int4_zero_points(const Int4Weight& q) {
 namespace {
 
 
-int64_t int_attr(const onnx::NodeProto& n, const char* name, int64_t dflt) {
-  for (const auto& a : n.attribute())
-    if (a.name() == name) return a.i();
-  return dflt;
-}
-float float_attr(const onnx::NodeProto& n, const char* name, float dflt) {
-  for (const auto& a : n.attribute())
-    if (a.name() == name) return a.f();
-  return dflt;
-}
 void add_int(onnx::NodeProto* n, const char* name, int64_t v) {
   auto* a = n->add_attribute();
   a->set_name(name);
@@ -559,7 +549,7 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
   for (const auto& node : g.node())
     for (const auto& x : node.input())
       if (!x.empty()) ++uses[x];
-  std::unordered_set<std::string> pinned, used_names;
+  std::unordered_set<std::string> pinned;
   for (const auto& node : g.node())
     for (const auto& a : node.attribute()) {
       if (a.has_g()) collect_subgraph_inputs(a.g(), &pinned);
@@ -568,17 +558,7 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
   for (const auto& o : g.output()) pinned.insert(o.name());
   std::unordered_set<std::string> graph_inputs;
   for (const auto& v : g.input()) graph_inputs.insert(v.name());
-  for (const auto& init : in.initializers) used_names.insert(init.name);
-  for (const auto& node : g.node()) {
-    used_names.insert(node.name());
-    for (const auto& o : node.output()) used_names.insert(o);
-  }
-  auto fresh = [&](const std::string& base) {
-    std::string s = base;
-    for (int i = 1; used_names.count(s); ++i) s = base + "_" + std::to_string(i);
-    used_names.insert(s);
-    return s;
-  };
+  UniqueNames fresh(in);
 
   struct QNames {
     std::string b, scales, zp;
