@@ -49,18 +49,17 @@ REPO = Path(__file__).resolve().parents[1]
 TIME_BIN = "/usr/bin/time"
 
 
-def build_checkpoint(work: Path, layers: int, hidden: int, heads: int, intermediate: int, vocab: int) -> Path:
-    d = work / f"bert-L{layers}-H{hidden}-A{heads}-I{intermediate}-V{vocab}"
+def cached_checkpoint(work: Path, name: str, make_model) -> Path:
+    """work/name, built once: make_model() (seeded here) saved by transformers into a temporary folder, renamed
+    into place when complete."""
+    d = work / name
     if (d / ".complete").exists():
         return d
     import torch
-    from transformers import BertConfig, BertModel
 
     print(f"building checkpoint {d.name} ...", file=sys.stderr, flush=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=intermediate, max_position_embeddings=512, type_vocab_size=2)
-    model = BertModel(cfg).eval()
+    model = make_model().eval()
     work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build.", dir=work))
     model.save_pretrained(tmp, safe_serialization=True)
@@ -69,6 +68,17 @@ def build_checkpoint(work: Path, layers: int, hidden: int, heads: int, intermedi
         shutil.rmtree(d)
     os.replace(tmp, d)
     return d
+
+
+def build_checkpoint(work: Path, layers: int, hidden: int, heads: int, intermediate: int, vocab: int) -> Path:
+    def make():
+        from transformers import BertConfig, BertModel
+
+        return BertModel(BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                    num_attention_heads=heads, intermediate_size=intermediate,
+                                    max_position_embeddings=512, type_vocab_size=2))
+
+    return cached_checkpoint(work, f"bert-L{layers}-H{hidden}-A{heads}-I{intermediate}-V{vocab}", make)
 
 
 # --smoke: the tiny checkpoint every benchmark uses to prove it still runs end to end (scripts/test).

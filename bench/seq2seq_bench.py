@@ -33,34 +33,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_bench import measure  # noqa: E402
+from export_bench import cached_checkpoint, measure  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def build_marian(work: Path, d_model: int, layers: int, heads: int, ffn: int, vocab: int) -> Path:
-    d = work / f"marian-D{d_model}-L{layers}-A{heads}-F{ffn}-V{vocab}"
-    if (d / ".complete").exists():
-        return d
-    import torch
-    from transformers import MarianConfig, MarianMTModel
+    def make():
+        from transformers import MarianConfig, MarianMTModel
 
-    print(f"building checkpoint {d.name} ...", file=sys.stderr, flush=True)
-    torch.manual_seed(0)
-    cfg = MarianConfig(vocab_size=vocab, decoder_vocab_size=vocab, d_model=d_model, encoder_layers=layers,
-                       decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
-                       encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, max_position_embeddings=512, pad_token_id=vocab - 1,
-                       decoder_start_token_id=vocab - 1, eos_token_id=0, scale_embedding=True,
-                       activation_function="swish")
-    model = MarianMTModel(cfg).eval()
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build.", dir=work))
-    model.save_pretrained(tmp, safe_serialization=True)
-    (tmp / ".complete").write_text("ok")
-    if d.exists():
-        shutil.rmtree(d)
-    os.replace(tmp, d)
-    return d
+        return MarianMTModel(MarianConfig(
+            vocab_size=vocab, decoder_vocab_size=vocab, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+            encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
+            max_position_embeddings=512, pad_token_id=vocab - 1, decoder_start_token_id=vocab - 1, eos_token_id=0,
+            scale_embedding=True, activation_function="swish"))
+
+    return cached_checkpoint(work, f"marian-D{d_model}-L{layers}-A{heads}-F{ffn}-V{vocab}", make)
 
 
 def folder_model_bytes(folder: Path) -> int:
