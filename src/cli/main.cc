@@ -22,6 +22,7 @@
 // Subcommands defined in their own files.
 CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action);
 CLI::App* add_tokenize_command(CLI::App& app);  // runs and exits from its own callback
+CLI::App* add_run_command(CLI::App& app);       // runs and exits from its own callback
 
 namespace {
 
@@ -359,6 +360,7 @@ int main(int argc, char** argv) {
   std::function<int()> quantize_action;
   auto* qu = add_quantize_command(app, &quantize_action);
   add_tokenize_command(app);
+  add_run_command(app);
 
   try {
     app.parse(argc, argv);
