@@ -176,7 +176,10 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   else throw trex::UsageError("--external-data must be auto, always or never, got '" + a.external + "'");
   if (!a.static_shape.empty()) o.static_shape = trex::cli::parse_static_shape(a.static_shape);
   trex::OutputFolders folders;
-  folders.create_parents_of(torchscript ? fs::path(a.output) : trex::resolve_output_file(o));
+  // Other layouts than trex: OUTPUT itself; the export creates the subfolders it writes into.
+  folders.create_parents_of(torchscript                         ? fs::path(a.output)
+                            : o.layout == trex::Layout::kTrex ? trex::resolve_output_file(o)
+                                                              : fs::path(a.output) / "config.json");
   if (!a.report.empty()) {
     folders.create_parents_of(a.report);
     trex::check_output_path(a.report);

@@ -137,7 +137,9 @@ void check_export_paths(const ExportOptions& options) {
   std::error_code dir_ec;
   if (!fs::exists(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "checkpoint folder does not exist");
   if (!fs::is_directory(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "not a folder");
-  check_output_path(options.output);
+  // Other layouts create their subfolders (onnx/, NAME/1/) as they write: their root must be writable.
+  check_output_path(options.layout == Layout::kTrex ? options.output
+                                                    : layout_root(options.output, options.layout) / "config.json");
   std::vector<fs::path> outputs{options.output, external_data_path(options.output)};
   if (options.optimize) outputs.push_back(layout_variant_file(options.output, options.layout, Variant::kOptimized));
   if (options.quantize) outputs.push_back(layout_variant_file(options.output, options.layout, Variant::kQuantized));
@@ -181,7 +183,8 @@ ExportResult export_onnx(const ExportOptions& requested) {
   // the export fails.
   ExportOptions options = requested;
   options.output = resolve_output_file(requested);
-  const fs::path out_dir = options.output.parent_path();
+  const fs::path out_dir =
+      options.layout == Layout::kTrex ? options.output.parent_path() : layout_root(options.output, options.layout);
   std::vector<fs::path> created;
   std::error_code ec;
   if (!out_dir.empty() && !fs::exists(out_dir, ec) && fs::exists(options.model_dir, ec)) {
