@@ -220,9 +220,18 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     try {
       write_export_report(a.report, r, secs);
     } catch (const trex::Error&) {  // no half-finished run: the models go with the report
-      remove_written(r.written);
-      if (r.optimized) remove_written(*r.optimized);
+      for (const auto& gr : r.graphs) {
+        remove_written(gr.written);
+        if (gr.optimized) remove_written(*gr.optimized);
+      }
       if (r.quantized) remove_written(r.quantized->written);
+      std::error_code ec;
+      for (const auto& f : r.companions) fs::remove(f, ec);
+      for (const auto& f : r.triton_configs) fs::remove(f, ec);
+      for (const auto& f : r.triton_configs) {  // the model folders the layout created, when left empty
+        fs::remove(f.parent_path() / "1", ec);
+        fs::remove(f.parent_path(), ec);
+      }
       throw;
     }
   }
