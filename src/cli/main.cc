@@ -38,7 +38,9 @@ namespace fs = std::filesystem;
 using trex::cli::mib;
 
 struct ExportArgs {
-  std::string model, revision, output, pipeline, static_shape, external = "auto", format, report;
+  std::string model, revision, output, pipeline, static_shape, external = "auto", format, report, layout = "trex",
+      triton_name;
+  int triton_max_batch = 16;
   int opset = trex::kDefaultOpset;
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
        eager_attention = false, allow_nonfinite = false;
@@ -101,22 +103,21 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
 // lowered from the plain ONNX graph of that opset.)
 constexpr const char* kOnnxOnlyOptions[] = {"--report",   "--external-data", "--no-check",    "--optimize",
                                             "--quantize", "--static-shape",  "--gelu-approximation",
-                                            "--allow-nonfinite"};
+                                            "--allow-nonfinite", "--layout", "--triton-name", "--triton-max-batch"};
 
 // Every file `trex export` may write, for the never-overwrite-an-input check.
-std::vector<fs::path> export_outputs(const ExportArgs& a, bool torchscript) {
-  const fs::path out = torchscript ? fs::path(a.output) : trex::resolve_output_file(a.output);
+std::vector<fs::path> export_outputs(const ExportArgs& a, bool torchscript, const trex::ExportOptions& o) {
+  const fs::path out = torchscript ? fs::path(a.output) : trex::resolve_output_file(o);
   std::vector<fs::path> files{out};
   if (torchscript) return files;
   files.push_back(trex::external_data_path(out));
-  if (a.optimize) {
-    files.push_back(trex::optimized_path(out));
-    files.push_back(trex::external_data_path(trex::optimized_path(out)));
-  }
-  if (a.quantize) {
-    files.push_back(trex::quantized_path(out));
-    files.push_back(trex::external_data_path(trex::quantized_path(out)));
-  }
+  auto add_variant = [&](trex::Variant v) {
+    const fs::path f = trex::layout_variant_file(out, o.layout, v);
+    files.push_back(f);
+    files.push_back(trex::external_data_path(f));
+  };
+  if (a.optimize) add_variant(trex::Variant::kOptimized);
+  if (a.quantize) add_variant(trex::Variant::kQuantized);
   if (!a.report.empty()) files.emplace_back(a.report);
   return files;
 }
@@ -137,6 +138,15 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     throw trex::UsageError("--eager-attention applies to TorchScript output (.pt, --format torchscript) only");
   }
   trex::ExportOptions o;
+  if (!torchscript) {
+    const auto layout = trex::parse_layout(a.layout);
+    if (!layout) throw trex::UsageError("--layout must be trex, optimum, transformers.js or triton, got '" + a.layout + "'");
+    o.layout = *layout;
+    if (o.layout != trex::Layout::kTriton && (cmd.count("--triton-name") || cmd.count("--triton-max-batch")))
+      throw trex::UsageError("--triton-name and --triton-max-batch apply to --layout triton only");
+    o.triton_name = a.triton_name.empty() ? trex::triton_name_from(a.model) : a.triton_name;
+    o.triton_max_batch = a.triton_max_batch;
+  }
   const bool tty_progress = ::isatty(STDERR_FILENO) && !a.quiet;
   o.model_dir = trex::resolve_model_dir(a.model, a.revision, [tty_progress, last = std::string()](
                                                                  const std::string& file, uint64_t done,
@@ -149,9 +159,9 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     last = file;
     std::cerr << line << std::flush;
   });
-  trex::check_outputs_not_inputs(export_outputs(a, torchscript), trex::checkpoint_input_files(o.model_dir));
-
   o.output = a.output;
+  trex::check_outputs_not_inputs(export_outputs(a, torchscript, o), trex::checkpoint_input_files(o.model_dir));
+
   o.pipeline = a.pipeline;
   o.opset = a.opset;
   o.check = !a.no_check;
@@ -167,7 +177,10 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   else throw trex::UsageError("--external-data must be auto, always or never, got '" + a.external + "'");
   if (!a.static_shape.empty()) o.static_shape = trex::cli::parse_static_shape(a.static_shape);
   trex::OutputFolders folders;
-  folders.create_parents_of(torchscript ? fs::path(a.output) : trex::resolve_output_file(a.output));
+  // Other layouts than trex: OUTPUT itself; the export creates the subfolders it writes into.
+  folders.create_parents_of(torchscript                         ? fs::path(a.output)
+                            : o.layout == trex::Layout::kTrex ? trex::resolve_output_file(o)
+                                                              : fs::path(a.output) / "config.json");
   if (!a.report.empty()) {
     folders.create_parents_of(a.report);
     trex::check_output_path(a.report);
@@ -201,16 +214,25 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return 0;
   }
-  o.write_companions = trex::resolve_output_file(o.output) != o.output;  // OUTPUT names a folder
+  o.write_companions = trex::resolve_output_file(o) != o.output;  // OUTPUT names a folder
   trex::ExportResult r = trex::export_onnx(o);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.report.empty()) {
     try {
       write_export_report(a.report, r, secs);
     } catch (const trex::Error&) {  // no half-finished run: the models go with the report
-      remove_written(r.written);
-      if (r.optimized) remove_written(*r.optimized);
+      for (const auto& gr : r.graphs) {
+        remove_written(gr.written);
+        if (gr.optimized) remove_written(*gr.optimized);
+      }
       if (r.quantized) remove_written(r.quantized->written);
+      std::error_code ec;
+      for (const auto& f : r.companions) fs::remove(f, ec);
+      for (const auto& f : r.triton_configs) fs::remove(f, ec);
+      for (const auto& f : r.triton_configs) {  // the model folders the layout created, when left empty
+        fs::remove(f.parent_path() / "1", ec);
+        fs::remove(f.parent_path(), ec);
+      }
       throw;
     }
   }
@@ -234,6 +256,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
       for (const auto& c : r.companions) list += (list.empty() ? "" : ", ") + c.filename().string();
       std::cout << "wrote beside it: " << list << "\n";
     }
+    for (const auto& c : r.triton_configs) std::cout << "wrote " << c.string() << " (Triton model configuration)\n";
     for (const auto& gr : r.graphs) {
       const std::string which = r.graphs.size() > 1 ? " " + gr.name : "";
       if (gr.check)
@@ -320,6 +343,21 @@ int main(int argc, char** argv) {
   ex->add_flag("--eager-attention", ea.eager_attention,
                "TorchScript: keep transformers' eager attention ops (bit-identical to attn_implementation=eager) "
                "instead of one scaled_dot_product_attention call (faster, ~1e-6 relative)");
+  ex->add_option("--layout", ea.layout,
+                 "File names and places for a runtime to load OUTPUT as it is: trex (default: model.onnx, "
+                 "model-optimized.onnx, model-quantized.onnx; sets as encoder_model.onnx + decoder_model_merged.onnx "
+                 "sharing weights.data), optimum (model.onnx, model_optimized.onnx, model_quantized.onnx, per graph "
+                 "for sets), transformers.js (config and tokenizer at the root, onnx/model.onnx, "
+                 "onnx/model_quantized.onnx (int8), self-contained graphs), triton (a model repository: "
+                 "OUTPUT/NAME/config.pbtxt + OUTPUT/NAME/1/model.onnx; each graph of a set and each variant its own "
+                 "model: NAME_encoder_model, NAME_optimized, ...). Other layouts than trex need OUTPUT to be a folder")
+      ->check(CLI::IsMember({"trex", "optimum", "transformers.js", "triton"}));
+  ex->add_option("--triton-name", ea.triton_name,
+                 "--layout triton: the model's name (default: the checkpoint folder's or hub id's last component)");
+  ex->add_option("--triton-max-batch", ea.triton_max_batch,
+                 "--layout triton: max_batch_size with dynamic batching when every tensor's first dim is the batch "
+                 "(default 16; 0: no batching)")
+      ->check(trex::cli::integer_in(0, 1 << 20));
   ex->add_option("output", ea.output,
                  "Output: a .onnx path, a folder (gets model.onnx plus config.json, the tokenizer files and, for "
                  "decoders, generation_config.json and genai_config.json), or .pt for TorchScript; missing folders "

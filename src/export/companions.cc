@@ -1,6 +1,5 @@
 #include "export/companions.h"
 
-#include <fstream>
 #include <system_error>
 
 #include <nlohmann/json.hpp>
@@ -16,27 +15,6 @@ using nlohmann::json;
 
 
 namespace {
-
-// Writes `bytes` to `dst` through a temporary file beside it.
-void write_atomically(const fs::path& dst, const std::string& bytes) {
-  const fs::path tmp = temp_path_beside(dst);
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    f.close();
-    if (!f) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw OutputError(dst.string(), "cannot write");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, dst, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw OutputError(dst.string(), "cannot write: " + ec.message());
-  }
-}
 
 // A checkpoint file read as bytes: a regular file inside the checkpoint (a Hugging Face cache snapshot may point
 // into its repository's blobs), at most 64 MiB.
@@ -110,7 +88,7 @@ std::vector<fs::path> write_companion_files(const ModelConfig& config, const Com
     throw UsageError(o.output_dir.string() + ": the output folder is the checkpoint folder; choose another one");
   std::vector<fs::path> written;
   auto put = [&](const std::string& name, const std::string& bytes) {
-    write_atomically(o.output_dir / name, bytes);
+    write_file_atomically(o.output_dir / name, bytes);
     written.push_back(o.output_dir / name);
   };
   put("config.json", read_checkpoint_file(o.model_dir, o.model_dir / "config.json"));

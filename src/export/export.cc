@@ -73,6 +73,11 @@ fs::path resolve_output_file(const fs::path& output) {
   return output / "model.onnx";
 }
 
+fs::path resolve_output_file(const ExportOptions& options) {
+  return options.layout == Layout::kTrex ? resolve_output_file(options.output)
+                                         : layout_output_file(options.output, options.layout, options.triton_name);
+}
+
 fs::path optimized_path(const fs::path& output) {
   return output.parent_path() / (output.stem().string() + "-optimized" + output.extension().string());
 }
@@ -132,10 +137,12 @@ void check_export_paths(const ExportOptions& options) {
   std::error_code dir_ec;
   if (!fs::exists(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "checkpoint folder does not exist");
   if (!fs::is_directory(options.model_dir, dir_ec)) throw InputError(options.model_dir.string(), "not a folder");
-  check_output_path(options.output);
+  // Other layouts create their subfolders (onnx/, NAME/1/) as they write: their root must be writable.
+  check_output_path(options.layout == Layout::kTrex ? options.output
+                                                    : layout_root(options.output, options.layout) / "config.json");
   std::vector<fs::path> outputs{options.output, external_data_path(options.output)};
-  if (options.optimize) outputs.push_back(optimized_path(options.output));
-  if (options.quantize) outputs.push_back(quantized_path(options.output));
+  if (options.optimize) outputs.push_back(layout_variant_file(options.output, options.layout, Variant::kOptimized));
+  if (options.quantize) outputs.push_back(layout_variant_file(options.output, options.layout, Variant::kQuantized));
   check_outputs_not_inputs(outputs, checkpoint_input_files(options.model_dir));
 }
 
@@ -146,9 +153,12 @@ CompanionOptions companion_options(const ExportOptions& options, const ModelConf
                                    Task task) {
   CompanionOptions c;
   c.model_dir = options.model_dir;
-  c.output_dir = options.output.parent_path().empty() ? fs::path(".") : options.output.parent_path();
-  // genai runs the fastest graph the folder has.
-  c.model_file = (options.optimize ? optimized_path(options.output) : options.output).filename().string();
+  c.output_dir = layout_root(options.output, options.layout);
+  // genai runs the fastest graph the folder has (a path relative to the folder: onnx/model.onnx for transformers.js).
+  const fs::path model =
+      options.optimize ? layout_variant_file(options.output, options.layout, Variant::kOptimized) : options.output;
+  c.model_file = model.lexically_relative(c.output_dir).generic_string();
+  if (c.model_file.empty() || c.model_file.rfind("..", 0) == 0) c.model_file = model.filename().string();
   c.task = task;
   for (const auto& [name, dims] : spec.outputs) {
     if (name == "logits" && dims.size() == 3) c.vocab = dims[2].value;
@@ -172,8 +182,9 @@ ExportResult export_onnx(const ExportOptions& requested) {
   // OUTPUT is a .onnx path or a folder (model.onnx inside); missing folders are created, and removed again when
   // the export fails.
   ExportOptions options = requested;
-  options.output = resolve_output_file(requested.output);
-  const fs::path out_dir = options.output.parent_path();
+  options.output = resolve_output_file(requested);
+  const fs::path out_dir =
+      options.layout == Layout::kTrex ? options.output.parent_path() : layout_root(options.output, options.layout);
   std::vector<fs::path> created;
   std::error_code ec;
   if (!out_dir.empty() && !fs::exists(out_dir, ec) && fs::exists(options.model_dir, ec)) {
@@ -182,7 +193,7 @@ ExportResult export_onnx(const ExportOptions& requested) {
     if (ec) throw OutputError(out_dir.string(), "cannot create the output folder: " + ec.message());
   }
   try {
-    return export_to(options, resolve_output_file(requested.output) == requested.output);
+    return export_to(options, options.output == requested.output);
   } catch (...) {
     for (const auto& p : created) fs::remove(p, ec);  // innermost first; only folders left empty
     throw;
@@ -204,10 +215,12 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     throw UsageError(options.output.string() + ": model_type '" + config.model_type +
                      "' exports a set of graphs (" + std::to_string(arch.graphs.size()) +
                      " .onnx files + config and tokenizer files): OUTPUT must be a folder");
-  if (task == Task::kCausalLM || !arch.graphs.empty() || options.write_companions) {
+  const Layout layout = options.layout;
+  auto variant = [layout](const fs::path& plain, Variant v) { return layout_variant_file(plain, layout, v); };
+  if (task == Task::kCausalLM || !arch.graphs.empty() || options.write_companions || layout != Layout::kTrex) {
     // Companion files (config.json, tokenizer files) would replace the checkpoint's own: refuse before writing.
     std::error_code dir_ec;
-    const fs::path dir = options.output.parent_path().empty() ? fs::path(".") : options.output.parent_path();
+    const fs::path dir = layout_root(options.output, layout);
     if (fs::equivalent(dir, options.model_dir, dir_ec))
       throw UsageError(dir.string() + ": the output folder is the checkpoint folder; choose another one");
   }
@@ -222,8 +235,10 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
   // The graphs of the set: OUTPUT itself for single-graph models, else <folder>/<name>.onnx each.
   const std::vector<std::string> parts = arch.graphs.empty() ? std::vector<std::string>{""} : arch.graphs;
   std::vector<fs::path> paths;
-  for (const auto& part : parts)
-    paths.push_back(part.empty() ? options.output : options.output.parent_path() / (part + ".onnx"));
+  for (const auto& part : parts) paths.push_back(layout_graph_file(options.output, layout, part));
+  // Folders a layout puts files in (onnx/, <name>/1/, <name>_optimized/1/): created as needed, removed again on
+  // failure when left empty.
+  OutputFolders folders;
   std::vector<LoadCheckSpec> plain_specs(parts.size()), fused_specs(parts.size());
   std::error_code ec;
   auto remove_written = [&](const WriteResult& w) {
@@ -235,12 +250,17 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       remove_written(gr.written);
       if (gr.optimized) remove_written(*gr.optimized);
     }
+    if (result.quantized) remove_written(result.quantized->written);
+    for (const auto& f : result.companions) fs::remove(f, ec);
+    for (const auto& f : result.triton_configs) fs::remove(f, ec);
   };
   // The graphs of a set share their weights (embeddings, tied heads): one external-data file per lowering holds
   // each tensor once, unless --external-data never asks for self-contained files.
   std::unique_ptr<SharedExternalData> shared_plain, shared_fused;
   WriteOptions wo_plain = wo, wo_fused = wo;
-  if (parts.size() > 1 && options.external != ExternalData::kNever) {
+  // Not for transformers.js (it loads each graph's own file) nor Triton (each graph is its own model folder).
+  const bool can_share = layout == Layout::kTrex || layout == Layout::kOptimum;
+  if (parts.size() > 1 && options.external != ExternalData::kNever && can_share) {
     shared_plain = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights.data");
     wo_plain.shared = shared_plain.get();
     if (options.optimize) {
@@ -271,6 +291,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       log("built " + (parts[p].empty() ? task_name(built.task) : parts[p]) + " graph: " +
           std::to_string(built.model.proto.graph().node_size()) + " nodes, " +
           std::to_string(built.model.initializers.size()) + " initializers, opset " + std::to_string(options.opset));
+      folders.create_parents_of(paths[p]);
       gr.written = write_model(built.model, paths[p], wo_plain);
       result.graphs.push_back(gr);
       plain_specs[p] = built.check_spec;
@@ -279,7 +300,8 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
         BuiltModel fused = build_model(config, weights, options, Lowering::kOrt, parts[p]);
         log("built optimized graph: " + std::to_string(fused.model.proto.graph().node_size()) +
             " nodes (ONNX Runtime fused ops)");
-        result.graphs.back().optimized = write_model(fused.model, optimized_path(paths[p]), wo_fused);
+        folders.create_parents_of(variant(paths[p], Variant::kOptimized));
+        result.graphs.back().optimized = write_model(fused.model, variant(paths[p], Variant::kOptimized), wo_fused);
         fused_specs[p] = fused.check_spec;
       }
     }
@@ -301,7 +323,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       throw;
     }
     if (!options.optimize) continue;
-    const fs::path opt_path = optimized_path(paths[p]);
+    const fs::path opt_path = variant(paths[p], Variant::kOptimized);
     try {
       load_check(opt_path, fused_specs[p]);
       VerifyOptions vo;
@@ -343,18 +365,15 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     result.optimized_verify = first.optimized_verify;
   }
   const LoadCheckSpec& plain_spec = plain_specs.back();
-  const fs::path opt_path = optimized_path(options.output);
+  const fs::path opt_path = variant(options.output, Variant::kOptimized);
+  const fs::path quant_path = variant(options.output, Variant::kQuantized);
 
+  try {
   // Files that make the output folder loadable as it is (generative models always; encoders when OUTPUT is a
-  // folder).
-  if (task == Task::kCausalLM || task == Task::kSeq2SeqLM || options.write_companions) {
-    try {
-      result.companions = write_companion_files(config, companion_options(options, config, plain_spec, task));
-    } catch (const Error&) {
-      remove_all();
-      throw;
-    }
-  }
+  // folder). A Triton repository holds models only.
+  if ((task == Task::kCausalLM || task == Task::kSeq2SeqLM || options.write_companions || layout != Layout::kTrex) &&
+      layout != Layout::kTriton)
+    result.companions = write_companion_files(config, companion_options(options, config, plain_spec, task));
 
   if (options.quantize) {
     QuantizeFileOptions qo;
@@ -363,13 +382,27 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     qo.check = true;  // the accuracy check drives the fp32 fallback of sensitive layers
     const fs::path source = options.optimize ? opt_path : options.output;
     log("quantizing " + source.filename().string() + " (int8, dynamic)");
-    result.quantized = quantize_file(source, quantized_path(options.output), qo);
-    if (result.quantized->missed_target) {
-      const auto& c = *result.quantized->comparison;
-      throw VerificationError(quantized_path(options.output).string() +
-                              ": int8 model misses its accuracy target vs fp32 (mean cosine " +
-                              std::to_string(c.mean_cosine) + "; the model was written, see trex quantize --help)");
+    folders.create_parents_of(quant_path);
+    result.quantized = quantize_file(source, quant_path, qo);
+  }
+  if (layout == Layout::kTriton) {
+    std::vector<fs::path> models;
+    for (const auto& gr : result.graphs) {
+      models.push_back(gr.written.model_path);
+      if (gr.optimized) models.push_back(gr.optimized->model_path);
     }
+    if (result.quantized) models.push_back(result.quantized->written.model_path);
+    for (const auto& m : models) result.triton_configs.push_back(write_triton_config(m, options.triton_max_batch));
+  }
+  } catch (const Error&) {
+    remove_all();
+    throw;
+  }
+  folders.keep();
+  if (result.quantized && result.quantized->missed_target) {
+    const auto& c = *result.quantized->comparison;
+    throw VerificationError(quant_path.string() + ": int8 model misses its accuracy target vs fp32 (mean cosine " +
+                            std::to_string(c.mean_cosine) + "; the model was written, see trex quantize --help)");
   }
   return result;
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "arch/architecture.h"
+#include "export/layout.h"
 #include "onnx/writer.h"
 #include "passes/quantize_file.h"
 #include "runtime/ort_check.h"
@@ -39,6 +40,10 @@ struct ExportOptions {
   // Also write <stem>-quantized.onnx: int8 dynamic quantization of the optimized model when `optimize`,
   // else of the plain one, compared with it in ONNX Runtime.
   bool quantize = false;
+  // How the files are named and placed (export/layout.h). Other layouts than kTrex need OUTPUT to be a folder.
+  Layout layout = Layout::kTrex;
+  std::string triton_name;   // kTriton: the model's name in the repository
+  int triton_max_batch = 16;  // kTriton: max_batch_size when the first dim of every tensor is the batch
   // Progress and status lines (may be empty).
   std::function<void(const std::string&)> log;
   std::function<void(size_t done, size_t total)> progress;
@@ -65,6 +70,7 @@ struct ExportResult {
   std::optional<VerifyReport> optimized_verify;
   std::optional<QuantizeFileResult> quantized;
   std::vector<std::filesystem::path> companions;  // config.json, tokenizer files, genai_config.json, ...
+  std::vector<std::filesystem::path> triton_configs;  // --layout triton: one config.pbtxt per model
   // Every graph of the set (the fields above repeat the first one's: written, check, optimized, ...).
   std::vector<ExportedGraph> graphs;
 };
@@ -88,6 +94,8 @@ BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, co
 
 // OUTPUT as given (a .onnx / .pt / .pth path, or an existing file) or OUTPUT/model.onnx when it names a folder.
 std::filesystem::path resolve_output_file(const std::filesystem::path& output);
+// The first graph's plain file for the options' OUTPUT and layout (resolve_output_file for the default layout).
+std::filesystem::path resolve_output_file(const ExportOptions& options);
 
 // UsageError when the checkpoint's architecture cannot be exported to TorchScript (decoders).
 void check_torchscript_supported(const ModelConfig& config);

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <fstream>
 #include <string>
 
 #include "util/error.h"
@@ -27,6 +28,26 @@ fs::path temp_path_beside(const fs::path& out) {
   name += ".tmp-";
   name += std::to_string(::getpid());
   return out.parent_path() / name;
+}
+
+void write_file_atomically(const fs::path& dst, const std::string& bytes) {
+  const fs::path tmp = temp_path_beside(dst);
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    f.close();
+    if (!f) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw OutputError(dst.string(), "cannot write");
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, dst, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw OutputError(dst.string(), "cannot write: " + ec.message());
+  }
 }
 
 bool same_file(const fs::path& a, const fs::path& b) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <string>
 #include <vector>
 
 namespace trex {
@@ -12,6 +13,9 @@ void check_output_path(const std::filesystem::path& out);
 
 // `.<name>.tmp-<pid>` in the same folder as `out` (same file system, so the final rename is atomic).
 std::filesystem::path temp_path_beside(const std::filesystem::path& out);
+
+// Writes `bytes` to `out` through a temporary file beside it, renamed at the end (OutputError naming `out`).
+void write_file_atomically(const std::filesystem::path& out, const std::string& bytes);
 
 // True when `a` and `b` name the same file: same path once `.`/`..` and symlinks are resolved
 // (weakly_canonical, so `b` need not exist), or the same inode (hard links, bind mounts).
