@@ -22,6 +22,7 @@
 // Subcommands defined in their own files.
 CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action);
 CLI::App* add_tokenize_command(CLI::App& app);  // runs and exits from its own callback
+CLI::App* add_bench_command(CLI::App& app, std::function<int()>* action);
 
 namespace {
 
@@ -359,6 +360,8 @@ int main(int argc, char** argv) {
   std::function<int()> quantize_action;
   auto* qu = add_quantize_command(app, &quantize_action);
   add_tokenize_command(app);
+  std::function<int()> bench_action;
+  auto* be = add_bench_command(app, &bench_action);
 
   try {
     app.parse(argc, argv);
@@ -410,6 +413,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (qu->parsed() && quantize_action) return quantize_action();
+    if (be->parsed() && bench_action) return bench_action();
   } catch (const trex::Error& e) {
     return fail(e.code(), e.what());
   } catch (const std::exception& e) {
