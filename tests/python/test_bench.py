@@ -112,3 +112,30 @@ def test_bench_not_onnx(tmp_path):
     bad.write_bytes(b"\x08\x07garbage" * 10)
     r = fx.run_trex("bench", str(bad))
     assert r.returncode in (2, 3) and r.stderr.startswith("trex: error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_export_report_latency(tmp_path):
+    """--report: every variant written (plain, optimized, int8) gains its latency beside its accuracy; export
+    prints the table (not with --quiet)."""
+    ckpt = fx.checkpoint("bert", "text-classification")
+    rep = tmp_path / "r.json"
+    r = fx.export(ckpt, tmp_path / "m.onnx", "--optimize", "--quantize", "--report", rep, "--latency-shape", "2,20",
+                  "--latency-repeats", 4)
+    j = json.loads(rep.read_text())
+    for variant in ("plain", "optimized", "quantized"):
+        lat = j[variant]["latency"]
+        check_stats(lat, 4)
+        assert Path(lat["model"]) == Path(j[variant]["model"])
+        assert (lat["batch"], lat["seq"], lat["threads"]) == (2, 20, 1)
+    table = r.stdout[r.stdout.index("latency (ONNX Runtime"):]
+    assert "batch 2 x seq 20" in table
+    rows = {l.split()[1]: l for l in table.splitlines()[2:] if len(l.split()) > 1 and l.split()[1] in
+            ("plain", "optimized", "quantized")}
+    assert set(rows) == {"plain", "optimized", "quantized"}
+    assert "cosine" in rows["quantized"] and "max abs diff" in rows["optimized"]
+    assert f"{j['quantized']['latency']['median_ms']:.3f}" in rows["quantized"]
+    # --quiet: no table; --latency-repeats 0: no latency in the report.
+    r = fx.export(ckpt, tmp_path / "q.onnx", "--report", tmp_path / "q.json", "--quiet", "--latency-repeats", 0)
+    assert r.stdout == "" and "latency" not in json.loads((tmp_path / "q.json").read_text())["plain"]
+    r = fx.run_trex("export", "--model", ckpt, "--latency-repeats", "3", tmp_path / "n.onnx")
+    assert r.returncode == 1 and "--report" in r.stderr and not (tmp_path / "n.onnx").exists()
