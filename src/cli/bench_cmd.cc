@@ -19,7 +19,7 @@ struct BenchArgs {
   std::vector<std::string> models;
   trex::BenchOptions o;
   int64_t vocab = 0;
-  bool json = false;
+  bool json = false, one_at_a_time = false;
 };
 
 int run_bench(const BenchArgs& a) {
@@ -27,7 +27,13 @@ int run_bench(const BenchArgs& a) {
   trex::BenchOptions o = a.o;
   if (a.vocab > 0) o.input_limits["input_ids"] = a.vocab;
   std::vector<std::pair<std::string, trex::BenchResult>> rows;
-  for (const auto& m : a.models) rows.emplace_back(m, trex::bench_model(m, o));
+  if (a.one_at_a_time || a.models.size() == 1) {
+    for (const auto& m : a.models) rows.emplace_back(m, trex::bench_model(m, o));
+  } else {
+    std::vector<std::filesystem::path> paths(a.models.begin(), a.models.end());
+    auto results = trex::bench_interleaved(paths, o);
+    for (size_t i = 0; i < results.size(); ++i) rows.emplace_back(a.models[i], std::move(results[i]));
+  }
   if (a.json) {
     std::string s = "[";
     for (size_t i = 0; i < rows.size(); ++i) s += (i ? ",\n " : "") + rows[i].second.json();
@@ -35,10 +41,11 @@ int run_bench(const BenchArgs& a) {
     return 0;
   }
   const auto& first = rows.front().second;
-  std::printf("ONNX Runtime CPU, batch %lld x seq %lld%s, %d intra-op thread%s, %d warm-up + %d timed runs each\n",
+  std::printf("ONNX Runtime CPU, batch %lld x seq %lld%s, %d intra-op thread%s, %d warm-up + %d timed runs each%s\n",
               static_cast<long long>(o.batch), static_cast<long long>(o.seq),
               o.past ? (" + past " + std::to_string(o.past)).c_str() : "", o.threads, o.threads == 1 ? "" : "s",
-              o.warmup, o.repeats);
+              o.warmup, o.repeats,
+              rows.size() > 1 && !a.one_at_a_time ? " (interleaved, order rotating; speed-ups paired run by run)" : "");
   std::printf("inputs: %s\n", first.inputs.c_str());
   std::cout << trex::bench_table(rows);
   for (const auto& [label, r] : rows) {
@@ -73,6 +80,9 @@ CLI::App* add_bench_command(CLI::App& app, std::function<int()>* action) {
                 "Random input_ids in [0, VOCAB) (default: the size of the table input_ids index, else 100)")
       ->check(trex::cli::integer_in(1, int64_t{1} << 31));
   b->add_flag("--padded", args->o.padded, "Pad half of the last row of attention masks (batch > 1)");
+  b->add_flag("--one-at-a-time", args->one_at_a_time,
+              "Measure the models one after the other, one session open at a time (large models), instead of "
+              "interleaved run by run with all sessions open");
   b->add_flag("--json", args->json, "Print the results as JSON (every run's time included)");
   b->callback([args, action] { *action = [args] { return run_bench(*args); }; });
   return b;

@@ -35,6 +35,9 @@ struct BenchResult {
   int threads = 0;
   // "input_ids int64 [1, 128], attention_mask int64 [1, 128]"
   std::string inputs;
+  // bench_interleaved: the run-by-run speed-up over the first model (its run i / this run i): median, min, max;
+  // -1 when not measured that way.
+  double speedup_median = -1, speedup_min = -1, speedup_max = -1;
   double sequences_per_s() const { return median_ms > 0 ? 1000.0 * static_cast<double>(batch) / median_ms : 0; }
   double tokens_per_s() const { return sequences_per_s() * static_cast<double>(seq); }
   std::string json() const;  // one JSON object (no trailing newline)
@@ -47,8 +50,14 @@ double percentile(std::vector<double> samples, double q);
 // VerificationError (ONNX Runtime cannot load or run it).
 BenchResult bench_model(const std::filesystem::path& model, const BenchOptions& options);
 
+// Several models measured together: all sessions open at once, warm-up runs each, then `repeats` rounds in
+// which every model runs once, the order rotating each round, so that load from other processes, which comes
+// and goes, hits every model alike; speed-ups are paired run by run (see BenchResult). Holds every model in
+// memory at once: for large models, bench_model one at a time.
+std::vector<BenchResult> bench_interleaved(const std::vector<std::filesystem::path>& models, const BenchOptions& options);
+
 // A text table, one row per (label, result): median, p10-p90, min-max, throughput, and the speed-up relative
-// to the first row.
+// to the first row (paired, with its min-max, when measured interleaved).
 std::string bench_table(const std::vector<std::pair<std::string, BenchResult>>& rows);
 
 }  // namespace trex

@@ -46,6 +46,15 @@ def test_bench_trex_models(bert):
         check_stats(r, 7)
         assert (r["batch"], r["seq"], r["threads"]) == (3, 24, 1)
         assert "input_ids int64 [3, 24]" in r["inputs"] and "attention_mask int64 [3, 24]" in r["inputs"]
+    # Interleaved: speed-ups over the first model paired run by run.
+    ratios = np.array(res[0]["runs_ms"]) / np.array(res[1]["runs_ms"])
+    assert res[1]["speedup_vs_first"]["median"] == pytest.approx(np.median(ratios), rel=1e-9)
+    assert res[1]["speedup_vs_first"]["min"] == pytest.approx(ratios.min(), rel=1e-9)
+    assert res[0]["speedup_vs_first"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    res = bench_json(bert, opt, "--repeats", 3, "--seq", 8, "--one-at-a-time")
+    assert len(res) == 2 and all("speedup_vs_first" not in r for r in res)
+    for r in res:
+        check_stats(r, 3)
     # The plain table: both models, median and spread columns, every run listed.
     r = fx.run_trex("bench", str(bert), str(opt), "--repeats", "4", "--seq", "16")
     assert r.returncode == 0, r.stderr
