@@ -45,6 +45,7 @@ struct ExportArgs {
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
        eager_attention = false, allow_nonfinite = false;
   // --report's latency of each variant (trex bench's method); repeats 0: none.
+  std::string dtype = "fp32";
   std::string latency_shape;  // B,S; default 1,128 (S capped by the model's position table)
   int latency_repeats = 10, latency_threads = 1;
 };
@@ -247,6 +248,15 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   } else if (a.eager_attention) {
     throw trex::UsageError("--eager-attention applies to TorchScript output (.pt, --format torchscript) only");
   }
+  if (a.dtype == "bf16")
+    throw trex::UsageError("--dtype bf16: ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul, Add, Mul, "
+                           "Softmax, LayerNormalization, ... (checked with onnxruntime 1.23), so the model could not "
+                           "run or be checked; use --dtype fp16");
+  if (a.dtype == "fp16") {
+    if (torchscript) throw trex::UsageError("--dtype fp16 applies to ONNX output only");
+    if (a.optimize || a.quantize)
+      throw trex::UsageError("--dtype fp16 writes the plain graph only: not with --optimize or --quantize");
+  }
   for (const char* name : {"--latency-shape", "--latency-repeats", "--latency-threads"})
     if (cmd.count(name) && a.report.empty()) throw trex::UsageError(std::string(name) + " applies with --report only");
   trex::ExportOptions o;
@@ -271,6 +281,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   o.allow_nonfinite = a.allow_nonfinite;
   o.optimize = a.optimize;
   o.quantize = a.quantize;
+  o.fp16 = a.dtype == "fp16";
   o.gelu_approximation = a.gelu_approximation;
   if (a.gelu_approximation && !a.optimize) throw trex::UsageError("--gelu-approximation only applies with --optimize");
   if (a.gelu_approximation) o.optimize_atol = 1e-2;  // the tanh approximation moves outputs by ~1e-3
@@ -411,6 +422,11 @@ int main(int argc, char** argv) {
                  "Fix the input shape to BATCH,SEQUENCE instead of dynamic axes (at most 1048576 tokens)");
   ex->add_option("--external-data", ea.external,
                  "auto (weights in OUTPUT.onnx.data when the model passes 2 GB), always, never");
+  ex->add_option("--dtype", ea.dtype,
+                 "fp32 (default) or fp16: float16 weights and compute (norms, softmax, rotary angles kept float32; "
+                 "float inputs and outputs stay float32), standard ONNX; bf16 is refused (no ONNX Runtime CPU "
+                 "kernels)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   ex->add_flag("--no-check", ea.no_check, "Skip the ONNX Runtime load check after writing");
   ex->add_flag("--allow-nonfinite", ea.allow_nonfinite,
                "Write weights holding NaN or infinity (refused by default, naming the tensor)");

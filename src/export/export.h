@@ -39,6 +39,8 @@ struct ExportOptions {
   // Also write <stem>-quantized.onnx: int8 dynamic quantization of the optimized model when `optimize`,
   // else of the plain one, compared with it in ONNX Runtime.
   bool quantize = false;
+  // Weights and compute in float16 (src/passes/half.h); plain graph of single-graph models only.
+  bool fp16 = false;
   // Progress and status lines (may be empty).
   std::function<void(const std::string&)> log;
   std::function<void(size_t done, size_t total)> progress;
