@@ -12,7 +12,9 @@
 #include "cli/format.h"
 #include "cli/numbers.h"
 #include "export/export.h"
+#include "io/config.h"
 #include "io/hub_cache.h"
+#include "runtime/bench.h"
 #include "runtime/ort_optimize.h"
 #include "runtime/verify.h"
 #include "torchscript/torchscript_export.h"
@@ -23,6 +25,7 @@
 CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action);
 CLI::App* add_tokenize_command(CLI::App& app);  // runs and exits from its own callback
 CLI::App* add_run_command(CLI::App& app);       // runs and exits from its own callback
+CLI::App* add_bench_command(CLI::App& app, std::function<int()>* action);
 
 namespace {
 
@@ -44,14 +47,123 @@ struct ExportArgs {
   int opset = trex::kDefaultOpset;
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
        eager_attention = false, allow_nonfinite = false;
+  // --report's latency of each variant (trex bench's method); repeats 0: none.
+  std::string dtype = "fp32";
+  std::string latency_shape;  // B,S; default 1,128 (S capped by the model's position table)
+  int latency_repeats = 10, latency_threads = 1;
 };
 
+// One variant written by the export, with its accuracy and latency (--report).
+struct VariantLatency {
+  std::string graph, variant, accuracy;
+  fs::path model;
+  std::optional<trex::BenchResult> bench;
+  std::string error;  // the measurement failed (the export itself stands)
+};
+
+// Latency of every variant written, measured as `trex bench` does; a failure is noted, not fatal.
+std::vector<VariantLatency> measure_variants(const trex::ExportResult& r, const trex::ExportOptions& eo,
+                                             const ExportArgs& a) {
+  std::vector<VariantLatency> rows;
+  char buf[160];
+  for (const auto& gr : r.graphs) {
+    const std::string g = r.graphs.size() > 1 ? gr.name : "";
+    rows.push_back({g, "plain", "reference", gr.written.model_path, std::nullopt, ""});
+    if (gr.optimized) {
+      double worst = 0;
+      if (gr.optimized_verify)
+        for (const auto& o : gr.optimized_verify->outputs) worst = std::max(worst, o.max_abs_diff);
+      std::snprintf(buf, sizeof buf, "max abs diff %.2e", worst);
+      rows.push_back({g, "optimized", gr.optimized_verify ? buf : "-", gr.optimized->model_path, std::nullopt, ""});
+    }
+  }
+  if (r.quantized) {
+    const auto& q = *r.quantized;
+    std::string acc = "-";
+    if (q.comparison) {
+      std::snprintf(buf, sizeof buf, "cosine %.5f (min %.5f)", q.comparison->mean_cosine, q.comparison->min_cosine);
+      acc = buf;
+    }
+    rows.push_back({r.graphs.size() > 1 ? r.graphs.front().name : "", "quantized", acc, q.written.model_path,
+                    std::nullopt, ""});
+  }
+  trex::BenchOptions bo;
+  bo.repeats = a.latency_repeats;
+  bo.threads = a.latency_threads;
+  bo.warmup = 2;
+  if (eo.static_shape) {
+    std::tie(bo.batch, bo.seq) = *eo.static_shape;
+  } else if (!a.latency_shape.empty()) {
+    std::tie(bo.batch, bo.seq) = trex::cli::parse_static_shape(a.latency_shape);
+  } else {
+    // 1 x 128, within the model's learned positions (RoBERTa's table holds two offset rows).
+    const trex::ModelConfig cfg = trex::ModelConfig::load(eo.model_dir / "config.json");
+    const int64_t positions = cfg.get_int("max_position_embeddings", cfg.get_int("n_positions", 0));
+    if (positions > 2) bo.seq = std::min<int64_t>(bo.seq, positions - 2);
+  }
+  for (auto& row : rows) {
+    try {
+      row.bench = trex::bench_model(row.model, bo);
+    } catch (const trex::Error& e) {
+      row.error = trex::cli::one_line(e.what());
+    }
+  }
+  return rows;
+}
+
+std::string latency_table(const std::vector<VariantLatency>& rows) {
+  std::string s;
+  char line[512];
+  if (rows.empty()) return s;
+  const trex::BenchResult* first = nullptr;
+  for (const auto& row : rows)
+    if (row.bench) {
+      first = &*row.bench;
+      break;
+    }
+  if (first)
+    std::snprintf(line, sizeof line, "latency (ONNX Runtime CPU, batch %lld x seq %lld, %d thread%s, median of %zu runs):\n",
+                  static_cast<long long>(first->batch), static_cast<long long>(first->seq), first->threads,
+                  first->threads == 1 ? "" : "s", first->runs_ms.size());
+  else
+    std::snprintf(line, sizeof line, "latency (ONNX Runtime CPU):\n");
+  s += line;
+  std::snprintf(line, sizeof line, "%-22s %-10s %-30s %10s %17s %9s\n", "graph", "variant", "accuracy", "median ms",
+                "p10-p90 ms", "speed-up");
+  s += line;
+  double base = 0;
+  std::string base_graph = "\x01";
+  for (const auto& row : rows) {
+    const std::string graph = row.graph.empty() ? row.model.filename().string() : row.graph;
+    if (row.variant == "plain") {
+      base = row.bench ? row.bench->median_ms : 0;
+      base_graph = row.graph;
+    }
+    if (!row.bench) {
+      std::snprintf(line, sizeof line, "%-22s %-10s %-30s not measured: %s\n", graph.c_str(), row.variant.c_str(),
+                    row.accuracy.c_str(), row.error.substr(0, 200).c_str());
+    } else {
+      char spread[64], speed[32] = "-";
+      std::snprintf(spread, sizeof spread, "%.3f-%.3f", row.bench->p10_ms, row.bench->p90_ms);
+      if (base > 0 && row.graph == base_graph) std::snprintf(speed, sizeof speed, "%.2fx", base / row.bench->median_ms);
+      std::snprintf(line, sizeof line, "%-22s %-10s %-30s %10.3f %17s %9s\n", graph.c_str(), row.variant.c_str(),
+                    row.accuracy.c_str(), row.bench->median_ms, spread, speed);
+    }
+    s += line;
+  }
+  return s;
+}
+
 // --report: what was written, how each variant compares, how long it took (JSON).
-void write_export_report(const std::string& path, const trex::ExportResult& r, double seconds) {
+void write_export_report(const std::string& path, const trex::ExportResult& r, double seconds,
+                         const std::vector<VariantLatency>& latency) {
   using nlohmann::json;
-  auto files = [](const trex::WriteResult& w) {
+  auto files = [&latency](const trex::WriteResult& w) {
     json j{{"model", w.model_path.string()}, {"model_bytes", w.model_bytes}};
     if (!w.data_path.empty()) j["external_data"] = {{"path", w.data_path.string()}, {"bytes", w.data_bytes}};
+    for (const auto& row : latency)
+      if (row.model == w.model_path)
+        j["latency"] = row.bench ? json::parse(row.bench->json()) : json{{"error", row.error}};
     return j;
   };
   json j;
@@ -103,7 +215,8 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
 // lowered from the plain ONNX graph of that opset.)
 constexpr const char* kOnnxOnlyOptions[] = {"--report",   "--external-data", "--no-check",    "--optimize",
                                             "--quantize", "--static-shape",  "--gelu-approximation",
-                                            "--allow-nonfinite", "--layout", "--triton-name", "--triton-max-batch"};
+                                            "--allow-nonfinite", "--layout", "--triton-name", "--triton-max-batch",
+                                            "--latency-shape", "--latency-repeats", "--latency-threads"};
 
 // Every file `trex export` may write, for the never-overwrite-an-input check.
 std::vector<fs::path> export_outputs(const ExportArgs& a, bool torchscript, const trex::ExportOptions& o) {
@@ -137,6 +250,17 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   } else if (a.eager_attention) {
     throw trex::UsageError("--eager-attention applies to TorchScript output (.pt, --format torchscript) only");
   }
+  if (a.dtype == "bf16")
+    throw trex::UsageError("--dtype bf16: ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul, Add, Mul, "
+                           "Softmax, LayerNormalization, ... (checked with onnxruntime 1.23), so the model could not "
+                           "run or be checked; use --dtype fp16");
+  if (a.dtype == "fp16") {
+    if (torchscript) throw trex::UsageError("--dtype fp16 applies to ONNX output only");
+    if (a.optimize || a.quantize)
+      throw trex::UsageError("--dtype fp16 writes the plain graph only: not with --optimize or --quantize");
+  }
+  for (const char* name : {"--latency-shape", "--latency-repeats", "--latency-threads"})
+    if (cmd.count(name) && a.report.empty()) throw trex::UsageError(std::string(name) + " applies with --report only");
   trex::ExportOptions o;
   if (!torchscript) {
     const auto layout = trex::parse_layout(a.layout);
@@ -168,6 +292,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   o.allow_nonfinite = a.allow_nonfinite;
   o.optimize = a.optimize;
   o.quantize = a.quantize;
+  o.fp16 = a.dtype == "fp16";
   o.gelu_approximation = a.gelu_approximation;
   if (a.gelu_approximation && !a.optimize) throw trex::UsageError("--gelu-approximation only applies with --optimize");
   if (a.gelu_approximation) o.optimize_atol = 1e-2;  // the tanh approximation moves outputs by ~1e-3
@@ -217,9 +342,11 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   o.write_companions = trex::resolve_output_file(o) != o.output;  // OUTPUT names a folder
   trex::ExportResult r = trex::export_onnx(o);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<VariantLatency> latency;
   if (!a.report.empty()) {
     try {
-      write_export_report(a.report, r, secs);
+      if (a.latency_repeats > 0) latency = measure_variants(r, o, a);
+      write_export_report(a.report, r, secs, latency);
     } catch (const trex::Error&) {  // no half-finished run: the models go with the report
       for (const auto& gr : r.graphs) {
         remove_written(gr.written);
@@ -283,6 +410,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
                         ? (", label agreement " + std::to_string(100 * q.comparison->label_agreement) + " %").c_str()
                         : "");
     }
+    if (!latency.empty()) std::cout << latency_table(latency);
     std::printf("done in %.2f s\n", secs);
   }
   return 0;
@@ -318,12 +446,26 @@ int main(int argc, char** argv) {
                  "Fix the input shape to BATCH,SEQUENCE instead of dynamic axes (at most 1048576 tokens)");
   ex->add_option("--external-data", ea.external,
                  "auto (weights in OUTPUT.onnx.data when the model passes 2 GB), always, never");
+  ex->add_option("--dtype", ea.dtype,
+                 "fp32 (default) or fp16: float16 weights and compute (norms, softmax, rotary angles kept float32; "
+                 "float inputs and outputs stay float32), standard ONNX; bf16 is refused (no ONNX Runtime CPU "
+                 "kernels)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   ex->add_flag("--no-check", ea.no_check, "Skip the ONNX Runtime load check after writing");
   ex->add_flag("--allow-nonfinite", ea.allow_nonfinite,
                "Write weights holding NaN or infinity (refused by default, naming the tensor)");
   ex->add_option("--report", ea.report,
                  "Write a JSON report: files and sizes, load check, optimized-vs-plain and int8-vs-fp32 comparisons, "
+                 "each variant's ONNX Runtime latency (median of repeats with its spread, also printed as a table), "
                  "timings");
+  ex->add_option("--latency-shape", ea.latency_shape,
+                 "--report: BATCH,SEQUENCE each variant's latency is measured at (default 1,128, the sequence "
+                 "capped by the model's position table; the static shape with --static-shape)");
+  ex->add_option("--latency-repeats", ea.latency_repeats,
+                 "--report: timed runs per variant, after 2 warm-up runs (default 10; 0: no latency)")
+      ->check(trex::cli::integer_in(0, 100000));
+  ex->add_option("--latency-threads", ea.latency_threads, "--report: ONNX Runtime intra-op threads (default 1)")
+      ->check(trex::cli::integer_in(1, 1024));
   ex->add_flag("--quiet,-q", ea.quiet, "Print nothing but errors");
   ex->add_flag("--optimize", ea.optimize,
                "Also write <stem>-optimized.onnx using ONNX Runtime's fused ops (EmbedLayerNormalization, Attention, "
@@ -399,6 +541,8 @@ int main(int argc, char** argv) {
   auto* qu = add_quantize_command(app, &quantize_action);
   add_tokenize_command(app);
   add_run_command(app);
+  std::function<int()> bench_action;
+  auto* be = add_bench_command(app, &bench_action);
 
   try {
     app.parse(argc, argv);
@@ -450,6 +594,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (qu->parsed() && quantize_action) return quantize_action();
+    if (be->parsed() && bench_action) return bench_action();
   } catch (const trex::Error& e) {
     return fail(e.code(), e.what());
   } catch (const std::exception& e) {

@@ -1,4 +1,5 @@
 #include "export/export.h"
+#include "passes/half.h"
 
 #include <algorithm>
 #include <cstring>
@@ -279,6 +280,10 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       ExportedGraph gr;
       gr.name = parts[p].empty() ? options.output.stem().string() : parts[p];
       BuiltModel built = build_model(config, weights, options, Lowering::kPlain, parts[p]);
+      if (options.fp16) {
+        if (parts.size() > 1) throw UsageError("--dtype fp16 applies to single-graph models (encoders, decoders)");
+        convert_to_fp16(built.model);
+      }
       result.task = built.task;
       result.num_nodes += static_cast<size_t>(built.model.proto.graph().node_size());
       result.num_initializers += built.model.initializers.size();

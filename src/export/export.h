@@ -44,6 +44,8 @@ struct ExportOptions {
   Layout layout = Layout::kTrex;
   std::string triton_name;   // kTriton: the model's name in the repository
   int triton_max_batch = 16;  // kTriton: max_batch_size when the first dim of every tensor is the batch
+  // Weights and compute in float16 (src/passes/half.h); plain graph of single-graph models only.
+  bool fp16 = false;
   // Progress and status lines (may be empty).
   std::function<void(const std::string&)> log;
   std::function<void(size_t done, size_t total)> progress;
