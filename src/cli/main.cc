@@ -37,7 +37,7 @@ namespace fs = std::filesystem;
 using trex::cli::mib;
 
 struct ExportArgs {
-  std::string model, revision, output, pipeline, static_shape, external = "auto", format, report;
+  std::string model, revision, output, pipeline, static_shape, external = "auto", format, report, framework = "auto";
   int opset = trex::kDefaultOpset;
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
        eager_attention = false, allow_nonfinite = false;
@@ -136,6 +136,8 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     throw trex::UsageError("--eager-attention applies to TorchScript output (.pt, --format torchscript) only");
   }
   trex::ExportOptions o;
+  if (!trex::parse_framework(a.framework, &o.framework))
+    throw trex::UsageError("--framework must be pt, tf or auto, got '" + a.framework + "'");
   const bool tty_progress = ::isatty(STDERR_FILENO) && !a.quiet;
   o.model_dir = trex::resolve_model_dir(a.model, a.revision, [tty_progress, last = std::string()](
                                                                  const std::string& file, uint64_t done,
@@ -147,7 +149,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     if (file != last && !last.empty()) std::cerr << "\n";
     last = file;
     std::cerr << line << std::flush;
-  });
+  }, o.framework);
   trex::check_outputs_not_inputs(export_outputs(a, torchscript), trex::checkpoint_input_files(o.model_dir));
 
   o.output = a.output;
@@ -278,10 +280,14 @@ int main(int argc, char** argv) {
   auto* ex = app.add_subcommand("export", "Export a checkpoint (folder or hub id) to ONNX: encoders, decoder-only LMs, "
                                           "encoder-decoders");
   ex->add_option("--model,-m", ea.model, "Checkpoint folder (config.json + model.safetensors / pytorch_model.bin, "
-                                         "sharded or not), a Hugging Face cache folder (models--ORG--NAME), or a "
+                                         "sharded or not, or tf_model.h5), a Hugging Face cache folder (models--ORG--NAME), or a "
                                          "hub id ORG/NAME: taken from the local Hugging Face cache (HF_HUB_CACHE, "
                                          "HF_HOME/hub, ~/.cache/huggingface/hub), else downloaded from HF_ENDPOINT "
                                          "(HF_TOKEN; none with HF_HUB_OFFLINE=1)")->required();
+  ex->add_option("--framework", ea.framework,
+                 "Weights to read: pt (model.safetensors / pytorch_model.bin, sharded or not), tf (tf_model.h5, "
+                 "transformers' TensorFlow checkpoint) or auto (default: PyTorch's when present, else tf_model.h5)")
+      ->check(CLI::IsMember({"auto", "pt", "tf", "pytorch", "tensorflow"}));
   ex->add_option("--revision", ea.revision, "Branch, tag or commit of a hub id / cache folder (default main)");
   ex->add_option("--pipeline,-p,--task", ea.pipeline,
                  "Head to export (--task: optimum's name for it): feature-extraction, text-classification "
