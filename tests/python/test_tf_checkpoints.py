@@ -200,3 +200,43 @@ def test_tf_t5_matches_pytorch(name, tf_root, trex_bin, tmp_path, record_diff):
     record_diff(f"tf:{name} (encoder)", "last_hidden_state", enc_diff, ENC_TOL)
     record_diff(f"tf:{name} (first step)", "logits", diff, DEC_TOL)
     assert enc_diff <= ENC_TOL and diff <= DEC_TOL
+
+
+def test_hub_download_fetches_tf_weights(tf_root, trex_bin, tmp_path):
+    """A hub id whose repo has only tf_model.h5 is downloaded and exported (auto); with both weights files,
+    --framework tf fetches tf_model.h5 and not model.safetensors, and auto fetches model.safetensors only."""
+    from hub_server import Hub
+    from test_hub_download import run
+
+    tf_only = tf_root / "bert-text-classification" / "model"
+    both = tmp_path / "both"
+    shutil.copytree(tf_root / "bert-feature-extraction" / "model", both)
+    shutil.copy(fx.checkpoint("bert") / "model.safetensors", both / "model.safetensors")
+    hub = Hub()
+    hub.add_repo("acme/tf-only", tf_only, "a" * 40)
+    hub.add_repo("acme/both", both, "b" * 40)
+    hub.endpoint = hub.start()
+    try:
+        cache = tmp_path / "hub"
+        r = run(hub, cache, "export", "--model", "acme/tf-only", tmp_path / "a.onnx")
+        assert r.returncode == 0, r.stderr
+        assert (cache / "models--acme--tf-only" / "snapshots" / ("a" * 40) / "tf_model.h5").exists()
+
+        def fetched(repo):
+            return {p.rsplit("/", 1)[-1] for m, p, _ in hub.requests if m == "GET" and f"/{repo}/" in p}
+
+        r = run(hub, cache, "export", "--model", "acme/both", "--framework", "tf", tmp_path / "b.onnx")
+        assert r.returncode == 0, r.stderr
+        assert "tf_model.h5" in fetched("acme/both") and "model.safetensors" not in fetched("acme/both")
+        snap = cache / "models--acme--both" / "snapshots" / ("b" * 40)
+        feeds = fx.padded_batch("bert")
+        ref = np.load(tf_root / "bert-feature-extraction" / "ref.npz")["last_hidden_state"]
+        assert np.max(np.abs(fx.run_ort(tmp_path / "b.onnx", feeds)["last_hidden_state"] - ref)) <= TOL
+        # auto on a fresh cache: the PyTorch weights only.
+        hub.requests.clear()
+        r = run(hub, tmp_path / "hub2", "export", "--model", "acme/both", tmp_path / "c.onnx")
+        assert r.returncode == 0, r.stderr
+        assert "model.safetensors" in fetched("acme/both") and "tf_model.h5" not in fetched("acme/both")
+        assert snap.exists()
+    finally:
+        hub.stop()
