@@ -1,7 +1,17 @@
 #include "io/h5_checkpoint.h"
 
 #include <hdf5.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
 
 #include <algorithm>
 #include <cstring>
@@ -10,6 +20,7 @@
 #include <vector>
 
 #include "io/json_file.h"
+#include "io/mapped_file.h"
 #include "io/safe_open.h"
 #include "io/weight_store.h"
 #include "util/error.h"
@@ -267,20 +278,10 @@ std::string keras_to_pytorch_name(const std::string& keras_name, int rank, bool*
   return out;
 }
 
-void read_tf_h5(const fs::path& path, WeightStore& store) {
-  const std::string fname = path.string();
-  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
-  OpenFile f = open_regular_file_in(checkpoint_root(dir), path);
-  {
-    // The HDF5 signature (Keras writes no user block, so it is at offset 0).
-    static constexpr unsigned char kSig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    unsigned char head[8] = {};
-    const ssize_t got = f.size() >= 8 ? ::pread(f.fd(), head, 8, 0) : 0;
-    if (got != 8 || std::memcmp(head, kSig, 8) != 0) {
-      throw InputError(fname, "not an HDF5 file (no HDF5 signature at its start); tf_model.h5 must be the Keras "
-                              "HDF5 weights file that transformers' TF save_pretrained writes");
-    }
-  }
+namespace {
+
+// Reads the opened file `f` (named `fname` in messages) into `store`, in this process.
+void read_h5_here(const OpenFile& f, const std::string& fname, WeightStore& store) {
   QuietHdf5 quiet;
   // HDF5 opens the descriptor trex opened and checked, not the path (which could have been swapped since).
   const std::string fd_path = "/proc/self/fd/" + std::to_string(f.fd());
@@ -293,7 +294,6 @@ void read_tf_h5(const fs::path& path, WeightStore& store) {
                             "save_pretrained h5 format)");
   }
   if (layers.size() > kMaxLayers) throw InputError(fname, "lists too many layers (" + std::to_string(layers.size()) + ")");
-  store.add_file(path.filename().string());
   const uint64_t file_size = f.size();
   uint64_t total_bytes = 0;
   size_t count = 0;
@@ -390,6 +390,228 @@ void read_tf_h5(const fs::path& path, WeightStore& store) {
     }
   }
   if (count == 0) throw InputError(fname, "holds no weights");
+}
+
+// ---- the reading process -------------------------------------------------------------------------------------
+// HDF5 parses a file's structure itself, and a corrupt file can make it loop forever (found by fuzzing: a damaged
+// global heap behind a variable-length string attribute) or crash. So the file is read in a child process that
+// writes the tensors into a memory file (memfd); the parent waits for it with a deadline, kills it when the
+// deadline passes, and maps the result. Layout of the result (native byte order, same machine):
+//   "TRXH5v1\0", u64 status (0 ok, 1 InputError, 2 other error)
+//   status != 0: u64 length, message
+//   status 0:    u64 count, then per tensor: u64 name length, name, u64 file length, file, u64 dtype, u64 rank,
+//                i64 dims[rank], u64 data offset (from the start, 64-byte aligned), u64 bytes; then the data.
+
+constexpr char kResultMagic[8] = {'T', 'R', 'X', 'H', '5', 'v', '1', '\0'};
+
+void put_u64(std::string& s, uint64_t v) { s.append(reinterpret_cast<const char*>(&v), sizeof v); }
+void put_str(std::string& s, const std::string& v) {
+  put_u64(s, v.size());
+  s += v;
+}
+
+bool write_all(int fd, const void* data, size_t n, uint64_t offset) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return true;
+}
+
+uint64_t align64(uint64_t v) { return (v + 63) & ~uint64_t{63}; }
+
+bool write_error(int fd, uint64_t status, const std::string& message) {
+  std::string s(kResultMagic, sizeof kResultMagic);
+  put_u64(s, status);
+  put_str(s, message);
+  return write_all(fd, s.data(), s.size(), 0);
+}
+
+bool write_store(int fd, const WeightStore& store) {
+  const std::vector<std::string> names = store.names();
+  std::string table(kResultMagic, sizeof kResultMagic);
+  put_u64(table, 0);
+  put_u64(table, names.size());
+  // Offsets depend on the table's size: fixed-size fields first, so the table's length is known before them.
+  size_t table_size = table.size();
+  for (const auto& n : names) {
+    const TensorView* t = store.find(n);
+    table_size += 8 + n.size() + 8 + t->file.size() + 8 + 8 + 8 * t->shape.size() + 8 + 8;
+  }
+  uint64_t offset = align64(table_size);
+  std::vector<uint64_t> offsets;
+  for (const auto& n : names) {
+    const TensorView* t = store.find(n);
+    put_str(table, n);
+    put_str(table, t->file);
+    put_u64(table, static_cast<uint64_t>(t->dtype));
+    put_u64(table, t->shape.size());
+    for (int64_t d : t->shape) put_u64(table, static_cast<uint64_t>(d));
+    put_u64(table, offset);
+    put_u64(table, t->nbytes);
+    offsets.push_back(offset);
+    offset = align64(offset + t->nbytes);
+  }
+  if (table.size() != table_size || !write_all(fd, table.data(), table.size(), 0)) return false;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const TensorView* t = store.find(names[i]);
+    if (t->nbytes > 0 && !write_all(fd, t->data, t->nbytes, offsets[i])) return false;
+  }
+  return ::ftruncate(fd, static_cast<off_t>(offset)) == 0;
+}
+
+// Reads the result the child wrote; every field is checked against the result's size.
+void add_result(const std::shared_ptr<MappedFile>& map, const std::string& fname, WeightStore& store) {
+  const std::byte* base = map->data();
+  const uint64_t size = map->size();
+  uint64_t pos = 0;
+  auto malformed = [&]() -> uint64_t { throw InputError(fname, "the HDF5 reading process returned a malformed result"); };
+  auto u64 = [&]() -> uint64_t {
+    if (size - pos < 8) return malformed();
+    uint64_t v;
+    std::memcpy(&v, base + pos, 8);
+    pos += 8;
+    return v;
+  };
+  auto str = [&]() {
+    const uint64_t n = u64();
+    if (n > size - pos) malformed();
+    std::string s(reinterpret_cast<const char*>(base + pos), static_cast<size_t>(n));
+    pos += n;
+    return s;
+  };
+  if (size < sizeof kResultMagic || std::memcmp(base, kResultMagic, sizeof kResultMagic) != 0) malformed();
+  pos = sizeof kResultMagic;
+  const uint64_t status = u64();
+  if (status == 1) throw InputError(str());
+  if (status != 0) throw InputError(fname, "cannot be read: " + str());
+  const uint64_t count = u64();
+  if (count > kMaxWeights) malformed();
+  for (uint64_t i = 0; i < count; ++i) {
+    TensorView t;
+    t.name = str();
+    t.file = str();
+    const uint64_t dtype = u64();
+    if (dtype > static_cast<uint64_t>(DType::kBool)) malformed();
+    t.dtype = static_cast<DType>(dtype);
+    const uint64_t rank = u64();
+    if (rank > static_cast<uint64_t>(kMaxRank)) malformed();
+    uint64_t elems = 1;
+    for (uint64_t r = 0; r < rank; ++r) {
+      const uint64_t d = u64();
+      if (d > size || (d != 0 && elems > size / d)) malformed();
+      elems *= d;
+      t.shape.push_back(static_cast<int64_t>(d));
+    }
+    const uint64_t offset = u64(), nbytes = u64();
+    if (offset > size || nbytes > size - offset || nbytes != elems * dtype_size(t.dtype) || offset % 64 != 0) malformed();
+    t.data = base + offset;
+    t.nbytes = static_cast<size_t>(nbytes);
+    store.add(std::move(t));
+  }
+}
+
+// Seconds the reading process may take: $TREX_H5_TIMEOUT_S, else 60 s plus 1 s per 16 MiB of file.
+double read_deadline_s(uint64_t file_size) {
+  if (const char* e = std::getenv("TREX_H5_TIMEOUT_S"); e != nullptr && *e != '\0') {
+    char* end = nullptr;
+    const double v = std::strtod(e, &end);
+    if (end != e && v > 0 && v < 1e7) return v;
+  }
+  return 60.0 + static_cast<double>(file_size >> 24);
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  int release() {
+    const int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+void read_tf_h5(const fs::path& path, WeightStore& store) {
+  const std::string fname = path.string();
+  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  OpenFile f = open_regular_file_in(checkpoint_root(dir), path);
+  {
+    // The HDF5 signature (Keras writes no user block, so it is at offset 0).
+    static constexpr unsigned char kSig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    unsigned char head[8] = {};
+    const ssize_t got = f.size() >= 8 ? ::pread(f.fd(), head, 8, 0) : 0;
+    if (got != 8 || std::memcmp(head, kSig, 8) != 0) {
+      throw InputError(fname, "not an HDF5 file (no HDF5 signature at its start); tf_model.h5 must be the Keras "
+                              "HDF5 weights file that transformers' TF save_pretrained writes");
+    }
+  }
+  store.add_file(path.filename().string());
+  Fd result(::memfd_create("trex-tf-h5", MFD_CLOEXEC));
+  if (result.get() < 0) throw InputError(fname, std::string("cannot be read: memfd_create failed: ") + std::strerror(errno));
+  std::fflush(nullptr);  // nothing buffered is written twice by the child
+  const pid_t pid = ::fork();
+  if (pid < 0) throw InputError(fname, std::string("cannot be read: fork failed: ") + std::strerror(errno));
+  if (pid == 0) {
+    for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) std::signal(sig, SIG_DFL);  // a crash ends the child only
+    bool ok = false;
+    try {
+      WeightStore local;
+      read_h5_here(f, fname, local);
+      ok = write_store(result.get(), local);
+    } catch (const InputError& e) {
+      ok = write_error(result.get(), 1, e.what());
+    } catch (const std::exception& e) {
+      ok = write_error(result.get(), 2, e.what());
+    } catch (...) {
+    }
+    ::_exit(ok ? 0 : 3);
+  }
+  const double limit = read_deadline_s(f.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  int status = 0;
+  for (int wait_ms = 1;; wait_ms = std::min(wait_ms * 2, 50)) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (r < 0 && errno != EINTR) throw InputError(fname, std::string("cannot be read: waitpid failed: ") + std::strerror(errno));
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > limit) {
+      ::kill(pid, SIGKILL);
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%.0f", limit);
+      throw InputError(fname, std::string("the HDF5 library did not finish reading it in ") + secs +
+                                  " s (corrupt file?; TREX_H5_TIMEOUT_S sets the limit)");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+  }
+  if (WIFSIGNALED(status)) {
+    throw InputError(fname, "the HDF5 library crashed reading it (signal " + std::to_string(WTERMSIG(status)) +
+                                "): corrupt file?");
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw InputError(fname, "cannot be read: the HDF5 reading process failed (out of memory?)");
+  struct stat st {};
+  if (::fstat(result.get(), &st) != 0) throw InputError(fname, std::string("cannot be read: ") + std::strerror(errno));
+  OpenFile out(result.release(), static_cast<uint64_t>(st.st_size), fname);
+  std::shared_ptr<MappedFile> map = MappedFile::map(out);
+  store.keep(map);
+  add_result(map, fname, store);
 }
 
 }  // namespace trex

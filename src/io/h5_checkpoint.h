@@ -16,7 +16,9 @@
 // Confinement: the file is opened through io/safe_open (a regular file inside the checkpoint folder, symlinks
 // resolved) and HDF5 is given that descriptor (/proc/self/fd/N), never the path. Sizes are checked before reading:
 // a dataset's stored bytes must equal its shape times its element size (no compressed or unwritten datasets), so
-// nothing read can be larger than the file.
+// nothing read can be larger than the file. HDF5 parses the file in a child process (it can loop forever or crash on
+// corrupt files): the tensors come back through a memory file; a child that does not finish before a deadline
+// (60 s + 1 s per 16 MiB; $TREX_H5_TIMEOUT_S) is killed, and a hang or crash is an InputError naming the file.
 #pragma once
 
 #include <filesystem>
