@@ -20,7 +20,7 @@ from test_oracle import TOL, check_io, check_onnx_file
 
 TF_PY = fx.REPO / ".venv-tf" / "bin" / "python"
 SCRIPT = fx.REPO / "tests" / "python" / "tf_fixtures.py"
-FIXTURE_NAME = "tf-checkpoints-v1"  # bump when tf_fixtures.py changes
+FIXTURE_NAME = "tf-checkpoints-v2"  # bump when tf_fixtures.py changes
 
 pytestmark = pytest.mark.skipif(not TF_PY.exists(), reason=".venv-tf missing (scripts/setup makes it)")
 
@@ -262,3 +262,12 @@ def test_tf_checkpoint_to_torchscript(model_type, head, tf_root, trex_bin, tmp_p
     for k, d in diffs.items():
         record_diff(f"tf:{model_type}-{head} [torchscript]", k, d, TOL)
     assert all(d <= TOL for d in diffs.values()), diffs
+
+
+@pytest.mark.parametrize("case,message", [("hdf5_hang", "did not finish reading it in 2 s"),
+                                          ("hdf5_crash", "HDF5 library crashed reading it")])
+def test_file_that_breaks_the_hdf5_library(case, message, tf_root, trex_bin, tmp_path, monkeypatch):
+    """HDF5 runs in a child process: a file on which libhdf5 loops forever is refused at the deadline, one on which
+    it crashes is refused too; trex itself neither hangs nor crashes."""
+    monkeypatch.setenv("TREX_H5_TIMEOUT_S", "2")
+    _export_fails(tf_root / "hostile" / case, tmp_path, "tf_model.h5", message)

@@ -148,7 +148,7 @@ def build_gen(name: str, d: Path):
 
 
 def hostile(src: Path, out: Path):
-    """Damaged copies of `src` (a model folder): missing_dataset/, misshaped_dataset/."""
+    """Damaged copies of `src` (a model folder): missing_dataset/, misshaped_dataset/, hdf5_hang/, hdf5_crash/."""
     import h5py
     import numpy as np
 
@@ -163,6 +163,18 @@ def hostile(src: Path, out: Path):
                 shape = group[QUERY_KERNEL].shape
                 del group[QUERY_KERNEL]
                 group.create_dataset(QUERY_KERNEL, data=np.zeros((shape[0], shape[1] - 1), np.float32))
+    # Files on which the HDF5 library itself (Debian's 1.10.8, which trex uses) loops forever or crashes: the global
+    # heap collection ("GCOL") holding the variable-length weight_names strings, with its size field (8 bytes at
+    # +8) set to 8192, or its first object's size field (8 bytes at +24) set to 2^32 - 1.
+    data = (src / "tf_model.h5").read_bytes()
+    at = data.find(b"GCOL")
+    assert at > 0, "no global heap collection in tf_model.h5"
+    for name, offset, value in (("hdf5_hang", at + 8, 8192), ("hdf5_crash", at + 24, 2**32 - 1)):
+        d = out / name
+        shutil.copytree(src, d)
+        patched = bytearray(data)
+        patched[offset:offset + 8] = value.to_bytes(8, "little")
+        (d / "tf_model.h5").write_bytes(bytes(patched))
 
 
 def main(out: Path):
