@@ -212,14 +212,22 @@ bool float_dtype(hid_t type, DType* out) {
   return true;
 }
 
-// Transposes a row-major [rows, cols] matrix of `esize`-byte elements.
-void transpose_2d(const std::byte* src, std::byte* dst, size_t rows, size_t cols, size_t esize) {
+// Transposes a row-major [rows, cols] matrix of `esize`-byte elements (2, 4 or 8), in cache-friendly tiles.
+template <typename T>
+void transpose_tiles(const std::byte* src_bytes, std::byte* dst_bytes, size_t rows, size_t cols) {
+  const T* src = reinterpret_cast<const T*>(src_bytes);
+  T* dst = reinterpret_cast<T*>(dst_bytes);
   constexpr size_t kTile = 32;
   for (size_t r0 = 0; r0 < rows; r0 += kTile)
     for (size_t c0 = 0; c0 < cols; c0 += kTile)
       for (size_t r = r0; r < std::min(rows, r0 + kTile); ++r)
-        for (size_t c = c0; c < std::min(cols, c0 + kTile); ++c)
-          std::memcpy(dst + (c * rows + r) * esize, src + (r * cols + c) * esize, esize);
+        for (size_t c = c0; c < std::min(cols, c0 + kTile); ++c) dst[c * rows + r] = src[r * cols + c];
+}
+
+void transpose_2d(const std::byte* src, std::byte* dst, size_t rows, size_t cols, size_t esize) {
+  if (esize == 2) transpose_tiles<uint16_t>(src, dst, rows, cols);
+  else if (esize == 4) transpose_tiles<uint32_t>(src, dst, rows, cols);
+  else transpose_tiles<uint64_t>(src, dst, rows, cols);
 }
 
 }  // namespace
