@@ -280,7 +280,8 @@ int main(int argc, char** argv) {
   auto* ex = app.add_subcommand("export", "Export a checkpoint (folder or hub id) to ONNX: encoders, decoder-only LMs, "
                                           "encoder-decoders");
   ex->add_option("--model,-m", ea.model, "Checkpoint folder (config.json + model.safetensors / pytorch_model.bin, "
-                                         "sharded or not, or tf_model.h5), a Hugging Face cache folder (models--ORG--NAME), or a "
+                                         "sharded or not, or tf_model.h5), a Hugging Face cache folder "
+                                         "(models--ORG--NAME), or a "
                                          "hub id ORG/NAME: taken from the local Hugging Face cache (HF_HUB_CACHE, "
                                          "HF_HOME/hub, ~/.cache/huggingface/hub), else downloaded from HF_ENDPOINT "
                                          "(HF_TOKEN; none with HF_HUB_OFFLINE=1)")->required();
