@@ -36,7 +36,8 @@ const TensorView* Weights::lookup(const std::string& name, const Shape& expected
     return nullptr;
   }
   if (t->shape != expected) {
-    problems_.push_back("tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected " + shape_str(expected));
+    problems_.push_back("tensor '" + name + "' has shape " + shape_str(t->shape) + ", expected " + shape_str(expected) +
+                        " (in " + t->file + ")");
     return nullptr;
   }
   if (!is_float(t->dtype)) {

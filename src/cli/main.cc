@@ -42,7 +42,7 @@ using trex::cli::mib;
 
 struct ExportArgs {
   std::string model, revision, output, pipeline, static_shape, external = "auto", format, report, layout = "trex",
-      triton_name;
+      triton_name, framework = "auto";
   int triton_max_batch = 16;
   int opset = trex::kDefaultOpset;
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
@@ -282,7 +282,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     if (file != last && !last.empty()) std::cerr << "\n";
     last = file;
     std::cerr << line << std::flush;
-  });
+  }, o.framework);
   o.output = a.output;
   trex::check_outputs_not_inputs(export_outputs(a, torchscript, o), trex::checkpoint_input_files(o.model_dir));
 
@@ -430,10 +430,15 @@ int main(int argc, char** argv) {
   auto* ex = app.add_subcommand("export", "Export a checkpoint (folder or hub id) to ONNX: encoders, decoder-only LMs, "
                                           "encoder-decoders");
   ex->add_option("--model,-m", ea.model, "Checkpoint folder (config.json + model.safetensors / pytorch_model.bin, "
-                                         "sharded or not), a Hugging Face cache folder (models--ORG--NAME), or a "
+                                         "sharded or not, or tf_model.h5), a Hugging Face cache folder "
+                                         "(models--ORG--NAME), or a "
                                          "hub id ORG/NAME: taken from the local Hugging Face cache (HF_HUB_CACHE, "
                                          "HF_HOME/hub, ~/.cache/huggingface/hub), else downloaded from HF_ENDPOINT "
                                          "(HF_TOKEN; none with HF_HUB_OFFLINE=1)")->required();
+  ex->add_option("--framework", ea.framework,
+                 "Weights to read: pt (model.safetensors / pytorch_model.bin, sharded or not), tf (tf_model.h5, "
+                 "transformers' TensorFlow checkpoint) or auto (default: PyTorch's when present, else tf_model.h5)")
+      ->check(CLI::IsMember({"auto", "pt", "tf", "pytorch", "tensorflow"}));
   ex->add_option("--revision", ea.revision, "Branch, tag or commit of a hub id / cache folder (default main)");
   ex->add_option("--pipeline,-p,--task", ea.pipeline,
                  "Head to export (--task: optimum's name for it): feature-extraction, text-classification "

@@ -272,7 +272,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
   try {
     // The checkpoint stays mapped only while models are built and written; the checks below load the written
     // files in ONNX Runtime, and the two must not be resident at the same time (peak memory).
-    WeightStore weights = WeightStore::open_dir(options.model_dir);
+    WeightStore weights = open_checkpoint_weights(options.model_dir, options.framework);
     log("read " + std::to_string(weights.size()) + " tensors (" + std::to_string(weights.total_bytes() >> 20) +
         " MiB) from " + options.model_dir.string());
     std::set<std::string> used;

@@ -8,6 +8,7 @@
 
 #include "arch/architecture.h"
 #include "export/layout.h"
+#include "io/checkpoint_weights.h"
 #include "onnx/writer.h"
 #include "passes/quantize_file.h"
 #include "runtime/ort_check.h"
@@ -23,6 +24,7 @@ constexpr int kDefaultOpset = 17;
 
 struct ExportOptions {
   std::filesystem::path model_dir;
+  Framework framework = Framework::kAuto;  // which weights of model_dir: PyTorch's or tf_model.h5
   // A .onnx path, or a folder (created when missing) that receives model.onnx. Decoders always get their
   // companion files (config, generation config, tokenizer, genai_config.json) beside the model.
   std::filesystem::path output;

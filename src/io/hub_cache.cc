@@ -4,6 +4,7 @@
 #include <fstream>
 #include <system_error>
 
+#include "io/h5_checkpoint.h"
 #include "io/hub_download.h"
 #include "util/error.h"
 
@@ -75,7 +76,8 @@ fs::path hub_cache_dir() {
 }
 
 fs::path resolve_model_dir(const std::string& model, const std::string& revision,
-                           const std::function<void(const std::string&, uint64_t, uint64_t)>& progress) {
+                           const std::function<void(const std::string&, uint64_t, uint64_t)>& progress,
+                           Framework framework) {
   std::error_code ec;
   const fs::path p(model);
   if (fs::is_directory(p, ec)) {
@@ -103,13 +105,17 @@ fs::path resolve_model_dir(const std::string& model, const std::string& revision
     return snapshot_of(repo, model, revision);
   }
   try {
-    if (fs::is_directory(repo, ec)) return snapshot_of(repo, model, revision);  // cached: no network
+    if (fs::is_directory(repo, ec)) {  // cached: no network
+      fs::path snap = snapshot_of(repo, model, revision);
+      if (framework != Framework::kTensorFlow || fs::exists(snap / kTfWeightsFile, ec)) return snap;
+    }
   } catch (const InputError&) {
     // not this revision: download it
   }
   HubDownloadOptions o;
   o.cache = cache;
   o.progress = progress;
+  o.framework = framework;
   return download_model(model, revision, o);
 }
 

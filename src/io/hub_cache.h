@@ -13,6 +13,8 @@
 #include <functional>
 #include <string>
 
+#include "io/checkpoint_weights.h"
+
 namespace trex {
 
 // The Hugging Face hub cache folder from the environment.
@@ -21,8 +23,11 @@ std::filesystem::path hub_cache_dir();
 // Resolves `model` (a folder, a cache repo folder, or ORG/NAME) at `revision` (a branch/tag name in refs/, or a
 // commit hash; default "main") to the snapshot folder holding config.json. Throws InputError.
 // `progress` (may be empty) sees downloads: (file, bytes done, bytes total).
+// `framework` kTensorFlow: a download fetches tf_model.h5 (not the PyTorch weights), and a cached snapshot without
+// it is downloaded again (online).
 std::filesystem::path resolve_model_dir(
     const std::string& model, const std::string& revision = "",
-    const std::function<void(const std::string&, uint64_t, uint64_t)>& progress = {});
+    const std::function<void(const std::string&, uint64_t, uint64_t)>& progress = {},
+    Framework framework = Framework::kAuto);
 
 }  // namespace trex

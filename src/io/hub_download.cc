@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/h5_checkpoint.h"
 #include "io/checkpoint_files.h"
 #include "io/hub_cache.h"
 #include "util/error.h"
@@ -348,6 +349,11 @@ fs::path download_model(const std::string& repo_id, const std::string& revision_
   fetch(hub, o, repo, commit, "config.json", config);
 
   bool weights = false;
+  if (o.framework == Framework::kTensorFlow) {
+    if (!get_if_there(kTfWeightsFile))
+      throw InputError(hub.url(commit, kTfWeightsFile), "the model has no tf_model.h5 (asked for by --framework tf)");
+    weights = true;
+  }
   for (const char* index : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
     if (weights || !get_if_there(index)) continue;
     std::ifstream f(repo / "snapshots" / commit / index);
@@ -364,8 +370,12 @@ fs::path download_model(const std::string& repo_id, const std::string& revision_
   }
   for (const char* single : {"model.safetensors", "pytorch_model.bin"})
     if (!weights && get_if_there(single)) weights = true;
+  if (!weights && o.framework == Framework::kAuto && get_if_there(kTfWeightsFile)) weights = true;
   if (!weights)
-    throw InputError(hub.url(commit, ""), "the model has no model.safetensors or pytorch_model.bin (sharded or not)");
+    throw InputError(hub.url(commit, ""), o.framework == Framework::kAuto
+                                              ? "the model has no model.safetensors, pytorch_model.bin (sharded or "
+                                                "not) or tf_model.h5"
+                                              : "the model has no model.safetensors or pytorch_model.bin (sharded or not)");
   get_if_there("generation_config.json");
   for (const char* const* f = kTokenizerFiles; *f; ++f) get_if_there(*f);
   write_ref(repo, revision, commit);

@@ -5,13 +5,15 @@
 //   snapshots/<commit>/<file>    relative symlink to ../../blobs/<etag>
 //   refs/<revision>              the commit the revision resolved to
 // Files fetched: config.json (required), the weights (safetensors, else pytorch_model.bin; single or sharded by
-// their index), generation_config.json and the tokenizer files, each only when the server has it.
+// their index; else, or with framework kTensorFlow, tf_model.h5), generation_config.json and the tokenizer files, each only when the server has it.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <string>
+
+#include "io/checkpoint_weights.h"
 
 namespace trex {
 
@@ -20,6 +22,9 @@ struct HubDownloadOptions {
   std::string token;      // default: $HF_TOKEN (sent as a Bearer token)
   std::filesystem::path cache;  // default: hub_cache_dir()
   long timeout_s = 60;    // per request without progress
+  // Weights fetched: kAuto and kPyTorch the PyTorch ones (kAuto falls back to tf_model.h5 when the model has none),
+  // kTensorFlow tf_model.h5.
+  Framework framework = Framework::kAuto;
   // (file name, bytes done, bytes total; total 0 when unknown).
   std::function<void(const std::string&, uint64_t, uint64_t)> progress;
 };

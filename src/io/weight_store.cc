@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/checkpoint_weights.h"
+#include "io/h5_checkpoint.h"
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
 #include "io/json_file.h"
@@ -87,25 +89,15 @@ WeightStore::~WeightStore() = default;
 WeightStore::WeightStore(WeightStore&&) noexcept = default;
 WeightStore& WeightStore::operator=(WeightStore&&) noexcept = default;
 
-WeightStore WeightStore::open_dir(const fs::path& dir) {
-  const std::string d = dir.string();
-  std::error_code ec;
-  if (!fs::exists(dir, ec)) throw InputError(d, "checkpoint folder not found");
-  if (!fs::is_directory(dir, ec)) throw InputError(d, "not a directory");
-  for (const char* name : {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                           "pytorch_model.bin.index.json"}) {
-    const fs::path p = dir / name;
-    if (fs::exists(p, ec)) return open_file(p);
-  }
-  throw InputError(d, "no weights found (expected model.safetensors, model.safetensors.index.json, pytorch_model.bin "
-                      "or pytorch_model.bin.index.json)");
-}
+WeightStore WeightStore::open_dir(const fs::path& dir) { return open_checkpoint_weights(dir, Framework::kAuto); }
 
 WeightStore WeightStore::open_file(const fs::path& file) {
   WeightStore store;
   const std::string fname = file.filename().string();
   if (ends_with(fname, ".index.json")) {
     read_index(file, store);
+  } else if (ends_with(fname, ".h5")) {
+    read_tf_h5(file, store);
   } else {
     read_weights_file(file, store);
   }
@@ -149,6 +141,41 @@ void WeightStore::keep(std::shared_ptr<MappedFile> f) { mapped_.push_back(std::m
 const std::byte* WeightStore::own(std::vector<std::byte> bytes) {
   owned_.push_back(std::make_unique<std::vector<std::byte>>(std::move(bytes)));
   return owned_.back()->data();
+}
+
+bool parse_framework(const std::string& s, Framework* out) {
+  if (s == "auto") *out = Framework::kAuto;
+  else if (s == "pt" || s == "pytorch") *out = Framework::kPyTorch;
+  else if (s == "tf" || s == "tensorflow") *out = Framework::kTensorFlow;
+  else return false;
+  return true;
+}
+
+WeightStore open_checkpoint_weights(const fs::path& dir, Framework framework) {
+  const std::string d = dir.string();
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) throw InputError(d, "checkpoint folder not found");
+  if (!fs::is_directory(dir, ec)) throw InputError(d, "not a directory");
+  // fs::exists follows symlinks: a dangling tf_model.h5 link still counts as there (and fails when opened).
+  auto present = [&](const fs::path& p) { return fs::exists(p, ec) || fs::is_symlink(p, ec); };
+  const fs::path h5 = dir / kTfWeightsFile;
+  if (framework != Framework::kTensorFlow) {
+    for (const char* name : {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                             "pytorch_model.bin.index.json"}) {
+      const fs::path p = dir / name;
+      if (fs::exists(p, ec)) return WeightStore::open_file(p);
+    }
+  }
+  if (framework != Framework::kPyTorch && present(h5)) return WeightStore::open_file(h5);
+  if (framework == Framework::kTensorFlow) {
+    throw InputError(d, std::string("no TensorFlow weights found (--framework tf reads ") + kTfWeightsFile + ")");
+  }
+  if (framework == Framework::kPyTorch && present(h5)) {
+    throw InputError(d, std::string("no PyTorch weights found (expected model.safetensors, pytorch_model.bin or their "
+                                    "shard indexes); the folder has ") + kTfWeightsFile + ": use --framework tf or auto");
+  }
+  throw InputError(d, "no weights found (expected model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
+                      "pytorch_model.bin.index.json or tf_model.h5)");
 }
 
 }  // namespace trex

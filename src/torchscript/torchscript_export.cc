@@ -153,7 +153,7 @@ TorchScriptExportResult export_torchscript_checkpoint(const ExportOptions& optio
   check_export_paths(options);
   ModelConfig config = ModelConfig::load(options.model_dir / "config.json");
   check_torchscript_supported(config);
-  WeightStore weights = WeightStore::open_dir(options.model_dir);
+  WeightStore weights = open_checkpoint_weights(options.model_dir, options.framework);
   if (options.log)
     options.log("read " + std::to_string(weights.size()) + " tensors (" + std::to_string(weights.total_bytes() >> 20) +
                 " MiB) from " + options.model_dir.string());

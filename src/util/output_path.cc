@@ -79,7 +79,7 @@ std::vector<fs::path> checkpoint_input_files(const fs::path& dir) {
   for (; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (name == "config.json" || ends_with(name, ".safetensors") || ends_with(name, ".bin") ||
-        ends_with(name, ".index.json"))
+        ends_with(name, ".index.json") || ends_with(name, ".h5"))
       files.push_back(it->path());
   }
   files.push_back(dir / "config.json");  // even when missing: never create it from an output either

@@ -641,7 +641,7 @@ TEST(WeightStore, OpenDirErrors) {
   expect_input_error([&] { WeightStore::open_dir(d / "missing"); }, {(d / "missing").string(), "not found"});
   expect_input_error([&] { WeightStore::open_dir(d.path()); },
                      {d.path().string() + ": no weights found (expected model.safetensors, model.safetensors.index.json, "
-                                          "pytorch_model.bin or pytorch_model.bin.index.json)"});
+                                          "pytorch_model.bin, pytorch_model.bin.index.json or tf_model.h5)"});
   write_file(d / "file", "x");
   expect_input_error([&] { WeightStore::open_dir(d / "file"); }, {"not a directory"});
 }

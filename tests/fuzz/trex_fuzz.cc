@@ -2,7 +2,7 @@
 //
 //   trex_fuzz <reader> <N>s|<N> [seed corpus dir] [--seed S]
 //
-// reader: safetensors | pickle | bin | onnx | config. The second argument is a duration ("5s") or an execution
+// reader: safetensors | pickle | bin | onnx | config | h5. The second argument is a duration ("5s") or an execution
 // count. Seeds: small valid inputs built here, plus files of the matching kind found under the corpus dir.
 // Each execution mutates a seed (bit flips, interesting bytes and numbers, insertions, deletions, copies,
 // truncation, 1-8 stacked mutations) and runs the reader. An InputError is the expected outcome for bad
@@ -190,6 +190,12 @@ std::vector<Target> targets() {
          trex::validate_external_data(f);
          (void)trex::read_model(f);
        }},
+      // tf_model.h5: the seeds are the test fixtures' files (the corpus folder); the built-in one is only the signature.
+      {"h5", "tf_model.h5", [] { return Bytes("\x89HDF\r\n\x1a\n", 8); }, {"tf_model.h5"},
+       [](const Bytes&, const fs::path& f) {
+         ::setenv("TREX_H5_TIMEOUT_S", "2", 0);  // a corrupt file that makes HDF5 loop is refused after 2 s
+         (void)trex::WeightStore::open_file(f);
+       }},
       {"config", "config.json", config_seed, {"config.json", ".index.json"},
        [](const Bytes&, const fs::path& f) {
          auto c = trex::ModelConfig::load(f);
@@ -292,7 +298,7 @@ void write_file(const fs::path& p, const Bytes& b) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: trex_fuzz safetensors|pickle|bin|onnx|config <N>s|<N> [corpus dir] [--seed S]\n");
+    std::fprintf(stderr, "usage: trex_fuzz safetensors|pickle|bin|onnx|config|h5 <N>s|<N> [corpus dir] [--seed S]\n");
     return 1;
   }
   const std::string which = argv[1], budget = argv[2];
