@@ -1,5 +1,5 @@
 """`trex tokenize` against Hugging Face tokenizers: identical ids and (char) offsets on a multilingual corpus of
->= 10k lines for six tokenizers (the real MiniLM WordPiece and five trained ones, see tokenizer_cases.py), special
+>= 10k lines for seven tokenizers (the real MiniLM WordPiece and six trained ones, see tokenizer_cases.py), special
 tokens on and off; decoding; hostile strings; invalid UTF-8 refused with a clear error."""
 from __future__ import annotations
 
@@ -211,5 +211,6 @@ def test_windows_identical_to_hf_overflow(name, corpus):
         mine = [(w["ids"], w["type_ids"], w["offsets"], w["word_ids"], w["sequence_ids"]) for w in windows]
         if mine != [fields(w) for w in want]:
             bad.append((q, len(windows), len(want)))
-    assert n_windows > 2 * len(pairs)
+    # Overflow happened (whole-word tokens give fewer windows than subwords).
+    assert n_windows > (1.5 if name == "wordlevel" else 2) * len(pairs)
     assert not bad, f"{len(bad)} of {len(pairs)} differ, e.g. {bad[:3]}"
