@@ -96,7 +96,7 @@ CLI::App* add_run_command(CLI::App& app) {
   gen->add_option("--sample-top-k", o.sample_top_k, "Sampling: keep the k most likely tokens (0: all)")->check(CLI::NonNegativeNumber);
   gen->add_option("--top-p", o.top_p, "Sampling: nucleus probability mass")->check(CLI::Range(0.0, 1.0));
   gen->add_option("--repetition-penalty", o.repetition_penalty, "Penalty for tokens already present")->check(CLI::PositiveNumber);
-  gen->add_option("--num-beams", o.num_beams, "Beam search width (1: greedy)")->check(CLI::PositiveNumber);
+  gen->add_option("--num-beams", o.num_beams, "Beam search width (1: greedy; default: generation_config.json's, 4 for seq2seq pipelines)")->check(CLI::NonNegativeNumber);
   gen->add_option("--length-penalty", o.length_penalty, "Beam search length penalty");
   gen->add_option("--seed", o.seed, "Sampling seed");
   gen->add_flag("--stream", a->stream, "Print generated text as it comes (without --json)");

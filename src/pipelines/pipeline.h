@@ -43,7 +43,7 @@ struct RunOptions {
   int sample_top_k = 50;
   float top_p = 1.0f;
   float repetition_penalty = 1.0f;
-  int num_beams = 1;
+  int num_beams = 0;                  // 0: generation_config.json's (seq2seq pipelines: 4 unless it says)
   float length_penalty = 1.0f;
   uint64_t seed = 0;
   bool return_full_text = true;       // text-generation: prompt + continuation, as transformers does
