@@ -53,7 +53,8 @@ int run(RunArgs& a) {
   }
   auto pipeline = trex::pipelines::make_pipeline(a.dir, a.o);
   // Batches of batch_size inputs, printed as they finish, so long inputs on stdin stream out.
-  const size_t step = static_cast<size_t>(std::max(1, a.o.batch_size));
+  // Streamed text comes one input at a time, so each answer's line ends before the next one starts.
+  const size_t step = a.o.on_text ? 1 : static_cast<size_t>(std::max(1, a.o.batch_size));
   for (size_t begin = 0; begin < inputs.size(); begin += step) {
     std::vector<std::string> batch(inputs.begin() + static_cast<std::ptrdiff_t>(begin),
                                    inputs.begin() + static_cast<std::ptrdiff_t>(std::min(inputs.size(), begin + step)));
