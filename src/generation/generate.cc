@@ -6,6 +6,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -45,6 +46,7 @@ void GenerationConfig::update(const json& j, const std::string& file) {
   if (has("max_new_tokens")) max_new_tokens = as_int(j["max_new_tokens"], "max_new_tokens", file);
   if (has("max_length")) max_length = as_int(j["max_length"], "max_length", file);
   if (has("min_length")) min_length = as_int(j["min_length"], "min_length", file);
+  if (has("min_new_tokens")) min_new_tokens = as_int(j["min_new_tokens"], "min_new_tokens", file);
   if (has("do_sample")) {
     if (!j["do_sample"].is_boolean()) throw InputError(file, "`do_sample` must be a boolean");
     do_sample = j["do_sample"].get<bool>();
@@ -285,8 +287,13 @@ class DecoderOnlyModel : public StepModel {
     }
     std::vector<const char*> out_names;
     for (const auto& n : out_names_) out_names.push_back(n.c_str());
-    auto out = session_.Run(Ort::RunOptions{nullptr}, in_names.data(), in.data(), in.size(), out_names.data(),
-                            out_names.size());
+    std::vector<Ort::Value> out;
+    try {
+      out = session_.Run(Ort::RunOptions{nullptr}, in_names.data(), in.data(), in.size(), out_names.data(),
+                         out_names.size());
+    } catch (const Ort::Exception& e) {
+      throw InputError(file_, std::string("ONNX Runtime failed at a generation step: ") + e.what());
+    }
     last_logits(out[0], logits_, vocab, file_);
     for (size_t i = 0; i < slots_.size(); ++i) past_[i] = std::move(out[i + 1]);  // fed back as they are
     return logits_;
@@ -348,7 +355,12 @@ class EncoderDecoderModel : public StepModel {
                         Ort::Value::CreateTensor<int64_t>(mem, enc_mask_.data(), enc_mask_.size(), shape, 2)};
     const char* in_names[2] = {"input_ids", "attention_mask"};
     const char* out_name = enc_out_.c_str();
-    auto out = encoder_.Run(Ort::RunOptions{nullptr}, in_names, in, 2, &out_name, 1);
+    std::vector<Ort::Value> out;
+    try {
+      out = encoder_.Run(Ort::RunOptions{nullptr}, in_names, in, 2, &out_name, 1);
+    } catch (const Ort::Exception& e) {
+      throw InputError(enc_file_, std::string("ONNX Runtime failed to encode: ") + e.what());
+    }
     hidden_ = std::move(out[0]);
     past_.clear();
     for (const auto& s : slots_) past_.push_back(empty_cache(rows_, s));
@@ -399,8 +411,13 @@ class EncoderDecoderModel : public StepModel {
     }
     std::vector<const char*> out_names;
     for (const auto& n : out_names_) out_names.push_back(n.c_str());
-    auto out = decoder_.Run(Ort::RunOptions{nullptr}, in_names.data(), in.data(), in.size(), out_names.data(),
-                            out_names.size());
+    std::vector<Ort::Value> out;
+    try {
+      out = decoder_.Run(Ort::RunOptions{nullptr}, in_names.data(), in.data(), in.size(), out_names.data(),
+                         out_names.size());
+    } catch (const Ort::Exception& e) {
+      throw InputError(dec_file_, std::string("ONNX Runtime failed at a generation step: ") + e.what());
+    }
     last_logits(out[0], logits_, vocab, dec_file_);
     for (size_t i = 0; i < slots_.size(); ++i) past_[i] = std::move(out[i + 1]);
     has_past_ = true;
@@ -446,7 +463,7 @@ void process(float* s, int64_t vocab, const RowState& row, int64_t generated, co
   for (int64_t t : c.bad_token_ids)
     if (t >= 0 && t < vocab) s[t] = kNegInf;
   const int64_t cur_len = row.base_len + generated;
-  if (cur_len < c.min_length)
+  if (cur_len < c.min_length || generated < c.min_new_tokens)
     for (int64_t t : c.eos_token_ids)
       if (t >= 0 && t < vocab) s[t] = kNegInf;
   if (encoder_decoder && c.forced_bos_token_id >= 0 && cur_len == 1 && c.forced_bos_token_id < vocab) {
@@ -503,6 +520,7 @@ class GeneratorImpl : public Generator {
  public:
   GeneratorImpl(std::unique_ptr<StepModel> m, bool enc_dec) : model_(std::move(m)), enc_dec_(enc_dec) {}
   bool encoder_decoder() const override { return enc_dec_; }
+  const GenerationStats& stats() const override { return stats_; }
 
   std::vector<std::vector<int64_t>> generate(const std::vector<std::vector<int64_t>>& prompts,
                                              const GenerationConfig& c, const OnTokens& on_tokens) override {
@@ -532,9 +550,14 @@ class GeneratorImpl : public Generator {
     const size_t n = rows.size();
     std::vector<bool> done(n, false);
     std::vector<int64_t> tokens(n, pad);
+    stats_ = GenerationStats{};
+    stats_.rows = static_cast<int64_t>(n);
+    const double t0 = now();
     const std::vector<float>* logits = &model_->start(prompts, pad, c.decoder_start_token_id);
+    stats_.prefill_s = now() - t0;
+    double first_token = 0;
     std::vector<float> s;
-    for (;;) {
+    for (int64_t step = 0;; ++step) {
       const int64_t V = model_->vocab;
       for (size_t r = 0; r < n; ++r) {
         if (done[r]) {
@@ -560,6 +583,9 @@ class GeneratorImpl : public Generator {
         if (is_eos(c, t) || static_cast<int64_t>(rows[r].generated.size()) >= rows[r].limit) done[r] = true;
         if (on_tokens) on_tokens(r, rows[r].generated);
       }
+      if (step == 0) first_token = now();
+      stats_.decode_steps = step;
+      stats_.decode_s = now() - first_token;
       if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
       logits = &model_->next(tokens);
     }
@@ -593,7 +619,12 @@ class GeneratorImpl : public Generator {
     std::vector<std::vector<Hyp>> finished(B);
     std::vector<bool> improvable(B, true), done(B, false);
 
+    stats_ = GenerationStats{};
+    stats_.rows = static_cast<int64_t>(expanded.size());
+    const double t0 = now();
     const std::vector<float>* logits = &model_->start(expanded, pad, c.decoder_start_token_id);
+    stats_.prefill_s = now() - t0;
+    double first_token = 0;
     std::vector<float> lp;
     std::vector<int64_t> src(B * K), tokens(B * K);
     for (int64_t g = 0;; ++g) {  // g: tokens generated before this step
@@ -674,6 +705,9 @@ class GeneratorImpl : public Generator {
           done[b] = true;
       }
       beams = std::move(next_beams);
+      if (g == 0) first_token = now();
+      stats_.decode_steps = g;
+      stats_.decode_s = now() - first_token;
       if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
       bool identity = true;
       for (size_t r = 0; r < src.size(); ++r) identity = identity && src[r] == static_cast<int64_t>(r);
@@ -685,8 +719,13 @@ class GeneratorImpl : public Generator {
     return out;
   }
 
+  static double now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+
   std::unique_ptr<StepModel> model_;
   bool enc_dec_;
+  GenerationStats stats_;
 };
 
 }  // namespace

@@ -25,6 +25,7 @@ struct GenerationConfig {
   int64_t max_new_tokens = -1;  // -1: from max_length
   int64_t max_length = 20;      // prompt + new tokens (decoder-only); decoder tokens incl. the start token (seq2seq)
   int64_t min_length = 0;
+  int64_t min_new_tokens = 0;   // eos suppressed until this many new tokens
   bool do_sample = false;
   float temperature = 1.0f;
   int top_k = 50;  // 0: off
@@ -48,6 +49,13 @@ struct GenerationConfig {
   void update(const nlohmann::json& j, const std::string& file);
 };
 
+// Timings of the last generate() call: the first step (prefill, the encoder included) and the decode steps after
+// the first token, from the first token chosen to the last (as onnxruntime-genai's figures are taken here).
+struct GenerationStats {
+  double prefill_s = 0, decode_s = 0;
+  int64_t decode_steps = 0, rows = 0;
+};
+
 // Called after each step with the row (prompt index) and all the ids it generated so far.
 using OnTokens = std::function<void(size_t row, const std::vector<int64_t>& generated)>;
 
@@ -59,6 +67,7 @@ class Generator {
   virtual std::vector<std::vector<int64_t>> generate(const std::vector<std::vector<int64_t>>& prompts,
                                                      const GenerationConfig& config, const OnTokens& on_tokens = {}) = 0;
   virtual bool encoder_decoder() const = 0;
+  virtual const GenerationStats& stats() const = 0;
 };
 
 // model.onnx (decoder-only) or encoder_model.onnx + decoder_model_merged.onnx (encoder-decoder) in `folder`.

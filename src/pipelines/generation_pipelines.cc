@@ -10,6 +10,7 @@
 // says otherwise. Sampling happens only with --do-sample (transformers' text-generation pipeline samples by
 // default, and so do configs whose task_specific_params say do_sample; trex stays deterministic unless asked).
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
 #include "generation/generate.h"
@@ -143,6 +144,7 @@ class GenerationPipeline : public Pipeline {
     if (o.num_beams > 0) config_.num_beams = o.num_beams;
     if (o.length_penalty != 1.0f) config_.length_penalty = o.length_penalty;
     config_.seed = o.seed;
+    if (o.min_new_tokens > 0) config_.min_new_tokens = o.min_new_tokens;
   }
 
   const std::string& task() const override { return task_; }
@@ -184,6 +186,16 @@ class GenerationPipeline : public Pipeline {
         streams[row].update(text_of(row, generated), false);
       };
     const auto outputs = generator_->generate(prompts, config_, on_tokens);
+    if (options_.timing) {
+      const auto& st = generator_->stats();
+      size_t prompt_tokens = 0, new_tokens = 0;
+      for (const auto& p : prompts) prompt_tokens += p.size();
+      for (const auto& o : outputs) new_tokens += o.size();
+      const json t{{"prompt_tokens", prompt_tokens}, {"new_tokens", new_tokens}, {"prefill_s", st.prefill_s},
+                   {"decode_steps", st.decode_steps}, {"decode_s", st.decode_s},
+                   {"decode_tok_s", st.decode_s > 0 ? json(double(st.decode_steps * st.rows) / st.decode_s) : json()}};
+      std::fprintf(stderr, "%s\n", t.dump().c_str());
+    }
     std::vector<json> answers;
     const char* key = kind_ == Kind::kTextGeneration ? "generated_text"
                       : kind_ == Kind::kTranslation  ? "translation_text"

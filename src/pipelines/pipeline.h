@@ -47,6 +47,8 @@ struct RunOptions {
   float length_penalty = 1.0f;
   uint64_t seed = 0;
   bool return_full_text = true;       // text-generation: prompt + continuation, as transformers does
+  int min_new_tokens = 0;             // eos suppressed until this many new tokens (transformers' min_new_tokens)
+  bool timing = false;                // print each generate() call's timings as a JSON line on stderr
   // Called with each new piece of generated text as it is decoded (streaming); input index first.
   std::function<void(size_t input, std::string_view piece)> on_text;
 };

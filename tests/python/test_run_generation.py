@@ -117,6 +117,17 @@ def test_text_generation_stops_at_eos(export_root, tmp_path):
     assert n_words(got[0][0]["generated_text"]) == n_words(PROMPTS[0]) + new_words.index(stop_word) + 1
 
 
+def test_min_new_tokens_holds_eos_back(export_root):
+    """qwen2's fixture reaches its eos within 12 tokens for some prompt; min_new_tokens keeps it from stopping."""
+    ckpt, folder = _exported("decoder", "qwen2", export_root)
+    free = trex_run(folder, PROMPTS, "--max-new-tokens", 12)
+    assert any(n_words(g[0]["generated_text"]) < n_words(p) + 12 for p, g in zip(PROMPTS, free))
+    got = trex_run(folder, PROMPTS, "--max-new-tokens", 12, "--min-new-tokens", 12)
+    want = reference("text-generation", ckpt, PROMPTS, do_sample=False, max_new_tokens=12, min_new_tokens=12)
+    assert got == want
+    assert all(n_words(g[0]["generated_text"]) == n_words(p) + 12 for p, g in zip(PROMPTS, got))
+
+
 def test_sampling_top_k_1_is_greedy_and_seeded(export_root):
     ckpt, folder = _exported("decoder", "llama", export_root)
     greedy = trex_run(folder, PROMPTS, "--max-new-tokens", 8)
