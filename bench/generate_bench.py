@@ -12,7 +12,7 @@ Folder: build/trex export --model CKPT --pipeline text-generation OUT (fp32 ONNX
 
 Rows (greedy, the same prompt ids in each: a text of random words whose tokenization is about --prompt-len
 tokens; --new-tokens new tokens with eos suppressed; --threads intra-op threads; each run a fresh process except
-transformers, which loads once):
+transformers, which loads once; trex and genai runs alternate):
   trex run      build/trex run OUT --max-new-tokens N --min-new-tokens N --threads T --timing TEXT
                 (its timings line: decode steps after the first token / their seconds)
   genai         .venv-genai/bin/python tests/python/genai_run.py OUT --prompt-ids ... --ignore-eos --timing
@@ -159,28 +159,24 @@ def main(argv=None) -> int:
     tok = AutoTokenizer.from_pretrained(str(ckpt))
     text, ids = prompt_text(tok, a.prompt_len)
 
+    # trex and genai alternate run by run, so a change of load on the machine hits both alike.
     rows, notes = {}, []
-    trex_rates, trex_prefill = [], []
-    for _ in range(a.repeat):
-        t = trex_run(folder, text, a.new_tokens, a.threads)
-        trex_rates.append(t["decode_tok_s"])
-        trex_prefill.append(t["prefill_s"])
-    rows["trex run"] = summary(trex_rates)
-    rows["trex run"]["prefill_s"] = statistics.median(trex_prefill)
-
-    if GENAI_PY.exists():
-        try:
-            g_rates, g_prefill = [], []
-            for _ in range(a.repeat):
-                g = genai_run(folder, ids, a.new_tokens, a.threads)
-                g_rates.append(g["decode_tok_s"])
-                g_prefill.append(g["prefill_s"])
-            rows["onnxruntime-genai"] = summary(g_rates)
-            rows["onnxruntime-genai"]["prefill_s"] = statistics.median(g_prefill)
-        except RuntimeError as e:
-            notes.append(str(e))
-    else:
+    runs = {"trex run": [], "onnxruntime-genai": []}
+    genai_ok = GENAI_PY.exists()
+    if not genai_ok:
         notes.append("onnxruntime-genai: .venv-genai missing (scripts/setup)")
+    for _ in range(a.repeat):
+        runs["trex run"].append(trex_run(folder, text, a.new_tokens, a.threads))
+        if genai_ok:
+            try:
+                runs["onnxruntime-genai"].append(genai_run(folder, ids, a.new_tokens, a.threads))
+            except RuntimeError as e:
+                notes.append(str(e))
+                genai_ok = False
+    for name, rs in runs.items():
+        if rs:
+            rows[name] = summary([r["decode_tok_s"] for r in rs])
+            rows[name]["prefill_s"] = statistics.median(r["prefill_s"] for r in rs)
 
     if not a.no_transformers:
         rates, _ = transformers_rates(ckpt, ids, a.new_tokens, a.threads, a.repeat)
