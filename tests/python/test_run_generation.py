@@ -88,6 +88,19 @@ def test_text_generation_greedy_batch(name, export_root):
     assert max(added) == 12 and min(added) >= 0
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_text_generation_beam_search(name, export_root):
+    """Decoder-only beam search over a left-padded batch (each prompt its own beams and length limit)."""
+    ckpt, folder = _exported("decoder", name, export_root)
+    got = trex_run(folder, PROMPTS, "--max-new-tokens", 8, "--num-beams", 3, "--length-penalty", 0.7,
+                   "--repetition-penalty", 1.2)
+    want = reference("text-generation", ckpt, PROMPTS, do_sample=False, max_new_tokens=8, num_beams=3,
+                     length_penalty=0.7, repetition_penalty=1.2)
+    assert got == want
+    greedy = trex_run(folder, PROMPTS, "--max-new-tokens", 8, "--repetition-penalty", 1.2)
+    assert got != greedy  # the beams found other continuations somewhere
+
+
 def test_text_generation_repetition_penalty(export_root):
     ckpt, folder = _exported("decoder", "gpt2", export_root)
     got = trex_run(folder, PROMPTS, "--max-new-tokens", 10, "--repetition-penalty", 1.6)
