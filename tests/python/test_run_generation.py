@@ -21,10 +21,22 @@ PROMPTS = ["w5 w6 w7", "w9 w10 w11 w12 w40 w41 w17 w3", "w20", "w33 w34 w35 w36 
 SOURCES = ["w5 w6 w7 w8 w9", "w9 w10 w11 w12 w40 w3 w3 w61 w2", "w20 w21"]
 
 
+def _bytelevel_llama() -> "Path":
+    """A tiny random Llama with a byte-level BPE tokenizer that adds <s> (bench/_llama_checkpoint.py): a random
+    model emits byte tokens that split characters, which decoding and streaming must handle as the reference."""
+    import sys
+    sys.path.insert(0, str(fx.REPO / "bench"))
+    import _llama_checkpoint as lc
+    return fx._materialize("rungen-bytelevel-llama-v1", lambda d: lc.make_tiny_llama(d))
+
+
 @functools.lru_cache(maxsize=None)
 def _exported(kind: str, name: str, root: str):
     from pathlib import Path
-    ckpt = dfx.decoder_checkpoint(name) if kind == "decoder" else sfx.seq2seq_checkpoint(name)
+    if kind == "bytelevel":
+        ckpt = _bytelevel_llama()
+    else:
+        ckpt = dfx.decoder_checkpoint(name) if kind == "decoder" else sfx.seq2seq_checkpoint(name)
     out = Path(root) / f"{kind}-{name}"
     fx.export(ckpt, out)
     return ckpt, out
@@ -197,6 +209,19 @@ def test_stream_prints_the_answer(export_root):
     answers = trex_run(folder, PROMPTS[:2], "--max-new-tokens", 9)
     streamed = trex_run(folder, PROMPTS[:2], "--max-new-tokens", 9, "--stream", json_out=False)
     assert streamed == "".join(a[0]["generated_text"] + "\n" for a in answers)
+
+
+def test_byte_level_text_and_stream(export_root):
+    """Byte-level BPE with <s> added, non-ASCII prompts, continuations full of split characters: the decoded text
+    (U+FFFD where the reference puts it, clean-up spaces) equals the reference, and --stream prints it."""
+    ckpt, folder = _exported("bytelevel", "llama", export_root)
+    prompts = ["héllo wörld", "日本語 text, isn't it ?", "ab cd"]
+    got = trex_run(folder, prompts, "--max-new-tokens", 16)
+    want = reference("text-generation", ckpt, prompts, do_sample=False, max_new_tokens=16)
+    assert got == want
+    assert any("\ufffd" in g[0]["generated_text"] for g in got)  # split characters did come out
+    streamed = trex_run(folder, prompts, "--max-new-tokens", 16, "--stream", json_out=False)
+    assert streamed == "".join(a[0]["generated_text"] + "\n" for a in got)
 
 
 # ------------------------------------------------------------------------------------------------------------
