@@ -209,8 +209,8 @@ void last_logits(const Ort::Value& logits, std::vector<float>& out, int64_t& voc
 
 class DecoderOnlyModel : public StepModel {
  public:
-  DecoderOnlyModel(const fs::path& folder, int threads)
-      : file_((folder / "model.onnx").string()), session_(open_session(folder, "model.onnx", threads)) {
+  DecoderOnlyModel(const fs::path& folder, const std::string& name, int threads)
+      : file_((folder / name).string()), session_(open_session(folder, name, threads)) {
     const auto ins = input_names(session_);
     for (const char* n : {"input_ids", "attention_mask"})
       if (!has_name(ins, n)) throw InputError(file_, std::string("no `") + n + "` input (not a decoder trex exported?)");
@@ -312,11 +312,11 @@ class DecoderOnlyModel : public StepModel {
 
 class EncoderDecoderModel : public StepModel {
  public:
-  EncoderDecoderModel(const fs::path& folder, int threads)
-      : enc_file_((folder / "encoder_model.onnx").string()),
-        dec_file_((folder / "decoder_model_merged.onnx").string()),
-        encoder_(open_session(folder, "encoder_model.onnx", threads)),
-        decoder_(open_session(folder, "decoder_model_merged.onnx", threads)) {
+  EncoderDecoderModel(const fs::path& folder, const std::string& encoder, const std::string& decoder, int threads)
+      : enc_file_((folder / encoder).string()),
+        dec_file_((folder / decoder).string()),
+        encoder_(open_session(folder, encoder, threads)),
+        decoder_(open_session(folder, decoder, threads)) {
     const auto ein = input_names(encoder_);
     for (const char* n : {"input_ids", "attention_mask"})
       if (!has_name(ein, n)) throw InputError(enc_file_, std::string("no `") + n + "` input");
@@ -731,10 +731,22 @@ class GeneratorImpl : public Generator {
 }  // namespace
 
 std::unique_ptr<Generator> load_generator(const fs::path& folder, int threads) {
-  if (fs::is_regular_file(folder / "model.onnx"))
-    return std::make_unique<GeneratorImpl>(std::make_unique<DecoderOnlyModel>(folder, threads), false);
-  if (fs::is_regular_file(folder / "encoder_model.onnx") && fs::is_regular_file(folder / "decoder_model_merged.onnx"))
-    return std::make_unique<GeneratorImpl>(std::make_unique<EncoderDecoderModel>(folder, threads), true);
+  // The fused graph `trex export --optimize` wrote (checked against the plain one at export) when it is there,
+  // as onnxruntime-genai's config points at it; else the plain graph.
+  auto pick = [&](const std::string& stem) {
+    return fs::is_regular_file(folder / (stem + "-optimized.onnx")) ? stem + "-optimized.onnx" : stem + ".onnx";
+  };
+  if (fs::is_regular_file(folder / "model.onnx") || fs::is_regular_file(folder / "model-optimized.onnx"))
+    return std::make_unique<GeneratorImpl>(std::make_unique<DecoderOnlyModel>(folder, pick("model"), threads), false);
+  const bool optimized = fs::is_regular_file(folder / "encoder_model-optimized.onnx") &&
+                         fs::is_regular_file(folder / "decoder_model_merged-optimized.onnx");
+  if (optimized || (fs::is_regular_file(folder / "encoder_model.onnx") &&
+                    fs::is_regular_file(folder / "decoder_model_merged.onnx"))) {
+    const std::string suffix = optimized ? "-optimized.onnx" : ".onnx";
+    return std::make_unique<GeneratorImpl>(
+        std::make_unique<EncoderDecoderModel>(folder, "encoder_model" + suffix, "decoder_model_merged" + suffix, threads),
+        true);
+  }
   throw InputError(folder.string(), "no model.onnx (decoder-only) or encoder_model.onnx + decoder_model_merged.onnx "
                                     "(encoder-decoder) to generate with");
 }

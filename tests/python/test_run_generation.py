@@ -31,14 +31,14 @@ def _bytelevel_llama() -> "Path":
 
 
 @functools.lru_cache(maxsize=None)
-def _exported(kind: str, name: str, root: str):
+def _exported(kind: str, name: str, root: str, optimize: bool = False):
     from pathlib import Path
     if kind == "bytelevel":
         ckpt = _bytelevel_llama()
     else:
         ckpt = dfx.decoder_checkpoint(name) if kind == "decoder" else sfx.seq2seq_checkpoint(name)
-    out = Path(root) / f"{kind}-{name}"
-    fx.export(ckpt, out)
+    out = Path(root) / f"{kind}-{name}{'-optimized' if optimize else ''}"
+    fx.export(ckpt, out, *(["--optimize"] if optimize else []))
     return ckpt, out
 
 
@@ -258,6 +258,37 @@ def test_beam_search_eos_and_length_penalty(early_stopping, export_root, tmp_pat
                      num_beams=3, eos_token_id=[2, stop_id], early_stopping=early_stopping, length_penalty=0.6)
     assert got == want
     assert any(n_words(a[0]["summary_text"]) < 10 for a in got)  # some answer ended on the eos
+
+
+@pytest.mark.parametrize("kind,name", [("decoder", "llama"), ("seq2seq", "t5")])
+def test_optimized_folder(kind, name, export_root):
+    """A folder exported with --optimize: trex run uses the fused graphs (as genai_config.json does) and still
+    answers as the reference."""
+    ckpt, folder = _exported(kind, name, export_root, True)
+    assert list(folder.glob("*-optimized.onnx"))
+    if kind == "decoder":
+        got = trex_run(folder, PROMPTS, "--max-new-tokens", 10)
+        want = reference("text-generation", ckpt, PROMPTS, do_sample=False, max_new_tokens=10)
+    else:
+        got = trex_run(folder, SOURCES, "--pipeline", "summarization", "--max-new-tokens", 10,
+                       "--repetition-penalty", 1.3)
+        want = reference("summarization", ckpt, SOURCES, seq2seq=True, max_new_tokens=10, num_beams=4,
+                         repetition_penalty=1.3)
+    assert got == want
+    # The fused graph is the one loaded: without the plain model.onnx beside it, the answers are the same.
+    plain = folder / ("model.onnx" if kind == "decoder" else "encoder_model.onnx")
+    hidden = plain.with_suffix(".hidden")
+    plain.rename(hidden)
+    try:
+        if kind == "decoder":
+            r = fx.run_trex("run", folder, "--pipeline", "text-generation", "--json", "--max-new-tokens", 10, *PROMPTS)
+        else:
+            r = fx.run_trex("run", folder, "--pipeline", "summarization", "--json", "--max-new-tokens", 10,
+                            "--repetition-penalty", 1.3, *SOURCES)
+    finally:
+        hidden.rename(plain)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(l) for l in r.stdout.splitlines()] == got
 
 
 # ------------------------------------------------------------------------------------------------------------
