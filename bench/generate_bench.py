@@ -8,7 +8,8 @@ Checkpoint (random, cached under bench/results/ckpt/, gitignored; bench/_llama_c
                 matrix work, small enough to repeat on a 2-core machine.
   --shape tinyllama   the TinyLlama-1.1B shape (22 layers, hidden 2048; ~4.4 GB fp32), slow here.
   --smoke       a tiny random Llama made by transformers (seconds).
-Folder: build/trex export --model CKPT --pipeline text-generation OUT (fp32 ONNX, genai_config.json beside it).
+Folder: build/trex export --model CKPT --pipeline text-generation OUT (fp32 ONNX, genai_config.json beside it);
+--optimize exports with --optimize too (fused GroupQueryAttention graph; trex run and genai both load it).
 
 Rows (greedy, the same prompt ids in each: a text of random words whose tokenization is about --prompt-len
 tokens; --new-tokens new tokens with eos suppressed; --threads intra-op threads; each run a fresh process except
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--optimize", action="store_true", help="export with --optimize (fused graphs; both runners use them)")
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "generate_bench.json")
     a = ap.parse_args(argv)
     if a.smoke:
@@ -147,10 +149,10 @@ def main(argv=None) -> int:
         ckpt = root / "ckpt" / f"{a.shape}-bf16"
         llama_checkpoint.make_sharded_llama(ckpt, SHAPES[a.shape], shards=2 if a.shape == "llama-170m" else 3)
         label = a.shape
-    folder = root / "generate" / (ckpt.name + "-onnx")
+    folder = root / "generate" / (ckpt.name + ("-onnx-optimized" if a.optimize else "-onnx"))
     if not (folder / "model.onnx").exists():
         r = subprocess.run([str(TREX_BIN), "export", "--model", str(ckpt), "--pipeline", "text-generation",
-                            str(folder)], capture_output=True, text=True)
+                            *(["--optimize"] if a.optimize else []), str(folder)], capture_output=True, text=True)
         if r.returncode != 0:
             print(f"trex export failed: {r.stderr.strip()[-500:]}", file=sys.stderr)
             return 1
@@ -182,6 +184,8 @@ def main(argv=None) -> int:
         rates, _ = transformers_rates(ckpt, ids, a.new_tokens, a.threads, a.repeat)
         rows["transformers generate()"] = summary(rates)
 
+    if a.optimize:
+        label += " --optimize"
     print(f"## Text generation: {label}, prompt {len(ids)} tokens, {a.new_tokens} new tokens (greedy, eos "
           f"suppressed), {a.threads} threads, median of {a.repeat}\n")
     print("| runner | decode tok/s (median) | min-max | prefill s | trex run / this |")

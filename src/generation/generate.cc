@@ -525,7 +525,9 @@ class GeneratorImpl : public Generator {
   std::vector<std::vector<int64_t>> generate(const std::vector<std::vector<int64_t>>& prompts,
                                              const GenerationConfig& c, const OnTokens& on_tokens) override {
     if (prompts.empty()) return {};
-    if (c.num_beams < 1) throw UsageError("num_beams must be at least 1");
+    if (c.num_beams < 1 || c.num_beams > 256) throw UsageError("num_beams must be between 1 and 256");
+    if (c.temperature <= 0 && c.do_sample) throw UsageError("temperature must be positive");
+    if (c.top_p <= 0 && c.do_sample) throw UsageError("top_p must be positive");
     if (c.max_new_tokens == 0) throw UsageError("max_new_tokens must be greater than 0");
     if (c.num_beams > 1 && c.do_sample) throw UsageError("sampling with beam search (do_sample with num_beams > 1) is not supported");
     if (enc_dec_ && c.decoder_start_token_id < 0)
@@ -629,6 +631,7 @@ class GeneratorImpl : public Generator {
     std::vector<int64_t> src(B * K), tokens(B * K);
     for (int64_t g = 0;; ++g) {  // g: tokens generated before this step
       const int64_t V = model_->vocab;
+      if (static_cast<int64_t>(keep) > K * V) throw UsageError("num_beams is too large for a vocabulary of " + std::to_string(V));
       std::vector<RowState> next_beams(B * K);
       for (size_t b = 0; b < B; ++b) {
         const int64_t limit = inputs[b].limit;
