@@ -102,6 +102,7 @@ CLI::App* add_run_command(CLI::App& app) {
   gen->add_option("--seed", o.seed, "Sampling seed");
   gen->add_flag("--stream", a->stream, "Print generated text as it comes (without --json)");
   gen->add_option("--min-new-tokens", o.min_new_tokens, "No eos before this many new tokens")->check(CLI::NonNegativeNumber);
+  gen->add_flag("!--new-text-only", o.return_full_text, "text-generation: the continuation without the prompt (return_full_text=False)");
   gen->add_flag("--timing", o.timing, "Print the timings of each generation (prefill, decode tokens/s) as JSON on stderr");
   r->callback([a] {
     int rc;

@@ -113,6 +113,38 @@ def test_text_generation_beam_search(name, export_root):
     assert got != greedy  # the beams found other continuations somewhere
 
 
+def test_text_generation_new_text_only(export_root):
+    ckpt, folder = _exported("decoder", "llama", export_root)
+    got = trex_run(folder, PROMPTS, "--max-new-tokens", 6, "--new-text-only")
+    want = reference("text-generation", ckpt, PROMPTS, do_sample=False, max_new_tokens=6, return_full_text=False)
+    assert got == want
+    assert not any(g[0]["generated_text"].startswith(p) for p, g in zip(PROMPTS, got))
+
+
+def test_task_specific_params(export_root, tmp_path):
+    """config.json's task_specific_params for the task: its prefix goes before each source, its generation keys
+    (here num_beams, length_penalty) apply, as the reference pipeline applies them."""
+    import transformers as tf
+    ckpt, folder = _exported("seq2seq", "t5", export_root)
+    params = {"translation_en_to_de": {"prefix": "w7 w8 ", "num_beams": 2, "length_penalty": 0.5}}
+    copy = tmp_path / "t5-tsp"
+    shutil.copytree(folder, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["task_specific_params"] = params
+    (copy / "config.json").write_text(json.dumps(cfg))
+    got = trex_run(copy, SOURCES, "--pipeline", "translation_en_to_de", "--max-new-tokens", 8,
+                   "--repetition-penalty", 1.3)
+    base = _reference_pipeline("translation_en_to_de", str(ckpt), True)
+    model = sfx.reference_model(ckpt)
+    model.config.task_specific_params = params
+    p = tf.pipeline("translation_en_to_de", model=model, tokenizer=base.tokenizer, device="cpu")
+    want = [p(s, max_new_tokens=8, repetition_penalty=1.3) for s in SOURCES]
+    assert got == want
+    plain = trex_run(folder, SOURCES, "--pipeline", "translation_en_to_de", "--max-new-tokens", 8,
+                     "--repetition-penalty", 1.3)
+    assert got != plain
+
+
 def test_text_generation_repetition_penalty(export_root):
     ckpt, folder = _exported("decoder", "gpt2", export_root)
     got = trex_run(folder, PROMPTS, "--max-new-tokens", 10, "--repetition-penalty", 1.6)
