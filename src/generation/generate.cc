@@ -183,10 +183,11 @@ Ort::Value gather_rows(const Ort::Value& v, const std::vector<int64_t>& src) {
 class StepModel {
  public:
   virtual ~StepModel() = default;
-  // First step over the rows' inputs (decoder-only: prompts, left-padded here; encoder-decoder: source ids,
-  // right-padded, and the decoder start token). Returns [rows, vocab] logits.
+  // First step over the inputs (decoder-only: prompts, left-padded here; encoder-decoder: source ids,
+  // right-padded, and the decoder start token), each input on `copies` consecutive rows (beams). Returns
+  // [inputs x copies, vocab] logits.
   virtual const std::vector<float>& start(const std::vector<std::vector<int64_t>>& inputs, int64_t pad,
-                                          int64_t decoder_start) = 0;
+                                          int64_t decoder_start, int copies) = 0;
   virtual const std::vector<float>& next(const std::vector<int64_t>& tokens) = 0;
   // Row r of the state becomes row src[r] (beam search).
   virtual void reorder(const std::vector<int64_t>& src) = 0;
@@ -225,7 +226,11 @@ class DecoderOnlyModel : public StepModel {
     for (const auto& s : slots_) out_names_.push_back(s.output);
   }
 
-  const std::vector<float>& start(const std::vector<std::vector<int64_t>>& prompts, int64_t pad, int64_t) override {
+  const std::vector<float>& start(const std::vector<std::vector<int64_t>>& inputs, int64_t pad, int64_t,
+                                  int copies) override {
+    std::vector<std::vector<int64_t>> prompts;  // the prefill runs on every row, as transformers' does
+    for (const auto& p : inputs)
+      for (int k = 0; k < copies; ++k) prompts.push_back(p);
     rows_ = static_cast<int64_t>(prompts.size());
     size_t len = 0;
     for (const auto& p : prompts) len = std::max(len, p.size());
@@ -337,7 +342,7 @@ class EncoderDecoderModel : public StepModel {
   }
 
   const std::vector<float>& start(const std::vector<std::vector<int64_t>>& sources, int64_t pad,
-                                  int64_t decoder_start) override {
+                                  int64_t decoder_start, int copies) override {
     static const Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     rows_ = static_cast<int64_t>(sources.size());
     size_t len = 0;
@@ -362,6 +367,18 @@ class EncoderDecoderModel : public StepModel {
       throw InputError(enc_file_, std::string("ONNX Runtime failed to encode: ") + e.what());
     }
     hidden_ = std::move(out[0]);
+    if (copies > 1) {  // the encoder ran once per input; its rows are shared by the input's beams
+      std::vector<int64_t> src;
+      for (int64_t r = 0; r < rows_; ++r)
+        for (int k = 0; k < copies; ++k) src.push_back(r);
+      hidden_ = gather_rows(hidden_, src);
+      std::vector<int64_t> m(src.size() * enc_len_);
+      for (size_t r = 0; r < src.size(); ++r)
+        std::copy(enc_mask_.begin() + src[r] * enc_len_, enc_mask_.begin() + (src[r] + 1) * enc_len_,
+                  m.begin() + r * enc_len_);
+      enc_mask_ = std::move(m);
+      rows_ = static_cast<int64_t>(src.size());
+    }
     past_.clear();
     for (const auto& s : slots_) past_.push_back(empty_cache(rows_, s));
     has_past_ = false;
@@ -555,7 +572,7 @@ class GeneratorImpl : public Generator {
     stats_ = GenerationStats{};
     stats_.rows = static_cast<int64_t>(n);
     const double t0 = now();
-    const std::vector<float>* logits = &model_->start(prompts, pad, c.decoder_start_token_id);
+    const std::vector<float>* logits = &model_->start(prompts, pad, c.decoder_start_token_id, 1);
     stats_.prefill_s = now() - t0;
     double first_token = 0;
     std::vector<float> s;
@@ -604,13 +621,9 @@ class GeneratorImpl : public Generator {
     const size_t B = inputs.size();
     const int K = c.num_beams;
     const size_t keep = static_cast<size_t>(std::max<size_t>(2, 1 + c.eos_token_ids.size()) * K);
-    std::vector<std::vector<int64_t>> expanded;
     std::vector<RowState> beams;  // B * K rows
     for (size_t b = 0; b < B; ++b)
-      for (int k = 0; k < K; ++k) {
-        expanded.push_back(prompts[b]);
-        beams.push_back(inputs[b]);
-      }
+      for (int k = 0; k < K; ++k) beams.push_back(inputs[b]);
     std::vector<float> running(B * K, 0.0f);
     for (size_t b = 0; b < B; ++b)
       for (int k = 1; k < K; ++k) running[b * K + k] = -1e9f;
@@ -622,9 +635,9 @@ class GeneratorImpl : public Generator {
     std::vector<bool> improvable(B, true), done(B, false);
 
     stats_ = GenerationStats{};
-    stats_.rows = static_cast<int64_t>(expanded.size());
+    stats_.rows = static_cast<int64_t>(beams.size());
     const double t0 = now();
-    const std::vector<float>* logits = &model_->start(expanded, pad, c.decoder_start_token_id);
+    const std::vector<float>* logits = &model_->start(prompts, pad, c.decoder_start_token_id, K);
     stats_.prefill_s = now() - t0;
     double first_token = 0;
     std::vector<float> lp;
