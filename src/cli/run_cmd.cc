@@ -103,6 +103,8 @@ CLI::App* add_run_command(CLI::App& app) {
   gen->add_flag("--stream", a->stream, "Print generated text as it comes (without --json)");
   gen->add_option("--min-new-tokens", o.min_new_tokens, "No eos before this many new tokens")->check(CLI::NonNegativeNumber);
   gen->add_flag("!--new-text-only", o.return_full_text, "text-generation: the continuation without the prompt (return_full_text=False)");
+  gen->add_option("--no-repeat-ngram-size", o.no_repeat_ngram_size, "No n-gram of this size twice (0: off; default: generation_config.json's)")
+      ->check(CLI::NonNegativeNumber);
   gen->add_flag("--timing", o.timing, "Print the timings of each generation (prefill, decode tokens/s) as JSON on stderr");
   r->callback([a] {
     int rc;

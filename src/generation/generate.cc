@@ -56,6 +56,8 @@ void GenerationConfig::update(const json& j, const std::string& file) {
   if (has("top_p")) top_p = static_cast<float>(as_number(j["top_p"], "top_p", file));
   if (has("repetition_penalty"))
     repetition_penalty = static_cast<float>(as_number(j["repetition_penalty"], "repetition_penalty", file));
+  if (has("no_repeat_ngram_size"))
+    no_repeat_ngram_size = static_cast<int>(as_int(j["no_repeat_ngram_size"], "no_repeat_ngram_size", file));
   if (has("num_beams")) num_beams = static_cast<int>(as_int(j["num_beams"], "num_beams", file));
   if (has("length_penalty")) length_penalty = static_cast<float>(as_number(j["length_penalty"], "length_penalty", file));
   if (has("early_stopping")) {
@@ -475,6 +477,19 @@ void process(float* s, int64_t vocab, const RowState& row, int64_t generated, co
       if (t < 0 || t >= vocab) continue;
       float& x = s[t];
       x = x < 0 ? x * c.repetition_penalty : x / c.repetition_penalty;
+    }
+  }
+  if (c.no_repeat_ngram_size > 0) {
+    // A token that would repeat an n-gram of the ids so far (their last n - 1 ids followed by it) is banned.
+    const auto& h = row.history;
+    const size_t n = static_cast<size_t>(c.no_repeat_ngram_size);
+    if (h.size() + 1 >= n) {
+      const size_t start = h.size() + 1 - n;
+      for (size_t i = 0; i + n <= h.size(); ++i)
+        if (std::equal(h.begin() + i, h.begin() + i + (n - 1), h.begin() + start)) {
+          const int64_t t = h[i + n - 1];
+          if (t >= 0 && t < vocab) s[t] = kNegInf;
+        }
     }
   }
   for (int64_t t : c.bad_token_ids)

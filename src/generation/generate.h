@@ -4,7 +4,7 @@
 // present.* Ort::Values back as past_key_values.* (moved, not copied); beam search gathers cache rows only when
 // beams are reordered. Strategies follow transformers' generate(): greedy, sampling (temperature, top-k, top-p,
 // seeded), repetition penalty, min_length, forced BOS/EOS, single-token bad words, max_new_tokens / max_length,
-// stop at eos (one id or several), beam search with length penalty and early stopping (true, false, "never").
+// no_repeat_ngram_size, stop at eos (one id or several), beam search with length penalty and early stopping (true, false, "never").
 //   auto model = trex::generation::load_model("out/gpt2", /*threads=*/0);
 //   auto cfg = trex::generation::GenerationConfig::from_folder("out/gpt2");
 //   cfg.max_new_tokens = 20;
@@ -31,6 +31,7 @@ struct GenerationConfig {
   int top_k = 50;  // 0: off
   float top_p = 1.0f;
   float repetition_penalty = 1.0f;
+  int no_repeat_ngram_size = 0;  // 0: off
   int num_beams = 1;
   float length_penalty = 1.0f;
   enum class EarlyStopping { kFalse, kTrue, kNever } early_stopping = EarlyStopping::kFalse;

@@ -145,6 +145,7 @@ class GenerationPipeline : public Pipeline {
     if (o.length_penalty != 1.0f) config_.length_penalty = o.length_penalty;
     config_.seed = o.seed;
     if (o.min_new_tokens > 0) config_.min_new_tokens = o.min_new_tokens;
+    if (o.no_repeat_ngram_size >= 0) config_.no_repeat_ngram_size = o.no_repeat_ngram_size;
   }
 
   const std::string& task() const override { return task_; }

@@ -48,7 +48,8 @@ struct RunOptions {
   uint64_t seed = 0;
   bool return_full_text = true;       // text-generation: prompt + continuation, as transformers does
   int min_new_tokens = 0;             // eos suppressed until this many new tokens (transformers' min_new_tokens)
-  bool timing = false;                // print each generate() call's timings as a JSON line on stderr
+  bool timing = false;
+  int no_repeat_ngram_size = -1;      // -1: generation_config.json's; 0: off                // print each generate() call's timings as a JSON line on stderr
   // Called with each new piece of generated text as it is decoded (streaming); input index first.
   std::function<void(size_t input, std::string_view piece)> on_text;
 };

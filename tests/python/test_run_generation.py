@@ -145,6 +145,22 @@ def test_task_specific_params(export_root, tmp_path):
     assert got != plain
 
 
+@pytest.mark.parametrize("kind,name,task,size,beams", [("decoder", "gpt2", "text-generation", 2, 1),
+                                                       ("decoder", "llama", "text-generation", 1, 2),
+                                                       ("seq2seq", "bart", "summarization", 3, 4)])
+def test_no_repeat_ngram_size(kind, name, task, size, beams, export_root):
+    ckpt, folder = _exported(kind, name, export_root)
+    inputs = PROMPTS if kind == "decoder" else SOURCES
+    got = trex_run(folder, inputs, "--pipeline", task, "--max-new-tokens", 10, "--no-repeat-ngram-size", size,
+                   "--num-beams", beams)
+    kw = dict(do_sample=False) if kind == "decoder" else {}
+    want = reference(task, ckpt, inputs, seq2seq=kind == "seq2seq", max_new_tokens=10, no_repeat_ngram_size=size,
+                     num_beams=beams, **kw)
+    assert got == want
+    plain = trex_run(folder, inputs, "--pipeline", task, "--max-new-tokens", 10, "--num-beams", beams)
+    assert got != plain
+
+
 def test_text_generation_repetition_penalty(export_root):
     ckpt, folder = _exported("decoder", "gpt2", export_root)
     got = trex_run(folder, PROMPTS, "--max-new-tokens", 10, "--repetition-penalty", 1.6)
