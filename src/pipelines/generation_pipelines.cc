@@ -137,9 +137,10 @@ class GenerationPipeline : public Pipeline {
     // The command line over both.
     if (o.max_new_tokens > 0) config_.max_new_tokens = o.max_new_tokens;
     config_.do_sample = o.do_sample;
-    config_.temperature = o.temperature;
-    config_.top_k = o.sample_top_k;
-    config_.top_p = o.top_p;
+    // Values left at generate()'s defaults fall back to the model's, as transformers merges a passed config.
+    if (o.temperature != 1.0f) config_.temperature = o.temperature;
+    if (o.sample_top_k != 50) config_.top_k = o.sample_top_k;
+    if (o.top_p != 1.0f) config_.top_p = o.top_p;
     if (o.repetition_penalty != 1.0f) config_.repetition_penalty = o.repetition_penalty;
     if (o.num_beams > 0) config_.num_beams = o.num_beams;
     if (o.length_penalty != 1.0f) config_.length_penalty = o.length_penalty;

@@ -213,6 +213,20 @@ def test_sampling_top_k_1_is_greedy_and_seeded(export_root):
     assert a != greedy and a != c
 
 
+def test_sampling_settings_from_generation_config(export_root, tmp_path):
+    """--do-sample with the model's top_k = 1 (generation_config.json) samples only the argmax: greedy's text;
+    an explicit --sample-top-k overrides it."""
+    _, folder = _exported("decoder", "llama", export_root)
+    copy = tmp_path / "llama-topk1"
+    shutil.copytree(folder, copy)
+    gen = json.loads((copy / "generation_config.json").read_text())
+    gen["top_k"] = 1
+    (copy / "generation_config.json").write_text(json.dumps(gen))
+    greedy = trex_run(copy, PROMPTS, "--max-new-tokens", 8)
+    assert trex_run(copy, PROMPTS, "--max-new-tokens", 8, "--do-sample", "--seed", 5) == greedy
+    assert trex_run(copy, PROMPTS, "--max-new-tokens", 8, "--do-sample", "--seed", 5, "--sample-top-k", 0) != greedy
+
+
 @pytest.mark.parametrize("flags,warpers", [
     (("--temperature", 0.5, "--sample-top-k", 0), dict(temperature=0.5)),
     (("--top-p", 0.6, "--sample-top-k", 0), dict(top_p=0.6)),
