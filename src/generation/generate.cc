@@ -606,8 +606,17 @@ class GeneratorImpl : public Generator {
           const float mx = *std::max_element(s.begin(), s.end());
           std::vector<double> w(V);
           for (int64_t i = 0; i < V; ++i) w[i] = s[i] == kNegInf ? 0.0 : std::exp(double(s[i] - mx));
-          std::discrete_distribution<int64_t> d(w.begin(), w.end());
-          t = d(rng);
+          // Inverse CDF on a 53-bit uniform draw: the same tokens for a seed on any standard library.
+          const double total = std::accumulate(w.begin(), w.end(), 0.0);
+          const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
+          double cum = 0;
+          t = -1;
+          for (int64_t i = 0; i < V; ++i) {
+            if (w[i] <= 0) continue;
+            t = i;  // the last token with weight, should rounding leave u above the sum
+            cum += w[i];
+            if (u < cum) break;
+          }
         } else {
           t = std::max_element(s.begin(), s.end()) - s.begin();
         }
