@@ -135,6 +135,7 @@ class GenerationPipeline : public Pipeline {
     if (config_.pad_token_id < 0)
       if (auto id = tokenizer_.token_to_id("<pad>")) config_.pad_token_id = *id;
     // The command line over both.
+    if (o.max_new_tokens == 0 || o.max_new_tokens < -1) throw UsageError("--max-new-tokens must be at least 1");
     if (o.max_new_tokens > 0) config_.max_new_tokens = o.max_new_tokens;
     config_.do_sample = o.do_sample;
     // Values left at generate()'s defaults fall back to the model's, as transformers merges a passed config.

@@ -366,6 +366,14 @@ def test_wrong_pipeline_for_the_folder(export_root):
     assert r.returncode == 1 and "encoder-decoder" in r.stderr and r.stdout == ""
 
 
+def test_bad_generation_options(export_root):
+    _, folder = _exported("decoder", "gpt2", export_root)
+    for flags, message in [(["--max-new-tokens", 0], "max-new-tokens"), (["--num-beams", 1000], "num_beams"),
+                           ([""], "empty prompt")]:
+        r = fx.run_trex("run", folder, *flags, *([] if flags == [""] else ["w5 w6"]))
+        assert r.returncode == 1 and message in r.stderr and r.stdout == "", (flags, r.stderr)
+
+
 def test_bad_generation_config_is_named(export_root, tmp_path):
     _, folder = _exported("decoder", "gpt2", export_root)
     copy = tmp_path / "gpt2-bad"
