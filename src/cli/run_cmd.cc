@@ -53,7 +53,8 @@ int run(RunArgs& a) {
   }
   auto pipeline = trex::pipelines::make_pipeline(a.dir, a.o);
   // Batches of batch_size inputs, printed as they finish, so long inputs on stdin stream out.
-  const size_t step = static_cast<size_t>(std::max(1, a.o.batch_size));
+  // Streamed text comes one input at a time, so each answer's line ends before the next one starts.
+  const size_t step = a.o.on_text ? 1 : static_cast<size_t>(std::max(1, a.o.batch_size));
   for (size_t begin = 0; begin < inputs.size(); begin += step) {
     std::vector<std::string> batch(inputs.begin() + static_cast<std::ptrdiff_t>(begin),
                                    inputs.begin() + static_cast<std::ptrdiff_t>(std::min(inputs.size(), begin + step)));
@@ -96,10 +97,15 @@ CLI::App* add_run_command(CLI::App& app) {
   gen->add_option("--sample-top-k", o.sample_top_k, "Sampling: keep the k most likely tokens (0: all)")->check(CLI::NonNegativeNumber);
   gen->add_option("--top-p", o.top_p, "Sampling: nucleus probability mass")->check(CLI::Range(0.0, 1.0));
   gen->add_option("--repetition-penalty", o.repetition_penalty, "Penalty for tokens already present")->check(CLI::PositiveNumber);
-  gen->add_option("--num-beams", o.num_beams, "Beam search width (1: greedy)")->check(CLI::PositiveNumber);
+  gen->add_option("--num-beams", o.num_beams, "Beam search width (1: greedy; default: generation_config.json's, 4 for seq2seq pipelines)")->check(CLI::NonNegativeNumber);
   gen->add_option("--length-penalty", o.length_penalty, "Beam search length penalty");
   gen->add_option("--seed", o.seed, "Sampling seed");
   gen->add_flag("--stream", a->stream, "Print generated text as it comes (without --json)");
+  gen->add_option("--min-new-tokens", o.min_new_tokens, "No eos before this many new tokens")->check(CLI::NonNegativeNumber);
+  gen->add_flag("!--new-text-only", o.return_full_text, "text-generation: the continuation without the prompt (return_full_text=False)");
+  gen->add_option("--no-repeat-ngram-size", o.no_repeat_ngram_size, "No n-gram of this size twice (0: off; default: generation_config.json's)")
+      ->check(CLI::NonNegativeNumber);
+  gen->add_flag("--timing", o.timing, "Print the timings of each generation (prefill, decode tokens/s) as JSON on stderr");
   r->callback([a] {
     int rc;
     try {

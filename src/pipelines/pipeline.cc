@@ -31,7 +31,8 @@ std::string folder_task(const fs::path& folder) {
 
 std::unique_ptr<Pipeline> make_pipeline(const fs::path& folder, const RunOptions& options) {
   const std::string name = options.task.empty() ? folder_task(folder) : options.task;
-  const std::optional<Task> task = parse_task(name);
+  // translation_xx_to_yy for any pair of languages, as transformers accepts it.
+  const std::optional<Task> task = name.rfind("translation_", 0) == 0 ? Task::kSeq2SeqLM : parse_task(name);
   if (!task) throw UsageError("unknown pipeline '" + name + "' (known: " + known_task_names() + ")");
   switch (*task) {
     case Task::kCausalLM:

@@ -43,10 +43,13 @@ struct RunOptions {
   int sample_top_k = 50;
   float top_p = 1.0f;
   float repetition_penalty = 1.0f;
-  int num_beams = 1;
+  int num_beams = 0;                  // 0: generation_config.json's (seq2seq pipelines: 4 unless it says)
   float length_penalty = 1.0f;
   uint64_t seed = 0;
   bool return_full_text = true;       // text-generation: prompt + continuation, as transformers does
+  int min_new_tokens = 0;             // eos suppressed until this many new tokens (transformers' min_new_tokens)
+  bool timing = false;
+  int no_repeat_ngram_size = -1;      // -1: generation_config.json's; 0: off                // print each generate() call's timings as a JSON line on stderr
   // Called with each new piece of generated text as it is decoded (streaming); input index first.
   std::function<void(size_t input, std::string_view piece)> on_text;
 };

@@ -1,4 +1,4 @@
-// Models of tokenizer.json: WordPiece (greedy longest match), BPE (ranked merges; byte_fallback, fuse_unk,
+// Models of tokenizer.json: WordLevel (whole-word lookup), WordPiece (greedy longest match), BPE (ranked merges; byte_fallback, fuse_unk,
 // subword prefix / end-of-word suffix), Unigram (Viterbi best path; byte_fallback).
 #include <algorithm>
 #include <cstdio>
@@ -47,6 +47,34 @@ std::string opt_string(const Json& j, const char* key) {
   if (!j.contains(key) || j[key].is_null()) return "";
   return j[key].get<std::string>();
 }
+
+// Each pre-tokenized word is one token: its vocabulary id, else unk_token's (an error when that is missing too,
+// as the reference raises).
+class WordLevel : public Model {
+ public:
+  WordLevel(const Json& j, const LoadContext& ctx) : vocab_(read_vocab_map(j.at("vocab"), ctx)) {
+    unk_ = opt_string(j, "unk_token");
+    unk_id_ = vocab_.find(unk_);
+    file_ = ctx.file;
+  }
+  void tokenize(const std::string& w, std::vector<Token>& out) const override {
+    if (auto id = vocab_.find(w)) {
+      out.push_back({*id, w, 0, w.size()});
+      return;
+    }
+    if (!unk_id_) throw InputError(file_, "WordLevel: '" + w + "' is not in the vocabulary and unk_token '" +
+                                                         unk_ + "' is missing from it");
+    out.push_back({*unk_id_, unk_, 0, w.size()});
+  }
+  std::optional<uint32_t> token_to_id(std::string_view t) const override { return vocab_.find(t); }
+  const std::string* id_to_token(uint32_t id) const override { return vocab_.token(id); }
+  size_t vocab_size() const override { return vocab_.to_id.size(); }
+
+ private:
+  VocabTable vocab_;
+  std::string unk_, file_;
+  std::optional<uint32_t> unk_id_;
+};
 
 class WordPiece : public Model {
  public:
@@ -454,6 +482,7 @@ std::unique_ptr<Model> make_model(const Json& j, const LoadContext& ctx) {
     else if (j.contains("vocab") && j["vocab"].is_array()) type = "Unigram";
     else if (j.contains("continuing_subword_prefix") || j.contains("max_input_chars_per_word")) type = "WordPiece";
   }
+  if (type == "WordLevel") return std::make_unique<WordLevel>(j, ctx);
   if (type == "WordPiece") return std::make_unique<WordPiece>(j, ctx);
   if (type == "BPE") return std::make_unique<BPE>(j, ctx);
   if (type == "Unigram") return std::make_unique<Unigram>(j, ctx);

@@ -217,7 +217,8 @@ std::string cleanup(std::string s) {
   return s;
 }
 
-// Bytes to text, each invalid byte becoming U+FFFD.
+// Bytes to text as Rust's String::from_utf8_lossy (which the reference uses) makes it: each maximal prefix of a
+// valid sequence that is cut short, and each byte that cannot start one, becomes one U+FFFD.
 std::string lossy_utf8(const std::string& bytes) {
   std::string out;
   size_t i = 0;
@@ -229,8 +230,20 @@ std::string lossy_utf8(const std::string& bytes) {
     }
     out.append(bytes, i, bad);
     out += "\xEF\xBF\xBD";
-    i += bad + 1;
-    while (i < bytes.size() && (static_cast<unsigned char>(bytes[i]) & 0xC0) == 0x80) ++i;
+    i += bad;
+    const auto b = static_cast<unsigned char>(bytes[i]);
+    size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the second byte's range
+    if (b >= 0xC2 && b <= 0xDF) len = 2;
+    else if (b >= 0xE0 && b <= 0xEF) len = 3, lo = b == 0xE0 ? 0xA0 : 0x80, hi = b == 0xED ? 0x9F : 0xBF;
+    else if (b >= 0xF0 && b <= 0xF4) len = 4, lo = b == 0xF0 ? 0x90 : 0x80, hi = b == 0xF4 ? 0x8F : 0xBF;
+    size_t used = 1;
+    while (used < len && i + used < bytes.size()) {
+      const auto t = static_cast<unsigned char>(bytes[i + used]);
+      if (used == 1 ? (t < lo || t > hi) : (t & 0xC0) != 0x80) break;
+      ++used;
+    }
+    i += used;
   }
   return out;
 }

@@ -1,5 +1,5 @@
 """`trex tokenize` against Hugging Face tokenizers: identical ids and (char) offsets on a multilingual corpus of
->= 10k lines for six tokenizers (the real MiniLM WordPiece and five trained ones, see tokenizer_cases.py), special
+>= 10k lines for seven tokenizers (the real MiniLM WordPiece and six trained ones, see tokenizer_cases.py), special
 tokens on and off; decoding; hostile strings; invalid UTF-8 refused with a clear error."""
 from __future__ import annotations
 
@@ -163,6 +163,28 @@ def test_decode_identical_to_hf(name, corpus):
         assert len(got) == len(want) and not bad, f"{len(bad)} differ, e.g. {bad[:3]}"
 
 
+def test_decode_invalid_utf8_bytes_like_hf():
+    """Random runs of byte tokens (what a generating model emits mid-character): the invalid UTF-8 they make is
+    replaced as the reference's from_utf8_lossy does (one U+FFFD per maximal invalid subpart)."""
+    import random
+    from tokenizers.pre_tokenizers import ByteLevel
+    folder = tc.folder("bytelevel-bpe")
+    hf = hf_tokenizer(folder)
+    byte_ids = [hf.token_to_id(ch) for ch in ByteLevel.alphabet()]
+    assert None not in byte_ids
+    rng = random.Random(0)
+    cases = [[rng.choice(byte_ids) for _ in range(rng.randint(1, 12))] for _ in range(3000)]
+    data = "".join(json.dumps(c) + "\n" for c in cases).encode()
+    r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder), "--decode"], input=data, capture_output=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    got = [json.loads(l) for l in r.stdout.decode().split("\n")[:-1]]
+    want = hf.decode_batch(cases)
+    bad = [(c, w, g) for c, w, g in zip(cases, want, got) if w != g]
+    assert len(got) == len(want) and not bad, f"{len(bad)} differ, e.g. {bad[:3]}"
+    assert sum("\ufffd" in w for w in want) > 1000  # the cases do hold invalid sequences
+
+
 @pytest.mark.parametrize("name", tc.NAMES)
 def test_pairs_identical_to_hf(name, corpus):
     """Sequence pairs (consecutive corpus lines, long ones too, so truncation shares the budget): ids, type ids,
@@ -211,5 +233,6 @@ def test_windows_identical_to_hf_overflow(name, corpus):
         mine = [(w["ids"], w["type_ids"], w["offsets"], w["word_ids"], w["sequence_ids"]) for w in windows]
         if mine != [fields(w) for w in want]:
             bad.append((q, len(windows), len(want)))
-    assert n_windows > 2 * len(pairs)
+    # Overflow happened (whole-word tokens give fewer windows than subwords).
+    assert n_windows > (1.5 if name == "wordlevel" else 2) * len(pairs)
     assert not bad, f"{len(bad)} of {len(pairs)} differ, e.g. {bad[:3]}"

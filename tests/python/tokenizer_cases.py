@@ -10,7 +10,7 @@ import fixtures as fx
 import tokenizer_corpus
 
 NAMES = ["minilm-wordpiece", "bytelevel-bpe", "unigram-metaspace", "bytefallback-bpe", "split-regex-bpe",
-         "whitespace-wordpiece"]
+         "whitespace-wordpiece", "wordlevel"]
 VERSION = "1"  # bump when a recipe changes
 
 
@@ -119,6 +119,21 @@ def _whitespace_wordpiece(path: Path):
     tok.save(str(path))
 
 
+def _wordlevel(path: Path):
+    """WordLevel (whole words, unknown ones to [UNK]) behind Lowercase + Whitespace, as the generation fixtures'
+    tokenizers are; TemplateProcessing adds [CLS]."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(vocab_size=3000, special_tokens=["[UNK]", "[CLS]", "[PAD]"],
+                                        show_progress=False)
+    tok.train_from_iterator(_train_lines(), trainer)
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A", pair="[CLS] $A $B:1",
+                                                       special_tokens=[("[CLS]", tok.token_to_id("[CLS]"))])
+    tok.save(str(path))
+
+
 def folder(name: str) -> Path:
     """Folder holding tokenizer.json for the named case (trained on first use)."""
     if name == "minilm-wordpiece":
@@ -130,6 +145,6 @@ def folder(name: str) -> Path:
         tmp = d / "tokenizer.json.tmp"
         {"bytelevel-bpe": _byte_level_bpe, "unigram-metaspace": _unigram_metaspace,
          "bytefallback-bpe": _byte_fallback_bpe, "split-regex-bpe": _split_regex_bpe,
-         "whitespace-wordpiece": _whitespace_wordpiece}[name](tmp)
+         "whitespace-wordpiece": _whitespace_wordpiece, "wordlevel": _wordlevel}[name](tmp)
         tmp.replace(path)
     return d
