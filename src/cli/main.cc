@@ -271,6 +271,8 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     o.triton_name = a.triton_name.empty() ? trex::triton_name_from(a.model) : a.triton_name;
     o.triton_max_batch = a.triton_max_batch;
   }
+  if (!trex::parse_framework(a.framework, &o.framework))
+    throw trex::UsageError("--framework must be pt, tf or auto, got '" + a.framework + "'");
   const bool tty_progress = ::isatty(STDERR_FILENO) && !a.quiet;
   o.model_dir = trex::resolve_model_dir(a.model, a.revision, [tty_progress, last = std::string()](
                                                                  const std::string& file, uint64_t done,
