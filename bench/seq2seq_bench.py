@@ -17,6 +17,7 @@ inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, media
 
 Usage
   .venv/bin/python bench/seq2seq_bench.py               # opus-mt-en-de shape
+  .venv/bin/python bench/seq2seq_bench.py --arch t5     # t5-base shape
   .venv/bin/python bench/seq2seq_bench.py --smoke       # tiny model, trex only, < 60 s, exit 0 when it works
 Results: a markdown table on stdout and JSON in bench/results/ (or --results).
 """
@@ -49,6 +50,19 @@ def build_marian(work: Path, d_model: int, layers: int, heads: int, ffn: int, vo
             scale_embedding=True, activation_function="swish"))
 
     return cached_checkpoint(work, f"marian-D{d_model}-L{layers}-A{heads}-F{ffn}-V{vocab}", make)
+
+
+def build_t5(work: Path, d_model: int, layers: int, heads: int, ffn: int, vocab: int) -> Path:
+    """A t5-base-shaped checkpoint with the defaults of --arch t5 (v1.0: relu FFN, tied head, d_kv 64)."""
+    def make():
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        return T5ForConditionalGeneration(T5Config(
+            vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=ffn, num_layers=layers,
+            num_decoder_layers=layers, num_heads=heads, feed_forward_proj="relu", tie_word_embeddings=True,
+            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+
+    return cached_checkpoint(work, f"t5-D{d_model}-L{layers}-A{heads}-F{ffn}-V{vocab}", make)
 
 
 def folder_model_bytes(folder: Path) -> int:
@@ -92,11 +106,14 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int) 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--d-model", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--ffn", type=int, default=2048)
-    ap.add_argument("--vocab", type=int, default=58101)
+    ap.add_argument("--arch", choices=("marian", "t5"), default="marian",
+                    help="marian: opus-mt-en-de shape (default); t5: t5-base shape (d_model 768, 12+12 layers, "
+                         "12 heads, ffn 3072, vocab 32128)")
+    ap.add_argument("--d-model", type=int)
+    ap.add_argument("--layers", type=int)
+    ap.add_argument("--heads", type=int)
+    ap.add_argument("--ffn", type=int)
+    ap.add_argument("--vocab", type=int)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="tiny model, trex only (CI: proves the script runs)")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "work")
@@ -107,6 +124,10 @@ def main():
     ap.add_argument("--decode-repeat", type=int, default=2)
     ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args()
+    shape = {"marian": (512, 6, 8, 2048, 58101), "t5": (768, 12, 12, 3072, 32128)}[args.arch]
+    for key, default in zip(("d_model", "layers", "heads", "ffn", "vocab"), shape):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     if args.smoke:
         args.d_model, args.layers, args.heads, args.ffn, args.vocab = 32, 2, 4, 64, 120
         args.skip_optimum, args.repeat = True, 1
@@ -116,7 +137,8 @@ def main():
     if not args.trex.exists():
         sys.exit(f"trex binary not found at {args.trex}")
     try:
-        ckpt = build_marian(args.work, args.d_model, args.layers, args.heads, args.ffn, args.vocab).resolve()
+        build = build_t5 if args.arch == "t5" else build_marian
+        ckpt = build(args.work, args.d_model, args.layers, args.heads, args.ffn, args.vocab).resolve()
         weights = ckpt / "model.safetensors"
         wbytes = weights.stat().st_size
         out_root = args.work / "out"
@@ -153,7 +175,7 @@ def main():
                           "folder_bytes": rs[-1]["folder_bytes"], "runs": rs}
                    for name, rs in runs.items()}
         opt = summary.get("optimum-cli", {}).get("wall_s")
-        print(f"\nCheckpoint: Marian d_model={args.d_model} layers={args.layers}+{args.layers} heads={args.heads} "
+        print(f"\nCheckpoint: {args.arch} d_model={args.d_model} layers={args.layers}+{args.layers} heads={args.heads} "
               f"ffn={args.ffn} vocab={args.vocab}, model.safetensors {wbytes / 2**20:.1f} MB; median of "
               f"{args.repeat} run(s); {os.cpu_count()} CPU(s)\n")
         print("| tool | wall s | peak RSS MB | RSS / weights | model files MB | files / checkpoint | speedup vs optimum |")
@@ -173,9 +195,9 @@ def main():
                       f"{d['beam4_tokens_per_s'] / base['beam4_tokens_per_s']:.2f}x |")
         if not args.smoke:
             args.results.mkdir(parents=True, exist_ok=True)
-            out_json = args.results / f"seq2seq_bench-marian-D{args.d_model}-L{args.layers}.json"
+            out_json = args.results / f"seq2seq_bench-{args.arch}-D{args.d_model}-L{args.layers}.json"
             out_json.write_text(json.dumps({
-                "checkpoint": {"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "ffn": args.ffn,
+                "checkpoint": {"arch": args.arch, "d_model": args.d_model, "layers": args.layers, "heads": args.heads, "ffn": args.ffn,
                                "vocab": args.vocab, "weights_bytes": wbytes},
                 "repeat": args.repeat, "cpus": os.cpu_count(), "results": summary, "decode": decode,
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
