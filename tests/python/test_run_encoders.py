@@ -252,3 +252,29 @@ def test_fill_mask_without_mask(folders):
     _, out = folders["fill-mask"]
     r = fx.run_trex("run", out, "--json", "no mask here")
     assert r.returncode == 2 and "[MASK]" in r.stderr and r.stdout == ""
+
+
+# ---- the one-header C++ API (src/trex.h) through its example program ----
+
+def test_example_program(folders, tmp_path):
+    example = fx.TREX_BIN.parent / "trex_example_pipeline"
+    if not example.is_file():
+        pytest.fail(f"{example} not built (CMake target trex_example_pipeline)")
+    ckpt, out = folders["token-classification"]
+    texts = ["John Smith lives in New York.", "Café crème à Zürich 😀"]
+    # Export through the API, then run: the answers are trex run's.
+    api_out = tmp_path / "api"
+    r = subprocess.run([str(example), str(api_out), "--export", str(ckpt), *texts], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (api_out / "model.onnx").is_file() and (api_out / "tokenizer.json").is_file()
+    assert [json.loads(line) for line in r.stdout.splitlines()] == _trex_run(out, texts)
+    # Question answering with a context, and a clear error without one.
+    _, qa_out = folders["question-answering"]
+    r = subprocess.run([str(example), str(qa_out), "--context", SHORT_CONTEXT, QUESTIONS[1]], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line) for line in r.stdout.splitlines()] == _trex_run(qa_out, [QUESTIONS[1]], "--context",
+                                                                              SHORT_CONTEXT)
+    r = subprocess.run([str(example), str(qa_out), QUESTIONS[1]], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--context" in r.stderr and r.stdout == ""
