@@ -79,6 +79,8 @@ CLI::App* add_run_command(CLI::App& app) {
   r->add_flag("--json", a->json, "One JSON answer per line, with the keys transformers' pipeline() uses");
   r->add_option("--threads", o.threads, "ONNX Runtime intra-op threads (0: its default)")->check(CLI::NonNegativeNumber);
   r->add_option("--batch-size", o.batch_size, "Inputs run together")->check(CLI::PositiveNumber);
+  r->add_option("--model-file", o.model_file,
+                "Encoder pipelines: the model file of DIR to run, e.g. model-quantized.onnx (default: model.onnx)");
   auto* g = r->add_option_group("classification, fill-mask, question-answering");
   g->add_option("--top-k", o.top_k, "Answers per input (default: the pipeline's)");
   g->add_option("--function-to-apply", o.function_to_apply, "text-classification: softmax, sigmoid or none")

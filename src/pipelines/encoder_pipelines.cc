@@ -153,7 +153,10 @@ using RowOutputs = std::map<std::string, Tensor>;
 class Model {
  public:
   Model(const fs::path& dir, const RunOptions& o) : batch_size_(std::max(1, o.batch_size)) {
-    const fs::path file = dir / "model.onnx";
+    const std::string name = o.model_file.empty() ? "model.onnx" : o.model_file;
+    if (name.find('/') != std::string::npos || name == "." || name == "..")
+      throw UsageError("--model-file takes the name of a file in the folder, not a path: '" + name + "'");
+    const fs::path file = dir / name;
     std::error_code ec;
     if (!fs::is_regular_file(file, ec)) throw InputError(file.string(), "missing (trex run takes the folder trex export wrote)");
     if (!real_path_inside(dir, file)) throw InputError(file.string(), "lies outside the model folder (symlink)");
@@ -235,7 +238,7 @@ class Model {
       results = session_->Run(Ort::RunOptions{nullptr}, in_names.data(), values.data(), values.size(), out_names.data(),
                               out_names.size());
     } catch (const Ort::Exception& e) {
-      throw InputError(std::string("model.onnx: ONNX Runtime failed to run it: ") + e.what());
+      throw InputError(std::string("ONNX Runtime failed to run the model: ") + e.what());
     }
     for (size_t k = 0; k < results.size(); ++k) {
       auto info = results[k].GetTensorTypeAndShapeInfo();

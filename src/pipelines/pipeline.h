@@ -26,6 +26,9 @@ struct RunOptions {
   std::string task;
   int threads = 0;       // ONNX Runtime intra-op threads; 0: its default
   int batch_size = 32;   // inputs run together (length-sorted where the pipeline allows)
+  // Encoder pipelines: the ONNX file of the folder to run (a file name in it, e.g. model-quantized.onnx or
+  // model-optimized.onnx, which trex export writes with --quantize / --optimize); empty: model.onnx.
+  std::string model_file;
 
   // text-classification, token-classification, fill-mask, question-answering
   int top_k = -1;                     // -1: the pipeline's default (1 for classification, 5 for fill-mask)
