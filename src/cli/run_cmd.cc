@@ -52,8 +52,9 @@ int run(RunArgs& a) {
     };
   }
   auto pipeline = trex::pipelines::make_pipeline(a.dir, a.o);
-  // Batches of batch_size inputs, printed as they finish, so long inputs on stdin stream out.
-  const size_t step = static_cast<size_t>(std::max(1, a.o.batch_size));
+  // Chunks of inputs (batch_size, or more for pipelines that length-sort them), printed as they finish, so long
+  // inputs on stdin stream out.
+  const size_t step = std::max<size_t>(1, pipeline->inputs_per_call(static_cast<size_t>(std::max(1, a.o.batch_size))));
   for (size_t begin = 0; begin < inputs.size(); begin += step) {
     std::vector<std::string> batch(inputs.begin() + static_cast<std::ptrdiff_t>(begin),
                                    inputs.begin() + static_cast<std::ptrdiff_t>(std::min(inputs.size(), begin + step)));

@@ -306,6 +306,7 @@ class EncoderPipeline : public Pipeline {
   EncoderPipeline(const fs::path& dir, std::string task, const RunOptions& o)
       : task_(std::move(task)), o_(o), f_(load_folder(dir)), model_(dir, o) {}
   const std::string& task() const override { return task_; }
+  size_t inputs_per_call(size_t batch_size) const override { return batch_size * 64; }
 
  protected:
   std::vector<RowOutputs> forward(const std::vector<Encoding>& encs) {

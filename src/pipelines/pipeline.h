@@ -60,6 +60,9 @@ class Pipeline {
   virtual const std::string& task() const = 0;
   // One answer per input, in input order.
   virtual std::vector<nlohmann::json> run(const std::vector<std::string>& inputs) = 0;
+  // How many inputs a caller streaming many (stdin lines) should pass to one run(): the encoder pipelines sort
+  // what they get by length, so they take many batches' worth at a time.
+  virtual size_t inputs_per_call(size_t batch_size) const { return batch_size; }
 };
 
 // The pipeline named by options.task (or the folder's metadata) over the folder's model(s).
