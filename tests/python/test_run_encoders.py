@@ -278,3 +278,12 @@ def test_example_program(folders, tmp_path):
                                                                               SHORT_CONTEXT)
     r = subprocess.run([str(example), str(qa_out), QUESTIONS[1]], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "--context" in r.stderr and r.stdout == ""
+
+
+def test_model_file_is_a_name_in_the_folder(folders):
+    _, out = folders["text-classification"]
+    for bad in ["../model.onnx", "/etc/passwd"]:
+        r = fx.run_trex("run", out, "--model-file", bad, "hello")
+        assert r.returncode == 1 and "--model-file" in r.stderr and r.stdout == "", (bad, r.stderr)
+    r = fx.run_trex("run", out, "--model-file", "missing.onnx", "hello")
+    assert r.returncode == 2 and "missing.onnx" in r.stderr and r.stdout == ""
