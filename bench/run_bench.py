@@ -113,7 +113,11 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(1)
-    model_dir = fx.minilm_dir()
+    try:
+        model_dir = fx.minilm_dir()
+    except BaseException as e:  # pytest.skip: the MiniLM package is absent
+        print(f"SKIP: {e}")
+        return 0
     corpus = [line for line in tokenizer_corpus.load() if line.strip()]
     step = max(1, len(corpus) // args.lines)
     lines = corpus[::step][:args.lines]
@@ -160,11 +164,11 @@ def main() -> int:
             rows.append((name, med, min(times[name]), max(times[name]), c.mean(), c.min()))
         peers = [r for r in rows if not r[0].startswith("trex")]
         best_peer = min(peers, key=lambda r: r[1])
-        print(f"\n{'contender':40s} {'lines/s':>9s} {'median s':>9s} {'spread s':>15s} {'vs best peer':>12s} "
-              f"{'cos mean':>9s} {'cos min':>9s}")
+        print("\n| contender | lines/s | median s | spread s | vs best peer | cosine mean | cosine min |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name, med, lo, hi, cmean, cmin in rows:
-            print(f"{name:40s} {len(lines) / med:9.0f} {med:9.3f} {f'{lo:.3f}-{hi:.3f}':>15s} "
-                  f"{best_peer[1] / med:11.2f}x {cmean:9.6f} {cmin:9.6f}")
+            print(f"| {name} | {len(lines) / med:.0f} | {med:.3f} | {lo:.3f}-{hi:.3f} | {best_peer[1] / med:.2f}x "
+                  f"| {cmean:.6f} | {cmin:.6f} |")
         print(f"\nbest peer: {best_peer[0]}; cosine is against sentence-transformers' fp32 embeddings")
     return 0
 
