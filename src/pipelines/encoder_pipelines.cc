@@ -846,13 +846,17 @@ class FillMask : public EncoderPipeline {
 std::unique_ptr<Pipeline> make_encoder_pipeline(const fs::path& folder, const std::string& task, const RunOptions& options) {
   const std::optional<Task> t = parse_task(task);
   if (!t) throw UsageError("unknown pipeline '" + task + "' (known: " + known_task_names() + ")");
-  switch (*t) {
-    case Task::kFeatureExtraction: return std::make_unique<FeatureExtraction>(folder, task, options);
-    case Task::kSequenceClassification: return std::make_unique<TextClassification>(folder, task, options);
-    case Task::kTokenClassification: return std::make_unique<TokenClassification>(folder, task, options);
-    case Task::kQuestionAnswering: return std::make_unique<QuestionAnswering>(folder, task, options);
-    case Task::kMaskedLM: return std::make_unique<FillMask>(folder, task, options);
-    default: break;
+  try {
+    switch (*t) {
+      case Task::kFeatureExtraction: return std::make_unique<FeatureExtraction>(folder, task, options);
+      case Task::kSequenceClassification: return std::make_unique<TextClassification>(folder, task, options);
+      case Task::kTokenClassification: return std::make_unique<TokenClassification>(folder, task, options);
+      case Task::kQuestionAnswering: return std::make_unique<QuestionAnswering>(folder, task, options);
+      case Task::kMaskedLM: return std::make_unique<FillMask>(folder, task, options);
+      default: break;
+    }
+  } catch (const nlohmann::json::exception& e) {  // a config value of the wrong type
+    throw InputError(folder.string(), std::string("unexpected value in config.json or the tokenizer files: ") + e.what());
   }
   throw UsageError("the " + task + " pipeline is not an encoder pipeline");
 }

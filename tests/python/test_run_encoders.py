@@ -287,3 +287,15 @@ def test_model_file_is_a_name_in_the_folder(folders):
         assert r.returncode == 1 and "--model-file" in r.stderr and r.stdout == "", (bad, r.stderr)
     r = fx.run_trex("run", out, "--model-file", "missing.onnx", "hello")
     assert r.returncode == 2 and "missing.onnx" in r.stderr and r.stdout == ""
+
+
+def test_config_value_of_the_wrong_type(folders, tmp_path):
+    _, out = folders["text-classification"]
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["max_position_embeddings"] = "many"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    r = fx.run_trex("run", bad, "--json", "hello")
+    assert r.returncode == 2 and "config.json" in r.stderr and r.stdout == "", r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
