@@ -382,7 +382,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     }
     if (!r.companions.empty()) {
       std::string list;
-      for (const auto& c : r.companions) list += (list.empty() ? "" : ", ") + c.filename().string();
+      for (const auto& c : r.companions) list += (list.empty() ? "" : ", ") + c.lexically_relative(r.companions.front().parent_path()).string();
       std::cout << "wrote beside it: " << list << "\n";
     }
     for (const auto& c : r.triton_configs) std::cout << "wrote " << c.string() << " (Triton model configuration)\n";

@@ -52,9 +52,12 @@ int run(RunArgs& a) {
     };
   }
   auto pipeline = trex::pipelines::make_pipeline(a.dir, a.o);
-  // Batches of batch_size inputs, printed as they finish, so long inputs on stdin stream out.
-  // Streamed text comes one input at a time, so each answer's line ends before the next one starts.
-  const size_t step = a.o.on_text ? 1 : static_cast<size_t>(std::max(1, a.o.batch_size));
+  // Chunks of inputs (batch_size, or more for pipelines that length-sort them), printed as they finish, so long
+  // inputs on stdin stream out. Streamed text comes one input at a time, so each answer's line ends before the
+  // next one starts.
+  const size_t step = a.o.on_text ? 1
+                                  : std::max<size_t>(1, pipeline->inputs_per_call(
+                                                            static_cast<size_t>(std::max(1, a.o.batch_size))));
   for (size_t begin = 0; begin < inputs.size(); begin += step) {
     std::vector<std::string> batch(inputs.begin() + static_cast<std::ptrdiff_t>(begin),
                                    inputs.begin() + static_cast<std::ptrdiff_t>(std::min(inputs.size(), begin + step)));
@@ -80,6 +83,8 @@ CLI::App* add_run_command(CLI::App& app) {
   r->add_flag("--json", a->json, "One JSON answer per line, with the keys transformers' pipeline() uses");
   r->add_option("--threads", o.threads, "ONNX Runtime intra-op threads (0: its default)")->check(CLI::NonNegativeNumber);
   r->add_option("--batch-size", o.batch_size, "Inputs run together")->check(CLI::PositiveNumber);
+  r->add_option("--model-file", o.model_file,
+                "Encoder pipelines: the model file of DIR to run, e.g. model-quantized.onnx (default: model.onnx)");
   auto* g = r->add_option_group("classification, fill-mask, question-answering");
   g->add_option("--top-k", o.top_k, "Answers per input (default: the pipeline's)");
   g->add_option("--function-to-apply", o.function_to_apply, "text-classification: softmax, sigmoid or none")

@@ -80,6 +80,28 @@ json genai_config(const ModelConfig& c, const json& generation, const CompanionO
   return {{"model", model}, {"search", search}};
 }
 
+// sentence-transformers' description of the embedding (`trex run` pools and normalizes as it says): modules.json,
+// its configs, and the config.json of each module folder it names (1_Pooling/, 2_Normalize/ when present).
+std::vector<fs::path> sentence_transformers_files(const fs::path& model_dir) {
+  std::error_code ec;
+  std::vector<fs::path> files;
+  if (!fs::exists(model_dir / "modules.json", ec)) return files;
+  files.push_back("modules.json");
+  for (const char* name : {"sentence_bert_config.json", "config_sentence_transformers.json"})
+    if (fs::exists(model_dir / name, ec)) files.push_back(name);
+  const json modules = json::parse(read_checkpoint_file(model_dir, model_dir / "modules.json"), nullptr, false);
+  if (!modules.is_array()) throw InputError((model_dir / "modules.json").string(), "not a JSON array");
+  for (const auto& m : modules) {
+    const std::string path = m.is_object() && m.contains("path") && m["path"].is_string() ? m["path"].get<std::string>() : "";
+    // A plain folder name: nothing that climbs out of the checkpoint or the output folder.
+    if (path.empty() || path.find('/') != std::string::npos || path.find('\\') != std::string::npos || path == "." ||
+        path == "..")
+      continue;
+    if (fs::exists(model_dir / path / "config.json", ec)) files.push_back(fs::path(path) / "config.json");
+  }
+  return files;
+}
+
 }  // namespace
 
 std::vector<fs::path> write_companion_files(const ModelConfig& config, const CompanionOptions& o) {
@@ -112,6 +134,10 @@ std::vector<fs::path> write_companion_files(const ModelConfig& config, const Com
   for (const char* const* f = kTokenizerFiles; *f; ++f) {
     const fs::path p = o.model_dir / *f;
     if (fs::exists(p, ec)) put(*f, read_checkpoint_file(o.model_dir, p));
+  }
+  for (auto& f : sentence_transformers_files(o.model_dir)) {
+    if (f.has_parent_path()) fs::create_directories(o.output_dir / f.parent_path());
+    put(f.string(), read_checkpoint_file(o.model_dir, o.model_dir / f));
   }
   if (o.task == Task::kCausalLM) put("genai_config.json", genai_config(config, generation, o).dump(4) + "\n");
   return written;

@@ -26,6 +26,9 @@ struct RunOptions {
   std::string task;
   int threads = 0;       // ONNX Runtime intra-op threads; 0: its default
   int batch_size = 32;   // inputs run together (length-sorted where the pipeline allows)
+  // Encoder pipelines: the ONNX file of the folder to run (a file name in it, e.g. model-quantized.onnx or
+  // model-optimized.onnx, which trex export writes with --quantize / --optimize); empty: model.onnx.
+  std::string model_file;
 
   // text-classification, token-classification, fill-mask, question-answering
   int top_k = -1;                     // -1: the pipeline's default (1 for classification, 5 for fill-mask)
@@ -60,6 +63,9 @@ class Pipeline {
   virtual const std::string& task() const = 0;
   // One answer per input, in input order.
   virtual std::vector<nlohmann::json> run(const std::vector<std::string>& inputs) = 0;
+  // How many inputs a caller streaming many (stdin lines) should pass to one run(): the encoder pipelines sort
+  // what they get by length, so they take many batches' worth at a time.
+  virtual size_t inputs_per_call(size_t batch_size) const { return batch_size; }
 };
 
 // The pipeline named by options.task (or the folder's metadata) over the folder's model(s).

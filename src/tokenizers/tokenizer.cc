@@ -346,6 +346,23 @@ class TokenizerImpl {
     return n;
   }
 
+  std::string tokens_to_string(std::vector<std::string> tokens) const {
+    if (!decoder_) {
+      std::string out;
+      for (size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
+      return out;
+    }
+    decoder_->decode_chain(tokens);
+    std::string out;
+    for (const auto& t : tokens) out += t;
+    return out;
+  }
+  void set_truncation(size_t max_length, bool left) {
+    if (max_length == 0) truncation_.reset();
+    else truncation_ = Truncation{max_length, left, Strategy::kLongestFirst};
+  }
+  void disable_padding() { padding_.reset(); }
+
   std::string decode(const std::vector<int64_t>& ids, bool skip_special) const {
     std::vector<std::string> tokens;
     for (int64_t id : ids) {
@@ -585,6 +602,11 @@ std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& te
 std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
   return impl_->decode(ids, skip_special_tokens);
 }
+std::string Tokenizer::tokens_to_string(std::vector<std::string> tokens) const {
+  return impl_->tokens_to_string(std::move(tokens));
+}
+void Tokenizer::set_truncation(size_t max_length, bool left) { impl_->set_truncation(max_length, left); }
+void Tokenizer::disable_padding() { impl_->disable_padding(); }
 std::optional<int64_t> Tokenizer::token_to_id(std::string_view token) const { return impl_->token_to_id(token); }
 std::string Tokenizer::id_to_token(int64_t id) const { return impl_->id_to_token(id); }
 size_t Tokenizer::vocab_size() const { return impl_->vocab_size(); }

@@ -58,6 +58,15 @@ class Tokenizer {
                                      OffsetUnit unit = OffsetUnit::kByte) const;
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = true) const;
 
+  // Tokens (as the vocabulary spells them) joined into text by the tokenizer's decoder, as transformers'
+  // convert_tokens_to_string does (token-classification words).
+  std::string tokens_to_string(std::vector<std::string> tokens) const;
+
+  // What transformers does before each call: the file's truncation replaced by the caller's (longest_first,
+  // max_length tokens with the special tokens; 0: none) and its padding dropped (callers pad batches themselves).
+  void set_truncation(size_t max_length, bool left = false);
+  void disable_padding();
+
   std::optional<int64_t> token_to_id(std::string_view token) const;
   std::string id_to_token(int64_t id) const;  // "" when out of range
   size_t vocab_size() const;                  // model vocabulary + added tokens
