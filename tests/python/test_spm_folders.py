@@ -1,0 +1,139 @@
+"""Folders with SentencePiece model files and no tokenizer.json (read through libsentencepiece): `trex tokenize`
+ids equal to transformers' slow tokenizers (T5Tokenizer on spiece.model; MarianTokenizer on source.spm +
+target.spm + vocab.json) on the corpus, decoding equal to theirs, and corrupt / missing files refused with the
+file named. The .model files are trained here with the `sentencepiece` package (tokenizer_cases.spm_model)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+import fixtures as fx
+import tokenizer_cases as tc
+import tokenizer_corpus
+from test_tokenizers import HOSTILE
+
+
+def run_trex(folder, data: bytes, *flags):
+    r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder), *flags], input=data, capture_output=True,
+                       timeout=600)
+    assert r.returncode == 0, f"trex tokenize failed (exit {r.returncode}): {r.stderr.decode()[:2000]}"
+    return [json.loads(l) for l in r.stdout.decode().split("\n")[:-1]]
+
+
+def marian_vocab(model) -> dict:
+    """A vocab.json as Marian checkpoints carry one: </s> 0, <unk> 1, the pieces in another order than the
+    model's (so spm ids would be wrong), a few pieces left out (they must map to <unk>), <pad> last."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_control(i) and not sp.is_unknown(i)]
+    pieces = sorted(pieces, key=lambda p: (len(p), p))
+    dropped = set(pieces[40:3000:97])
+    vocab = {"</s>": 0, "<unk>": 1}
+    for p in pieces:
+        if p not in dropped:
+            vocab.setdefault(p, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    return vocab
+
+
+def marian_folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tc.spm_model(), path / "source.spm")
+    shutil.copy(tc.spm_model("bpe"), path / "target.spm")
+    (path / "vocab.json").write_text(json.dumps(marian_vocab(tc.spm_model()), ensure_ascii=False))
+    return path
+
+
+def t5_folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tc.spm_model(), path / "spiece.model")
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spm")
+    return {"t5": t5_folder(root / "t5"), "marian": marian_folder(root / "marian")}
+
+
+def slow_tokenizer(kind, folder):
+    from transformers import MarianTokenizer, T5Tokenizer
+    if kind == "t5":
+        return T5Tokenizer(vocab_file=str(folder / "spiece.model"))
+    return MarianTokenizer(source_spm=str(folder / "source.spm"), target_spm=str(folder / "target.spm"),
+                           vocab=str(folder / "vocab.json"))
+
+
+@pytest.fixture(scope="module")
+def lines():
+    corpus = tokenizer_corpus.load()
+    assert len(corpus) >= 10000
+    return corpus + [h.replace("\n", " ") for h in HOSTILE] + ["a </s> b<unk>c <pad>", "<extra_id_0> x <extra_id_99>"]
+
+
+@pytest.mark.parametrize("kind", ["t5", "marian"])
+def test_ids_identical_to_slow_tokenizer(kind, folders, lines):
+    folder = folders[kind]
+    hf = slow_tokenizer(kind, folder)
+    got = run_trex(folder, "".join(l + "\n" for l in lines).encode())
+    want = hf(lines)["input_ids"]
+    assert len(got) == len(want)
+    bad = [(l[:80], g[:20], w[:20]) for l, g, w in zip(lines, got, want) if g != w]
+    assert not bad, f"{kind}: {len(bad)} of {len(lines)} lines differ, e.g. {bad[:3]}"
+    if kind == "marian":  # the vocab.json ids, unknown pieces to <unk>, were exercised
+        assert sum(1 in w for w in want) > 100
+
+
+@pytest.mark.parametrize("kind", ["t5", "marian"])
+def test_decode_identical_to_slow_tokenizer(kind, folders, lines):
+    folder = folders[kind]
+    hf = slow_tokenizer(kind, folder)
+    sample = lines[:1500] + lines[-len(HOSTILE) - 2:]
+    ids = hf(sample)["input_ids"]
+    data = "".join(json.dumps(i) + "\n" for i in ids).encode()
+    for keep in (False, True):
+        got = run_trex(folder, data, "--decode", *(["--keep-special-tokens"] if keep else []))
+        want = [hf.decode(i, skip_special_tokens=not keep, clean_up_tokenization_spaces=False) for i in ids]
+        bad = [(w, g) for w, g in zip(want, got) if w != g]
+        assert len(got) == len(want) and not bad, f"{kind} keep={keep}: {len(bad)} differ, e.g. {bad[:3]}"
+    if kind == "t5":  # a round trip: text -> ids -> text gives the model's normalized text back
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=str(folder / "spiece.model"))
+        got = run_trex(folder, data, "--decode")
+        assert sum(g == sp.decode(sp.encode(t)) for g, t in zip(got, sample)) > 0.95 * len(sample)
+
+
+@pytest.mark.parametrize("kind", ["t5", "marian"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupt_model_is_a_clear_error(kind, damage, folders, tmp_path):
+    folder = tmp_path / kind
+    shutil.copytree(folders[kind], folder)
+    name = "spiece.model" if kind == "t5" else "source.spm"
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes({"garbage": b"\xff\xfe not a model" * 50, "truncated": data[: len(data) // 3],
+                                 "empty": b""}[damage])
+    r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder)], input=b"x\n", capture_output=True, timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and name in err and "SentencePiece" in err, err
+    assert len(err.strip().splitlines()) == 1 and r.stdout == b""
+
+
+def test_marian_missing_vocab_is_named(folders, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(folders["marian"], folder)
+    (folder / "vocab.json").unlink()
+    r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder)], input=b"x\n", capture_output=True, timeout=60)
+    assert r.returncode == 2 and "vocab.json" in r.stderr.decode(), r.stderr.decode()
+
+
+def test_model_symlink_outside_folder_refused(folders, tmp_path):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    outside = tmp_path / "elsewhere.model"
+    shutil.copy(folders["t5"] / "spiece.model", outside)
+    (folder / "spiece.model").symlink_to(outside)
+    r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder)], input=b"x\n", capture_output=True, timeout=60)
+    assert r.returncode == 2 and "spiece.model" in r.stderr.decode(), r.stderr.decode()
