@@ -23,12 +23,15 @@ def run_trex(folder, data: bytes, *flags):
     return [json.loads(l) for l in r.stdout.decode().split("\n")[:-1]]
 
 
-def marian_vocab(model) -> dict:
-    """A vocab.json as Marian checkpoints carry one: </s> 0, <unk> 1, the pieces in another order than the
-    model's (so spm ids would be wrong), a few pieces left out (they must map to <unk>), <pad> last."""
+def marian_vocab(*models) -> dict:
+    """A vocab.json as Marian checkpoints carry one (joint, over the source and target models' pieces): </s> 0,
+    <unk> 1, the pieces in another order than the models' (so spm ids would be wrong), a few pieces left out (they
+    must map to <unk>), <pad> last."""
     import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=str(model))
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_control(i) and not sp.is_unknown(i)]
+    pieces = set()
+    for model in models:
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        pieces |= {sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_control(i) and not sp.is_unknown(i)}
     pieces = sorted(pieces, key=lambda p: (len(p), p))
     dropped = set(pieces[40:3000:97])
     vocab = {"</s>": 0, "<unk>": 1}
@@ -43,7 +46,7 @@ def marian_folder(path):
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(tc.spm_model(), path / "source.spm")
     shutil.copy(tc.spm_model("bpe"), path / "target.spm")
-    (path / "vocab.json").write_text(json.dumps(marian_vocab(tc.spm_model()), ensure_ascii=False))
+    (path / "vocab.json").write_text(json.dumps(marian_vocab(tc.spm_model(), tc.spm_model("bpe")), ensure_ascii=False))
     return path
 
 
@@ -137,3 +140,63 @@ def test_model_symlink_outside_folder_refused(folders, tmp_path):
     (folder / "spiece.model").symlink_to(outside)
     r = subprocess.run([str(fx.TREX_BIN), "tokenize", str(folder)], input=b"x\n", capture_output=True, timeout=60)
     assert r.returncode == 2 and "spiece.model" in r.stderr.decode(), r.stderr.decode()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# trex run --pipeline translation on a Marian folder with only source.spm / target.spm / vocab.json
+# ------------------------------------------------------------------------------------------------------------
+
+SOURCES = ["The quick brown fox jumps over the lazy dog.", "Datei konnte nicht geöffnet werden",
+           "Impossible d'ouvrir le fichier « %s »", "x"]
+
+
+def _marian_spm_checkpoint(out):
+    """A random tiny MarianMTModel (seq2seq_fixtures' marian recipe) sized to a trained SentencePiece vocab, saved
+    with MarianTokenizer.save_pretrained: no tokenizer.json."""
+    import torch
+    import transformers as tf
+    import seq2seq_fixtures as sfx
+    marian_folder(out)
+    vocab = json.loads((out / "vocab.json").read_text())
+    tok = tf.MarianTokenizer(source_spm=str(out / "source.spm"), target_spm=str(out / "target.spm"),
+                             vocab=str(out / "vocab.json"))
+    kw = dict(sfx.SEQ2SEQ_CASES["marian"][2], vocab_size=len(vocab), decoder_vocab_size=len(vocab),
+              pad_token_id=vocab["<pad>"], eos_token_id=vocab["</s>"], decoder_start_token_id=vocab["<pad>"],
+              bos_token_id=None)
+    torch.manual_seed(0)
+    model = tf.MarianMTModel(tf.MarianConfig(**kw))
+    gen = torch.Generator().manual_seed(4242)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" not in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        model.final_logits_bias.add_(0.5 * torch.randn(model.final_logits_bias.shape, generator=gen))
+    model.eval().save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    assert not (out / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_run_translation_on_spm_marian_folder(beams, tmp_path_factory):
+    import torch
+    import transformers as tf
+    ckpt = fx._materialize(f"seq2seq1-marian-spm-v{tc.VERSION}", _marian_spm_checkpoint)
+    out = tmp_path_factory.getbasetemp() / "marian-spm-export"
+    if not (out / "config.json").exists():
+        fx.export(ckpt, out)
+    assert {"source.spm", "target.spm", "vocab.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "tokenizer.json").exists()
+    args = [str(fx.TREX_BIN), "run", str(out), "--pipeline", "translation", "--max-new-tokens", "12",
+            "--num-beams", str(beams), "--repetition-penalty", "1.3", "--json", *SOURCES]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(l) for l in r.stdout.splitlines()]
+    torch.set_num_threads(1)
+    model = tf.AutoModelForSeq2SeqLM.from_pretrained(ckpt, attn_implementation="eager",
+                                                     torch_dtype=torch.float32).eval()
+    tok = tf.AutoTokenizer.from_pretrained(ckpt)
+    assert type(tok).__name__ == "MarianTokenizer"
+    p = tf.pipeline("translation", model=model, tokenizer=tok, device="cpu")
+    want = [p(s, max_new_tokens=12, num_beams=beams, repetition_penalty=1.3) for s in SOURCES]
+    assert got == want
+    assert sum(len(a[0]["translation_text"]) > 5 for a in want) >= 3  # real text, not empty answers
