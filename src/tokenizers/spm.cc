@@ -157,7 +157,9 @@ std::string strip(const std::string& s) {
 }  // namespace
 
 struct SpmTokenizer::State {
-  enum class Style { kT5, kMarian } style = Style::kT5;
+  enum class Style { kT5, kMarian, kLlama } style = Style::kT5;
+  bool add_bos = false, add_eos = true;
+  int64_t bos_id = -1;
   std::string source_file;
   std::unique_ptr<SpModel> source, target;
   // Marian: vocab.json; T5: the model's pieces, then <extra_id_N>.
@@ -232,6 +234,32 @@ std::unique_ptr<SpmTokenizer> SpmTokenizer::load_folder(const std::filesystem::p
     s->eos_id = s->token_ids["</s>"];
     for (const char* t : {"</s>", "<unk>", "<pad>"}) s->add_special(t);
     for (int64_t k = 0; k < extra_ids; ++k) s->add_special("<extra_id_" + std::to_string(k) + ">");
+  } else if (exists_file(dir / "tokenizer.model")) {
+    const auto model = dir / "tokenizer.model";
+    s->style = State::Style::kLlama;
+    s->source_file = model.string();
+    s->source = load_model(root, model);
+    const int n = s->source->GetPieceSize();
+    s->id_tokens.resize(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      s->id_tokens[static_cast<size_t>(i)] = s->source->IdToPiece(i);
+      s->token_ids.emplace(s->id_tokens[static_cast<size_t>(i)], i);
+    }
+    for (const char* need : {"<s>", "</s>", "<unk>"})
+      if (!s->token_ids.count(need)) throw InputError(model.string(), std::string("has no '") + need + "' piece");
+    s->unk_id = s->token_ids["<unk>"];
+    s->eos_id = s->token_ids["</s>"];
+    s->bos_id = s->token_ids["<s>"];
+    s->add_bos = true;  // LlamaTokenizer's defaults, or tokenizer_config.json's
+    s->add_eos = false;
+    if (exists_file(dir / "tokenizer_config.json")) {
+      const nlohmann::json c = read_json_file(dir / "tokenizer_config.json");
+      if (c.is_object() && c.contains("add_bos_token") && c["add_bos_token"].is_boolean())
+        s->add_bos = c["add_bos_token"].get<bool>();
+      if (c.is_object() && c.contains("add_eos_token") && c["add_eos_token"].is_boolean())
+        s->add_eos = c["add_eos_token"].get<bool>();
+    }
+    for (const char* t : {"<s>", "</s>", "<unk>"}) s->add_special(t);
   } else {
     return nullptr;
   }
@@ -292,10 +320,18 @@ Encoding SpmTokenizer::encode(std::string_view text, std::optional<std::string_v
       last = i;
     }
     encode_segment(last, t.size());
-    if (add_special_tokens) push(s.eos_id, s.id_tokens[static_cast<size_t>(s.eos_id)], 0, 0, true, -1, -1);
+    if (add_special_tokens && s.add_eos) push(s.eos_id, s.id_tokens[static_cast<size_t>(s.eos_id)], 0, 0, true, -1, -1);
   };
+  auto add_bos = [&] {
+    if (!add_special_tokens || !s.add_bos) return;
+    push(s.bos_id, s.id_tokens[static_cast<size_t>(s.bos_id)], 0, 0, true, -1, -1);
+  };
+  add_bos();
   encode_one(text, 0);
-  if (pair) encode_one(*pair, 1);
+  if (pair) {
+    add_bos();
+    encode_one(*pair, 1);
+  }
   e.type_ids.assign(e.ids.size(), 0);
   e.attention_mask.assign(e.ids.size(), 1);
   return e;
@@ -312,6 +348,25 @@ std::string SpmTokenizer::decode(const std::vector<int64_t>& ids, bool skip_spec
   auto tokens_to_string = [&](std::vector<std::string> tokens) {
     std::vector<std::string> sub;
     std::string out;
+    if (s.style == State::Style::kLlama) {  // LlamaTokenizer.convert_tokens_to_string (legacy, add_prefix_space)
+      if (!tokens.empty() && tokens[0].rfind(kSpaceSymbol, 0) == 0) tokens[0].erase(0, kSpaceSymbol.size());
+      bool prev_special = false;
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        const std::string& tok = tokens[i];
+        auto it = s.token_ids.find(tok);
+        if (it != s.token_ids.end() && s.special_ids.count(it->second) > 0) {
+          if (!prev_special && i != 0) out += " ";
+          out += sp.DecodePieces(sub) + tok;
+          prev_special = true;
+          sub.clear();
+        } else {
+          if (prev_special && i == 1 && tok.rfind(kSpaceSymbol, 0) != 0) out += " ";
+          sub.push_back(tok);
+          prev_special = false;
+        }
+      }
+      return out + sp.DecodePieces(sub);
+    }
     if (!marian && !tokens.empty() && tokens[0].rfind(kSpaceSymbol, 0) == 0)
       tokens[0].erase(0, kSpaceSymbol.size());  // T5's add_prefix_space
     bool prev_special = false;

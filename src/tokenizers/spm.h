@@ -5,7 +5,9 @@
 //                                                       100 by default);
 //   Marian-style source.spm + target.spm + vocab.json   pieces from source.spm, ids from vocab.json (unknown
 //                                                       pieces -> <unk>), </s> appended; decoded with target.spm
-//                                                       (MarianTokenizer).
+//                                                       (MarianTokenizer);
+//   Llama-style  tokenizer.model                        ids from the model, <s> prepended (LlamaTokenizer, legacy;
+//                                                       add_bos_token / add_eos_token of tokenizer_config.json).
 // Special tokens written in the text are split out first, as the slow tokenizers' added-token split does.
 #pragma once
 

@@ -522,7 +522,7 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
     if (std::filesystem::is_directory(path)) {
       if (auto spm = SpmTokenizer::load_folder(path)) return Tokenizer(std::move(spm));
       throw InputError(file.string(), "no tokenizer.json in this folder (nor SentencePiece files: spiece.model, "
-                                      "or source.spm + target.spm + vocab.json)");
+                                      "tokenizer.model, or source.spm + target.spm + vocab.json)");
     }
     throw InputError(file.string(), "cannot open");
   }

@@ -37,7 +37,8 @@ class SpmTokenizer;
 class Tokenizer {
  public:
   // DIR holding tokenizer.json, or the path of a tokenizer.json file. A folder without tokenizer.json may hold
-  // SentencePiece files instead (T5 spiece.model; Marian source.spm + target.spm + vocab.json): see spm.h.
+  // SentencePiece files instead (T5 spiece.model; Llama tokenizer.model; Marian source.spm + target.spm +
+  // vocab.json): see spm.h.
   static Tokenizer load(const std::filesystem::path& path);
   static Tokenizer from_json(const std::string& json_text, const std::string& name = "tokenizer.json");
 

@@ -1,6 +1,6 @@
 """Folders with SentencePiece model files and no tokenizer.json (read through libsentencepiece): `trex tokenize`
 ids equal to transformers' slow tokenizers (T5Tokenizer on spiece.model; MarianTokenizer on source.spm +
-target.spm + vocab.json) on the corpus, decoding equal to theirs, and corrupt / missing files refused with the
+target.spm + vocab.json; LlamaTokenizer on tokenizer.model, byte-fallback BPE) on the corpus, decoding equal to theirs, and corrupt / missing files refused with the
 file named. The .model files are trained here with the `sentencepiece` package (tokenizer_cases.spm_model)."""
 from __future__ import annotations
 
@@ -56,16 +56,25 @@ def t5_folder(path):
     return path
 
 
+def llama_folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tc.spm_model("llama"), path / "tokenizer.model")
+    return path
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("spm")
-    return {"t5": t5_folder(root / "t5"), "marian": marian_folder(root / "marian")}
+    return {"t5": t5_folder(root / "t5"), "marian": marian_folder(root / "marian"),
+            "llama": llama_folder(root / "llama")}
 
 
 def slow_tokenizer(kind, folder):
-    from transformers import MarianTokenizer, T5Tokenizer
+    from transformers import LlamaTokenizer, MarianTokenizer, T5Tokenizer
     if kind == "t5":
         return T5Tokenizer(vocab_file=str(folder / "spiece.model"))
+    if kind == "llama":
+        return LlamaTokenizer(vocab_file=str(folder / "tokenizer.model"), legacy=True)
     return MarianTokenizer(source_spm=str(folder / "source.spm"), target_spm=str(folder / "target.spm"),
                            vocab=str(folder / "vocab.json"))
 
@@ -74,10 +83,11 @@ def slow_tokenizer(kind, folder):
 def lines():
     corpus = tokenizer_corpus.load()
     assert len(corpus) >= 10000
-    return corpus + [h.replace("\n", " ") for h in HOSTILE] + ["a </s> b<unk>c <pad>", "<extra_id_0> x <extra_id_99>"]
+    return corpus + [h.replace("\n", " ") for h in HOSTILE] + ["a </s> b<unk>c <pad>", "<extra_id_0> x <extra_id_99>",
+                                                               "<s>x</s> <s> y"]
 
 
-@pytest.mark.parametrize("kind", ["t5", "marian"])
+@pytest.mark.parametrize("kind", ["t5", "marian", "llama"])
 def test_ids_identical_to_slow_tokenizer(kind, folders, lines):
     folder = folders[kind]
     hf = slow_tokenizer(kind, folder)
@@ -90,11 +100,11 @@ def test_ids_identical_to_slow_tokenizer(kind, folders, lines):
         assert sum(1 in w for w in want) > 100
 
 
-@pytest.mark.parametrize("kind", ["t5", "marian"])
+@pytest.mark.parametrize("kind", ["t5", "marian", "llama"])
 def test_decode_identical_to_slow_tokenizer(kind, folders, lines):
     folder = folders[kind]
     hf = slow_tokenizer(kind, folder)
-    sample = lines[:1500] + lines[-len(HOSTILE) - 2:]
+    sample = lines[:1500] + lines[-len(HOSTILE) - 3:]
     ids = hf(sample)["input_ids"]
     data = "".join(json.dumps(i) + "\n" for i in ids).encode()
     for keep in (False, True):

@@ -145,9 +145,12 @@ def spm_model(kind: str = "unigram") -> Path:
         d.mkdir(parents=True, exist_ok=True)
         text = d / "train.txt"
         text.write_text("".join(l + "\n" for l in _train_lines()), encoding="utf-8")
+        # T5 / Marian ids (pad 0, eos 1, unk 2, no bos), or Llama's (unk 0, bos 1, eos 2, byte fallback).
+        ids = (dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True) if kind == "llama" else
+               dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1))
         spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(d / "tmp"), vocab_size=3000,
-                                       model_type=kind, character_coverage=0.9995, pad_id=0, eos_id=1, unk_id=2,
-                                       bos_id=-1, num_threads=1, minloglevel=2, input_sentence_size=0)
+                                       model_type="bpe" if kind == "llama" else kind, character_coverage=0.9995,
+                                       num_threads=1, minloglevel=2, input_sentence_size=0, **ids)
         (d / "tmp.vocab").unlink()
         (d / "tmp.model").replace(model)
     return model
