@@ -52,11 +52,10 @@ class Precompiled : public Normalizer {
  public:
   Precompiled(const Json& j, const LoadContext& ctx) {
     const Json& m = j.at("precompiled_charsmap");
-    if (m.is_null()) return;  // the reference accepts an empty map (no rule)
     if (!m.is_string()) ctx.fail("Precompiled normalizer: precompiled_charsmap is not a string");
     const std::string blob = base64_decode(m.get<std::string>(), ctx);
-    if (blob.empty()) return;
-    if (blob.size() < 4) ctx.fail("Precompiled normalizer: charsmap shorter than its 4-byte header");
+    if (blob.size() < 4)  // the reference refuses an empty charsmap too
+      ctx.fail("Precompiled normalizer: charsmap shorter than its 4-byte header");
     const uint32_t trie_bytes = le32(blob.data());
     if (trie_bytes % 4 != 0 || trie_bytes > blob.size() - 4)
       ctx.fail("Precompiled normalizer: charsmap trie size " + std::to_string(trie_bytes) +
