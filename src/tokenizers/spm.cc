@@ -291,7 +291,21 @@ Encoding SpmTokenizer::encode(std::string_view text, std::optional<std::string_v
     auto to_unit = [&](size_t byte) { return unit == OffsetUnit::kChar ? count_chars(t.substr(0, byte)) : byte; };
     auto encode_segment = [&](size_t b, size_t en) {
       if (b >= en) return;
-      const std::string seg(t.substr(b, en - b));
+      std::string seg(t.substr(b, en - b));
+      // MarianTokenizer.remove_language_code: a text starting with ">>" has its code, up to the first "<<", cut
+      // off as a token of its own.
+      size_t cut = 0;
+      if (s.style == State::Style::kMarian && seg.rfind(">>", 0) == 0) {
+        const size_t q = seg.find("<<");
+        if (q != std::string::npos) {
+          cut = q + 2;
+          const std::string code = seg.substr(0, cut);
+          auto it = s.token_ids.find(code);
+          push(it == s.token_ids.end() ? s.unk_id : it->second, code, to_unit(b), to_unit(b + cut), false, ++word,
+               seq);
+          seg.erase(0, cut);
+        }
+      }
       for (const auto& p : s.source->Encode(seg)) {
         int64_t id;
         if (s.style == State::Style::kMarian) {
@@ -301,8 +315,8 @@ Encoding SpmTokenizer::encode(std::string_view text, std::optional<std::string_v
           id = static_cast<int64_t>(p.id);
         }
         if (word < 0 || p.piece.rfind(kSpaceSymbol, 0) == 0) ++word;
-        const size_t pb = std::min<size_t>(p.begin, seg.size()), pe = std::min<size_t>(p.end, seg.size());
-        push(id, p.piece, to_unit(b + pb), to_unit(b + std::max(pb, pe)), false, word, seq);
+        const size_t pb = std::min<size_t>(p.begin, seg.size()), pe = std::max(pb, std::min<size_t>(p.end, seg.size()));
+        push(id, p.piece, to_unit(b + cut + pb), to_unit(b + cut + pe), false, word, seq);
       }
     };
     // Split special tokens out (leftmost, longest first).

@@ -38,6 +38,7 @@ def marian_vocab(*models) -> dict:
     for p in pieces:
         if p not in dropped:
             vocab.setdefault(p, len(vocab))
+    vocab[">>fra<<"] = len(vocab)  # a target-language code, as multilingual Marian vocabularies have
     vocab["<pad>"] = len(vocab)
     return vocab
 
@@ -83,8 +84,9 @@ def slow_tokenizer(kind, folder):
 def lines():
     corpus = tokenizer_corpus.load()
     assert len(corpus) >= 10000
-    return corpus + [h.replace("\n", " ") for h in HOSTILE] + ["a </s> b<unk>c <pad>", "<extra_id_0> x <extra_id_99>",
-                                                               "<s>x</s> <s> y"]
+    return corpus + [h.replace("\n", " ") for h in HOSTILE] + [
+        ">>fra<< Hello world", ">>deu<< a >>x<< b << c", "text >>fra<< after", ">><< >>a<<", "<s>>>fra<</s>x",
+        "a </s> b<unk>c <pad>", "<extra_id_0> x <extra_id_99>", "<s>x</s> <s> y"]
 
 
 @pytest.mark.parametrize("kind", ["t5", "marian", "llama"])
@@ -104,7 +106,7 @@ def test_ids_identical_to_slow_tokenizer(kind, folders, lines):
 def test_decode_identical_to_slow_tokenizer(kind, folders, lines):
     folder = folders[kind]
     hf = slow_tokenizer(kind, folder)
-    sample = lines[:1500] + lines[-len(HOSTILE) - 3:]
+    sample = lines[:1500] + lines[-len(HOSTILE) - 8:]
     ids = hf(sample)["input_ids"]
     data = "".join(json.dumps(i) + "\n" for i in ids).encode()
     for keep in (False, True):
@@ -156,7 +158,7 @@ def test_model_symlink_outside_folder_refused(folders, tmp_path):
 # trex run --pipeline translation on a Marian folder with only source.spm / target.spm / vocab.json
 # ------------------------------------------------------------------------------------------------------------
 
-SOURCES = ["The quick brown fox jumps over the lazy dog.", "Datei konnte nicht geöffnet werden",
+SOURCES = [">>fra<< The quick brown fox jumps over the lazy dog.", "Datei konnte nicht geöffnet werden",
            "Impossible d'ouvrir le fichier « %s »", "x"]
 
 
@@ -190,7 +192,7 @@ def _marian_spm_checkpoint(out):
 def test_run_translation_on_spm_marian_folder(beams, tmp_path_factory):
     import torch
     import transformers as tf
-    ckpt = fx._materialize(f"seq2seq1-marian-spm-v{tc.VERSION}", _marian_spm_checkpoint)
+    ckpt = fx._materialize(f"seq2seq1-marian-spm-v{tc.VERSION}.2", _marian_spm_checkpoint)
     out = tmp_path_factory.getbasetemp() / "marian-spm-export"
     if not (out / "config.json").exists():
         fx.export(ckpt, out)
