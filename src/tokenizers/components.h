@@ -29,6 +29,7 @@ class Normalizer {
   virtual void normalize(NormalizedString& s) const = 0;
 };
 std::unique_ptr<Normalizer> make_normalizer(const Json& j, const LoadContext& ctx);
+std::unique_ptr<Normalizer> make_precompiled(const Json& j, const LoadContext& ctx);  // precompiled.cc
 
 class PreTokenizer {
  public:

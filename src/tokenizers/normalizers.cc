@@ -333,8 +333,7 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& j, const LoadContext& ct
   if (type == "Prepend") return std::make_unique<Prepend>(j.at("prepend").get<std::string>());
   if (type == "Replace") return std::make_unique<Replace>(j, ctx);
   if (type == "Sequence") return std::make_unique<Sequence>(j, ctx);
-  if (type == "Precompiled")
-    ctx.fail("normalizer 'Precompiled' (a SentencePiece charsmap) is not supported yet");
+  if (type == "Precompiled") return make_precompiled(j, ctx);
   ctx.fail("unknown normalizer type '" + type + "'");
 }
 

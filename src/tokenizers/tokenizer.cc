@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "tokenizers/components.h"
+#include "tokenizers/spm.h"
 #include "util/error.h"
 
 namespace trex::tokenizers {
@@ -526,6 +527,7 @@ class TokenizerImpl {
 };
 
 Tokenizer::Tokenizer(std::unique_ptr<TokenizerImpl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(std::unique_ptr<SpmTokenizer> spm) : spm_(std::move(spm)) {}
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
@@ -534,8 +536,11 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
   std::filesystem::path file = std::filesystem::is_directory(path) ? path / "tokenizer.json" : path;
   std::ifstream in(file, std::ios::binary);
   if (!in) {
-    if (std::filesystem::is_directory(path))
-      throw InputError(file.string(), "no tokenizer.json in this folder (SentencePiece .model files are not read yet)");
+    if (std::filesystem::is_directory(path)) {
+      if (auto spm = SpmTokenizer::load_folder(path)) return Tokenizer(std::move(spm));
+      throw InputError(file.string(), "no tokenizer.json in this folder (nor SentencePiece files: spiece.model, "
+                                      "tokenizer.model, or source.spm + target.spm + vocab.json)");
+    }
     throw InputError(file.string(), "cannot open");
   }
   std::stringstream ss;
@@ -558,6 +563,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
 }
 
 Encoding Tokenizer::encode(std::string_view text, bool add_special_tokens, OffsetUnit unit) const {
+  if (spm_) return spm_->encode(text, std::nullopt, add_special_tokens, unit);
   Enc e = impl_->post_process(impl_->tokenize_sequence(text, unit), std::nullopt, add_special_tokens);
   const size_t n = impl_->pad_length(e.ids.size());
   return impl_->finish(std::move(e), n);
@@ -565,6 +571,7 @@ Encoding Tokenizer::encode(std::string_view text, bool add_special_tokens, Offse
 
 Encoding Tokenizer::encode_pair(std::string_view text, std::string_view pair, bool add_special_tokens,
                                 OffsetUnit unit) const {
+  if (spm_) return spm_->encode(text, pair, add_special_tokens, unit);
   Enc e = impl_->post_process(impl_->tokenize_sequence(text, unit), impl_->tokenize_sequence(pair, unit, 1),
                               add_special_tokens);
   const size_t n = impl_->pad_length(e.ids.size());
@@ -573,6 +580,7 @@ Encoding Tokenizer::encode_pair(std::string_view text, std::string_view pair, bo
 
 std::vector<Encoding> Tokenizer::encode_pair_windows(std::string_view text, std::string_view pair, size_t max_length,
                                                      size_t stride, bool add_special_tokens, OffsetUnit unit) const {
+  if (spm_) throw InputError("question/context windows are not supported for SentencePiece model folders");
   std::vector<Enc> parts = impl_->windows(impl_->tokenize_sequence(text, unit), impl_->tokenize_sequence(pair, unit, 1),
                                           max_length, stride, add_special_tokens);
   size_t longest = 0;
@@ -585,6 +593,11 @@ std::vector<Encoding> Tokenizer::encode_pair_windows(std::string_view text, std:
 
 std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& texts, bool add_special_tokens,
                                               OffsetUnit unit) const {
+  if (spm_) {
+    std::vector<Encoding> out;
+    for (const auto& t : texts) out.push_back(spm_->encode(t, std::nullopt, add_special_tokens, unit));
+    return out;
+  }
   std::vector<Enc> encs;
   encs.reserve(texts.size());
   size_t longest = 0;
@@ -600,15 +613,24 @@ std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& te
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
-  return impl_->decode(ids, skip_special_tokens);
+  return spm_ ? spm_->decode(ids, skip_special_tokens) : impl_->decode(ids, skip_special_tokens);
 }
 std::string Tokenizer::tokens_to_string(std::vector<std::string> tokens) const {
+  if (spm_) throw InputError("joining tokens into words is not supported for SentencePiece model folders");
   return impl_->tokens_to_string(std::move(tokens));
 }
-void Tokenizer::set_truncation(size_t max_length, bool left) { impl_->set_truncation(max_length, left); }
-void Tokenizer::disable_padding() { impl_->disable_padding(); }
-std::optional<int64_t> Tokenizer::token_to_id(std::string_view token) const { return impl_->token_to_id(token); }
-std::string Tokenizer::id_to_token(int64_t id) const { return impl_->id_to_token(id); }
-size_t Tokenizer::vocab_size() const { return impl_->vocab_size(); }
+// SentencePiece folders apply no truncation or padding (see spm.h): truncation is refused rather than ignored.
+void Tokenizer::set_truncation(size_t max_length, bool left) {
+  if (spm_) throw InputError("truncation is not supported for SentencePiece model folders");
+  impl_->set_truncation(max_length, left);
+}
+void Tokenizer::disable_padding() {
+  if (!spm_) impl_->disable_padding();
+}
+std::optional<int64_t> Tokenizer::token_to_id(std::string_view token) const {
+  return spm_ ? spm_->token_to_id(token) : impl_->token_to_id(token);
+}
+std::string Tokenizer::id_to_token(int64_t id) const { return spm_ ? spm_->id_to_token(id) : impl_->id_to_token(id); }
+size_t Tokenizer::vocab_size() const { return spm_ ? spm_->vocab_size() : impl_->vocab_size(); }
 
 }  // namespace trex::tokenizers

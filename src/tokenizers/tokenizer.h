@@ -32,10 +32,13 @@ struct Encoding {
 };
 
 class TokenizerImpl;
+class SpmTokenizer;
 
 class Tokenizer {
  public:
-  // DIR holding tokenizer.json, or the path of a tokenizer.json file.
+  // DIR holding tokenizer.json, or the path of a tokenizer.json file. A folder without tokenizer.json may hold
+  // SentencePiece files instead (T5 spiece.model; Llama tokenizer.model; Marian source.spm + target.spm +
+  // vocab.json): see spm.h.
   static Tokenizer load(const std::filesystem::path& path);
   static Tokenizer from_json(const std::string& json_text, const std::string& name = "tokenizer.json");
 
@@ -73,7 +76,9 @@ class Tokenizer {
 
  private:
   explicit Tokenizer(std::unique_ptr<TokenizerImpl> impl);
+  explicit Tokenizer(std::unique_ptr<SpmTokenizer> spm);
   std::unique_ptr<TokenizerImpl> impl_;
+  std::unique_ptr<SpmTokenizer> spm_;  // set instead of impl_ for SentencePiece folders
 };
 
 }  // namespace trex::tokenizers

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "tokenizers/components.h"
 #include "tokenizers/tokenizer.h"
@@ -193,4 +194,65 @@ TEST(Tokenizer, PairWithLongestFirstTruncation) {
   EXPECT_EQ(e.ids, (std::vector<int64_t>{1, 3, 4, 3, 2, 4, 2}));
   EXPECT_EQ(e.type_ids, (std::vector<int64_t>{0, 0, 0, 0, 0, 1, 1}));
   EXPECT_EQ(e.offsets[5], (std::pair<size_t, size_t>{0, 5}));  // into the second text
+}
+
+// The Precompiled charsmap is untrusted: random tries (offsets, labels, leaf flags and values anywhere in
+// [0, 2^32)) and pools must either be refused at load with an input error or normalize without reading out of
+// bounds; whatever they do, alignments stay inside the input.
+TEST(Tokenizer, PrecompiledHostileBlobs) {
+  std::mt19937 rng(7);
+  auto b64 = [](const std::string& in) {
+    static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    size_t i = 0;
+    for (; i + 2 < in.size(); i += 3) {
+      const uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+      for (int k = 3; k >= 0; --k) out += t[(v >> (6 * k)) & 63];
+    }
+    if (i + 1 == in.size()) {
+      const uint32_t v = uint8_t(in[i]) << 16;
+      out += t[(v >> 18) & 63];
+      out += t[(v >> 12) & 63];
+      out += "==";
+    } else if (i + 2 == in.size()) {
+      const uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
+      out += t[(v >> 18) & 63];
+      out += t[(v >> 12) & 63];
+      out += t[(v >> 6) & 63];
+      out += "=";
+    }
+    return out;
+  };
+  const std::string text = "Ab\xC3\xA9 \xEF\xBC\xA1\xE2\x91\xA0 x\xCC\x81 \xF0\x9F\x98\x80 \x01\t end";
+  int refused = 0, ran = 0;
+  for (int iter = 0; iter < 2000; ++iter) {
+    const uint32_t n_units = rng() % 300;
+    std::string blob;
+    const uint32_t trie_bytes = (iter % 10 == 0) ? rng() : n_units * 4;
+    for (int k = 0; k < 4; ++k) blob += char((trie_bytes >> (8 * k)) & 0xFF);
+    for (uint32_t u = 0; u < n_units; ++u) {
+      uint32_t v = rng();
+      if (iter % 3 == 0) v = (v & ~0x3FFu) | (rng() % 2 ? 0x100u : 0) | uint8_t(text[rng() % text.size()]);
+      if (iter % 3 == 1) v = ((rng() % 64) << 10) | (v & 0x3FF);
+      for (int k = 0; k < 4; ++k) blob += char((v >> (8 * k)) & 0xFF);
+    }
+    const uint32_t pool = rng() % 40;
+    for (uint32_t k = 0; k < pool; ++k) blob += (rng() % 4 == 0) ? '\0' : char('a' + rng() % 26);
+    json j = {{"model", {{"type", "WordLevel"}, {"vocab", {{"[UNK]", 0}}}, {"unk_token", "[UNK]"}}},
+              {"normalizer", {{"type", "Precompiled"}, {"precompiled_charsmap", b64(blob)}}}};
+    try {
+      Tokenizer tok = make(j);
+      const auto enc = tok.encode(text, false);
+      for (const auto& [b, e] : enc.offsets) {
+        EXPECT_LE(b, e);
+        EXPECT_LE(e, text.size());
+      }
+      ++ran;
+    } catch (const trex::InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("Precompiled"), std::string::npos) << e.what();
+      ++refused;
+    }
+  }
+  EXPECT_GT(ran, 100);
+  EXPECT_GT(refused, 100);
 }

@@ -1,9 +1,11 @@
 """`cmake --install build --prefix P` gives a relocatable tree: installed to a temporary prefix, then moved, P/bin/trex
 exports a checkpoint with a clean environment (no LD_LIBRARY_PATH, PATH without .venv, run outside the checkout) and
-loads ONNX Runtime from P/lib, nothing from the checkout or .venv; the TorchScript plugin is found in P/lib/trex; and
+loads ONNX Runtime from P/lib, nothing from the checkout or .venv; the TorchScript and SentencePiece plugins are found
+in P/lib/trex; and
 examples/consumer configures and builds against the moved prefix with find_package(trex), and runs."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -100,6 +102,23 @@ def test_relocated_trex_finds_its_torchscript_plugin(prefix, tmp_path):
     r = run([prefix / "bin" / "trex", "export", "--model", ckpt, tmp_path / "m.pt"],
             env=clean_env(tmp_path, LD_DEBUG="libs"), cwd=tmp_path)
     assert (tmp_path / "m.pt").is_file()
+    libs = [str(Path(p).resolve()) for p in loaded_libraries(r.stderr)]
+    assert str(plugin.resolve()) in libs, "the plugin was not loaded from the installed tree"
+
+
+def test_relocated_trex_finds_its_sentencepiece_plugin(prefix, tmp_path):
+    import tokenizer_cases as tc
+    plugin = prefix / "lib" / "trex" / "libtrex_spm_plugin.so"
+    assert plugin.is_file()
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    shutil.copy(tc.spm_model(), folder / "spiece.model")
+    r = subprocess.run([str(prefix / "bin" / "trex"), "tokenize", str(folder)], input="hello world\n",
+                       capture_output=True, text=True, timeout=60, env=clean_env(tmp_path, LD_DEBUG="libs"),
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ids = json.loads(r.stdout)
+    assert len(ids) > 2 and ids[-1] == 1, ids  # </s> (id 1) appended
     libs = [str(Path(p).resolve()) for p in loaded_libraries(r.stderr)]
     assert str(plugin.resolve()) in libs, "the plugin was not loaded from the installed tree"
 

@@ -236,3 +236,37 @@ def test_windows_identical_to_hf_overflow(name, corpus):
     # Overflow happened (whole-word tokens give fewer windows than subwords).
     assert n_windows > (1.5 if name == "wordlevel" else 2) * len(pairs)
     assert not bad, f"{len(bad)} of {len(pairs)} differ, e.g. {bad[:3]}"
+
+
+@pytest.mark.parametrize("blob", [b"\x01\x02", b"\xff\xff\xff\x7f" + b"\x00" * 16, b"\x06\x00\x00\x00" + b"\x00" * 16,
+                                  b"\x08\x00\x00\x00" + b"\xff" * 8 + b"\xc3\x28"])
+def test_hostile_precompiled_charsmap(trex_bin, tmp_path, blob):
+    """A charsmap whose header, trie size or replacement pool is wrong is refused with the file named."""
+    import base64
+    j = json.loads((tc.folder("t5-spm") / "tokenizer.json").read_text())
+    pre = [n for n in j["normalizer"]["normalizers"] if n["type"] == "Precompiled"]
+    assert pre
+    pre[0]["precompiled_charsmap"] = base64.b64encode(blob).decode()
+    (tmp_path / "tokenizer.json").write_text(json.dumps(j))
+    r = subprocess.run([str(trex_bin), "tokenize", str(tmp_path)], input=b"x\n", capture_output=True, timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "tokenizer.json" in err and "Precompiled" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_precompiled_trie_indices_bounded(trex_bin, tmp_path):
+    """A trie whose units point outside the array or the pool: no crash, text left as the rule-less reference
+    would read it (no match)."""
+    import base64
+    import struct
+    units = [struct.pack("<I", (0xFFFFF << 10) | 0x100 | ord("a"))] * 4  # huge offsets, leaf flags, label 'a'
+    blob = struct.pack("<I", 16) + b"".join(units) + b"x\x00"
+    j = json.loads((tc.folder("t5-spm") / "tokenizer.json").read_text())
+    for n in j["normalizer"]["normalizers"]:
+        if n["type"] == "Precompiled":
+            n["precompiled_charsmap"] = base64.b64encode(blob).decode()
+    (tmp_path / "tokenizer.json").write_text(json.dumps(j))
+    r = subprocess.run([str(trex_bin), "tokenize", str(tmp_path)], input=b"aaa abc\n\xc3\xa9a\n", capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(r.stdout.decode().splitlines()) == 2

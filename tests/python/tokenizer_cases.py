@@ -1,6 +1,7 @@
 """Tokenizers for the tokenizer tests and bench: the real all-MiniLM-L6-v2 WordPiece tokenizer, and byte-level
 BPE, Unigram/Metaspace and byte-fallback BPE tokenizers trained here with the `tokenizers` package on every
-other line of the corpus. Each is a folder with tokenizer.json, cached under the generated fixtures."""
+other line of the corpus, and the tokenizer.json that transformers' converters make (T5, XLM-R, ALBERT) from a
+SentencePiece model trained here (Precompiled normalizer). Each is a folder with tokenizer.json, cached under the generated fixtures."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import fixtures as fx
 import tokenizer_corpus
 
 NAMES = ["minilm-wordpiece", "bytelevel-bpe", "unigram-metaspace", "bytefallback-bpe", "split-regex-bpe",
-         "whitespace-wordpiece", "wordlevel"]
+         "whitespace-wordpiece", "wordlevel", "t5-spm", "xlmr-spm", "albert-spm"]
 VERSION = "1"  # bump when a recipe changes
 
 
@@ -134,6 +135,40 @@ def _wordlevel(path: Path):
     tok.save(str(path))
 
 
+def spm_model(kind: str = "unigram") -> Path:
+    """A SentencePiece model trained here with the `sentencepiece` package on every other corpus line (default
+    nmt_nfkc normalization rule, so its tokenizer.json carries a Precompiled normalizer); cached."""
+    d = tokenizer_corpus.cache_dir() / f"spm-{kind}-v{VERSION}"
+    model = d / "spm.model"
+    if not model.exists():
+        import sentencepiece as spm
+        d.mkdir(parents=True, exist_ok=True)
+        text = d / "train.txt"
+        text.write_text("".join(l + "\n" for l in _train_lines()), encoding="utf-8")
+        # T5 / Marian ids (pad 0, eos 1, unk 2, no bos), or Llama's (unk 0, bos 1, eos 2, byte fallback).
+        ids = (dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True) if kind == "llama" else
+               dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1))
+        spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(d / "tmp"), vocab_size=3000,
+                                       model_type="bpe" if kind == "llama" else kind, character_coverage=0.9995,
+                                       num_threads=1, minloglevel=2, input_sentence_size=0, **ids)
+        (d / "tmp.vocab").unlink()
+        (d / "tmp.model").replace(model)
+    return model
+
+
+def _from_spm(cls_name: str):
+    def make(path: Path):
+        import shutil
+        import transformers
+        cls = getattr(transformers, cls_name)
+        src = path.parent / "spiece.model"
+        shutil.copy(spm_model(), src)
+        tok = cls(vocab_file=str(src))
+        tok.backend_tokenizer.save(str(path))
+        src.unlink()
+    return make
+
+
 def folder(name: str) -> Path:
     """Folder holding tokenizer.json for the named case (trained on first use)."""
     if name == "minilm-wordpiece":
@@ -145,6 +180,8 @@ def folder(name: str) -> Path:
         tmp = d / "tokenizer.json.tmp"
         {"bytelevel-bpe": _byte_level_bpe, "unigram-metaspace": _unigram_metaspace,
          "bytefallback-bpe": _byte_fallback_bpe, "split-regex-bpe": _split_regex_bpe,
-         "whitespace-wordpiece": _whitespace_wordpiece, "wordlevel": _wordlevel}[name](tmp)
+         "whitespace-wordpiece": _whitespace_wordpiece, "wordlevel": _wordlevel,
+         "t5-spm": _from_spm("T5TokenizerFast"), "xlmr-spm": _from_spm("XLMRobertaTokenizerFast"),
+         "albert-spm": _from_spm("AlbertTokenizerFast")}[name](tmp)
         tmp.replace(path)
     return d
