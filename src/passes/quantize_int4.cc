@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -627,6 +628,66 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
       continue;
     }
     QNames& qn = done[weight + (transposed ? "/T" : "")];
+    if (qn.b.empty() && !qn.ok && policy.streamed) {
+      // The three tensors are written one after the other (new_inits keeps them together): the first one asked
+      // for quantizes the weight, the last one drops the result.
+      struct Pending {
+        TensorData src;
+        int64_t k, n;
+        bool transposed;
+        Int4Params params;
+        std::string name;
+        std::mutex mu;
+        std::shared_ptr<Int4Weight> q;
+        int left;
+        std::shared_ptr<Int4Weight> get() {
+          std::lock_guard<std::mutex> lock(mu);
+          if (!q) {
+            auto w = std::make_shared<Int4Weight>();
+            {
+              Floats f = floats_of(src);
+              if (!quantize_int4(f.p, k, n, transposed, params, w.get()))
+                throw InputError(name, "holds NaN or infinity; it cannot be quantized to int4");
+            }
+            q = w;
+          }
+          std::shared_ptr<Int4Weight> r = q;
+          if (--left == 0) q.reset();
+          return r;
+        }
+      };
+      auto pend = std::make_shared<Pending>();
+      pend->src = src;
+      pend->k = k;
+      pend->n = n;
+      pend->transposed = transposed;
+      pend->params = policy.params;
+      pend->name = weight;
+      pend->left = policy.params.symmetric ? 2 : 3;
+      const int64_t kb = (k + bs - 1) / bs;
+      qn.ok = true;
+      qn.k = k;
+      qn.n = n;
+      qn.b = fresh(weight + "_Q4");
+      qn.scales = fresh(weight + "_scales");
+      TensorData b = TensorData::produced(DType::kU8, {n, kb, bs / 2}, [pend](std::byte* dst) {
+        const std::vector<uint8_t> packed = pack_int4_codes(*pend->get());
+        std::memcpy(dst, packed.data(), packed.size());
+      });
+      b.with_sources_of(src);
+      new_inits.push_back({qn.b, std::move(b)});
+      new_inits.push_back({qn.scales, TensorData::produced(DType::kF32, {n * kb}, [pend](std::byte* dst) {
+                             const auto q = pend->get();
+                             std::memcpy(dst, q->scales.data(), q->scales.size() * sizeof(float));
+                           })});
+      if (!policy.params.symmetric) {
+        qn.zp = fresh(weight + "_zero_points");
+        new_inits.push_back({qn.zp, TensorData::produced(DType::kU8, {n * ((kb + 1) / 2)}, [pend](std::byte* dst) {
+                               const std::vector<uint8_t> zp = pack_int4_zero_points(*pend->get());
+                               std::memcpy(dst, zp.data(), zp.size());
+                             })});
+      }
+    }
     if (qn.b.empty() && !qn.ok) {
       auto qw = std::make_shared<Int4Weight>();
       {

@@ -93,6 +93,11 @@ struct Int4Policy {
   std::map<std::string, std::vector<float>> importance;
   // Calibration: activation value name -> mean x xᵀ (K×K); with it the weight is quantized by quantize_int4_gptq.
   std::map<std::string, std::vector<double>> gram;
+  // Streamed: the codes, scales and zero points are computed when the model is written (one weight at a time,
+  // its float values released right after), so a model quantized from a mapped checkpoint never holds more
+  // than one weight in float; a weight holding NaN or infinity is then an InputError at write time instead of
+  // a weight kept float. Importance and Gram matrices are ignored (data-free: clipping search or RTN).
+  bool streamed = false;
 };
 
 // Rewrites MatMul (and Gemm with transA=0, alpha=beta=1) whose weight is a 2-D float initializer with
