@@ -86,8 +86,6 @@ const Architecture& resolve(const ModelConfig& config, const ExportOptions& opti
   if (options.quantize && options.quantize_bits == 4)
     check_int4_params({options.int4_block_size, options.int4_symmetric, true});
   if (options.quantized_only && !options.quantize) throw UsageError("--quantized-only needs --quantize");
-  if (options.quantized_only && options.optimize)
-    throw UsageError("--quantized-only writes the quantized graphs alone; it does not combine with --optimize");
   if (options.static_shape && !caps.static_shape)
     throw UsageError("--static-shape does not apply to " + what + " (its cache lengths change at every step)");
   if (options.opset < kMinOpset || options.opset > kMaxOpset)
@@ -303,7 +301,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       shared_quant = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights-quantized.data");
       wo_quant.shared = shared_quant.get();
     }
-    if (options.optimize) {
+    if (options.optimize && !options.quantized_only) {
       shared_fused = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights-optimized.data");
       wo_fused.shared = shared_fused.get();
     }
@@ -319,7 +317,8 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       ExportedGraph gr;
       gr.name = parts[p].empty() ? options.output.stem().string() : parts[p];
       if (options.quantized_only) {
-        // Quantized from the plain graph, which is never written: only its initializers' names are read.
+        // Quantized from the plain graph (the fused one with --optimize), which is never written: the plain
+        // graph's initializer names tell which checkpoint tensors were used.
         BuiltModel built = build_model(config, weights, options, Lowering::kPlain, parts[p]);
         result.task = built.task;
         for (const auto& i : built.model.initializers) {
@@ -327,6 +326,11 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
           for (const char* suffix : {".T", ".row0"})
             if (n.size() > std::strlen(suffix) && ends_with(n, suffix)) n.resize(n.size() - std::strlen(suffix));
           used.insert(n);
+        }
+        if (options.optimize) {
+          built.model = Model{};
+          BuiltModel fused = build_model(config, weights, options, Lowering::kOrt, parts[p]);
+          built.model = std::move(fused.model);
         }
         Model q = quantize_built(built.model, options, &gr);
         built.model = Model{};
@@ -401,7 +405,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       remove_all();
       throw;
     }
-    if (!options.optimize) continue;
+    if (!options.optimize || options.quantized_only) continue;
     const fs::path opt_path = optimized_path(paths[p]);
     try {
       load_check(opt_path, fused_specs[p]);

@@ -123,6 +123,23 @@ def test_decoder_quantized_vs_transformers(tmp_path, record_diff, name, mode):
     check_decoder(ckpt, out / "model-quantized.onnx", mode, record_diff, name)
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_optimized_int4_decoder_vs_transformers(tmp_path, record_diff, name):
+    """--optimize --quantized-only: the fused graph (GroupQueryAttention) quantized, with int8 activations
+    (--accuracy-level 4, what onnxruntime-genai's builder uses on CPU)."""
+    import onnx
+
+    ckpt = dfx.decoder_checkpoint(name)
+    out = tmp_path / "out"
+    export(ckpt, out, *mode_args("int4"), "--optimize", "--quantized-only", "--accuracy-level", "4")
+    m = onnx.load(str(out / "model-quantized.onnx"))
+    ops = [n.op_type for n in m.graph.node]
+    assert "GroupQueryAttention" in ops and "MatMulNBits" in ops and "MatMul" not in ops, ops
+    assert all(a.i == 4 for n in m.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+               if a.name == "accuracy_level")
+    check_decoder(ckpt, out / "model-quantized.onnx", "int4", record_diff, f"{name} optimized acc4")
+
+
 def test_streamed_int4_from_bf16_writes_no_fp32(tmp_path, record_diff):
     """--quantized-only from a bf16 checkpoint: the folder holds the int4 graph only, and it still agrees."""
     ckpt = dfx.decoder_checkpoint("llama", "bf16")
