@@ -42,6 +42,7 @@ struct ExportArgs {
   bool no_check = false, quiet = false, optimize = false, gelu_approximation = false,
        eager_attention = false, allow_nonfinite = false;
   std::string quantize_mode;  // int8 (plain --quantize) or int4
+  std::string int4_search = "coarse";
   int64_t block_size = 32, accuracy_level = 0;
   bool symmetric = false, asymmetric = false, no_embeddings = false, quantized_only = false;
 };
@@ -182,6 +183,9 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
       for (const char* name : {"--block-size", "--symmetric", "--asymmetric", "--accuracy-level"})
         if (cmd.count(name)) throw trex::UsageError(std::string(name) + " applies to --quantize int4 only");
   }
+  if (cmd.count("--int4-search") && (o.quantize_bits != 4 || !o.quantize))
+    throw trex::UsageError("--int4-search applies to --quantize int4 only");
+  o.int4_clip_stride = a.int4_search == "full" ? 1 : a.int4_search == "rtn" ? 0 : 4;
   o.int4_block_size = a.block_size;
   o.int4_symmetric = a.symmetric;
   o.int4_accuracy_level = a.accuracy_level;
@@ -362,6 +366,11 @@ int main(int argc, char** argv) {
   ex->add_option("--accuracy-level", ea.accuracy_level,
                  "--quantize int4: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)")
       ->check(CLI::Range(0, 4));
+  ex->add_option("--int4-search", ea.int4_search,
+                 "--quantize int4, decoders and encoder-decoders: per-block clipping search over 21 ratios 1.0..0.7 "
+                 "(full), every 4th of them (coarse, default: several times faster), or none (rtn: "
+                 "round-to-nearest)")
+      ->check(CLI::IsMember({"full", "coarse", "rtn"}));
   ex->add_flag("--no-quantize-embeddings", ea.no_embeddings,
                "--quantize: keep embedding tables (and tied LM heads' tables) float");
   ex->add_flag("--quantized-only", ea.quantized_only,

@@ -33,7 +33,8 @@ Model quantize_built(const Model& in, const ExportOptions& o, ExportedGraph* gr)
     Int4Policy p;
     p.params.block_size = o.int4_block_size;
     p.params.symmetric = o.int4_symmetric;
-    p.params.search = true;
+    p.params.search = o.int4_clip_stride > 0;
+    p.params.clip_stride = std::max(1, o.int4_clip_stride);
     p.accuracy_level = o.int4_accuracy_level;
     p.streamed = true;
     m = quantize_int4_model(in, p, &report);

@@ -46,6 +46,9 @@ struct ExportOptions {
   int64_t int4_block_size = 32;        // 16..256, a power of two
   bool int4_symmetric = false;         // default asymmetric, as `trex quantize`
   int64_t int4_accuracy_level = 0;     // MatMulNBits accuracy_level
+  // Decoders and graph sets: the per-block clipping search's stride over the 21 ratios (Int4Params::clip_stride):
+  // 1 full, 4 coarse (default: several times faster), 0 none (round-to-nearest).
+  int int4_clip_stride = 4;
   bool quantize_embeddings = true;     // Gather tables (and tied heads' tables) -> GatherBlockQuantized
   // Decoders and graph sets: write only the quantized graphs (no fp32 file on disk); the folder's genai_config
   // names them either way.

@@ -87,7 +87,7 @@ Choice reference_block(const float* x, const float* h, int64_t len, const Int4Pa
     best.scale = m / -8.0f;
     best.error = int4_block_error(x, len, best.scale, best.zero_point, h);
     if (!p.search || best.scale == 0.0f) return best;
-    for (int i = 1; i < kInt4ClipSteps; ++i) {
+    for (int i = p.clip_stride; i < kInt4ClipSteps; i += p.clip_stride) {
       Choice c;
       c.zero_point = kSymmetricZero;
       c.scale = m * clip_ratio(i) / -8.0f;
@@ -104,7 +104,7 @@ Choice reference_block(const float* x, const float* h, int64_t len, const Int4Pa
     best.error = int4_block_error(x, len, best.scale, best.zero_point, h);
     if (!p.search || best.scale == 0.0f) return best;
     int both = 0, top = 0;
-    for (int i = 1; i < kInt4ClipSteps; ++i) {  // both ends
+    for (int i = p.clip_stride; i < kInt4ClipSteps; i += p.clip_stride) {  // both ends
       Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(i));
       c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) {
@@ -113,7 +113,7 @@ Choice reference_block(const float* x, const float* h, int64_t len, const Int4Pa
       }
     }
     top = both;
-    for (int i = 0; i < kInt4ClipSteps; ++i) {  // the top end alone
+    for (int i = 0; i < kInt4ClipSteps; i += p.clip_stride) {  // the top end alone
       Choice c = asymmetric_choice(lo * clip_ratio(both), hi * clip_ratio(i));
       c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) {
@@ -121,7 +121,7 @@ Choice reference_block(const float* x, const float* h, int64_t len, const Int4Pa
         top = i;
       }
     }
-    for (int i = 0; i < kInt4ClipSteps; ++i) {  // the bottom end alone
+    for (int i = 0; i < kInt4ClipSteps; i += p.clip_stride) {  // the bottom end alone
       Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(top));
       c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) best = c;
@@ -236,7 +236,7 @@ Choice fast_block(FastBlock& b, const Int4Params& p) {
     best.scale = m / -8.0f;
     best.error = fast_error(b, best.scale, best.zero_point);
     if (!p.search || best.scale == 0.0f) return best;
-    for (int i = 1; i < kInt4ClipSteps; ++i) consider(m * clip_ratio(i) / -8.0f, kSymmetricZero);
+    for (int i = p.clip_stride; i < kInt4ClipSteps; i += p.clip_stride) consider(m * clip_ratio(i) / -8.0f, kSymmetricZero);
   } else {
     float lo = 0.0f, hi = 0.0f;
     for (int64_t j = 0; j < b.len; ++j) {
@@ -247,16 +247,16 @@ Choice fast_block(FastBlock& b, const Int4Params& p) {
     best.error = fast_error(b, best.scale, best.zero_point);
     if (!p.search || best.scale == 0.0f) return best;
     int both = 0, top = 0;
-    for (int i = 1; i < kInt4ClipSteps; ++i) {
+    for (int i = p.clip_stride; i < kInt4ClipSteps; i += p.clip_stride) {
       const Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(i));
       if (consider(c.scale, c.zero_point)) both = i;
     }
     top = both;
-    for (int i = 0; i < kInt4ClipSteps; ++i) {
+    for (int i = 0; i < kInt4ClipSteps; i += p.clip_stride) {
       const Choice c = asymmetric_choice(lo * clip_ratio(both), hi * clip_ratio(i));
       if (consider(c.scale, c.zero_point)) top = i;
     }
-    for (int i = 0; i < kInt4ClipSteps; ++i) {
+    for (int i = 0; i < kInt4ClipSteps; i += p.clip_stride) {
       const Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(top));
       consider(c.scale, c.zero_point);
     }
@@ -312,6 +312,8 @@ void check_int4_params(const Int4Params& p) {
   const int64_t b = p.block_size;
   if (b < 16 || b > kMaxBlock || (b & (b - 1)) != 0)
     throw UsageError("quantize: --block-size must be a power of two in 16..256 (got " + std::to_string(b) + ")");
+  if (p.clip_stride < 1 || p.clip_stride >= kInt4ClipSteps)
+    throw UsageError("quantize: clip search stride must be in 1.." + std::to_string(kInt4ClipSteps - 1));
 }
 
 bool quantize_int4_reference(const float* w, int64_t k, int64_t n, const Int4Params& p, Int4Weight* out,
@@ -357,6 +359,20 @@ bool quantize_int4(const float* w, int64_t k, int64_t n, bool transposed, const 
   // The importance of each row, padded by one block of ones (the zero-padded tail of a partial block).
   std::vector<float> h(static_cast<size_t>(k + kMaxBlock + kLanes), 1.0f);
   if (importance) std::copy(importance, importance + k, h.begin());
+  // A K×N weight's blocks run down its columns (a stride of N floats per value): gathering them one by one
+  // touches a cache line per value. A large one is transposed first, in tiles, so that every block is
+  // contiguous; the blocks' values, and so the result, are the same.
+  std::vector<float> nk;
+  if (!transposed && k * n >= (int64_t{1} << 16)) {
+    nk.resize(static_cast<size_t>(k * n));
+    constexpr int64_t kTile = 64;
+    for (int64_t r0 = 0; r0 < k; r0 += kTile)
+      for (int64_t c0 = 0; c0 < n; c0 += kTile)
+        for (int64_t r = r0; r < std::min(k, r0 + kTile); ++r)
+          for (int64_t c = c0; c < std::min(n, c0 + kTile); ++c) nk[static_cast<size_t>(c * k + r)] = w[r * n + c];
+    w = nk.data();
+    transposed = true;
+  }
   int t = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   t = static_cast<int>(std::min<int64_t>(t, std::max<int64_t>(1, n / 64)));
   if (t <= 1) {

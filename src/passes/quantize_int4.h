@@ -31,6 +31,8 @@ struct Int4Params {
   bool symmetric = true;    // codes -8..7 around a fixed zero point of 8, else a zero point per block (the CLI's
                             // default is asymmetric)
   bool search = true;       // search the clipping per block; false: plain round-to-nearest (RTN)
+  int clip_stride = 1;      // the search tries every clip_stride-th of the kInt4ClipSteps ratios (1: all 21;
+                            // 4: 1.0, 0.94, ..., 0.7, a coarse search several times cheaper)
 };
 
 // Codes 0..15 and the per-block scale / zero point of one K×N weight, unpacked (tests and the error
