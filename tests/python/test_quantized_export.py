@@ -306,3 +306,21 @@ def test_quantize_option_errors(tmp_path):
         assert r.returncode == code, (extra, r.stdout, r.stderr)
         assert all(w in r.stderr for w in words), (extra, r.stderr)
         assert not out.exists(), extra
+
+
+@pytest.mark.parametrize("model_type,head", [("bert", "feature-extraction"), ("roberta", "text-classification")])
+def test_encoder_int4_export(tmp_path, model_type, head):
+    """Encoders: --quantize int4 goes through the trex quantize workflow (MatMulNBits, calibrated GPTQ), which
+    compares the int4 file with its fp32 source in ONNX Runtime (exit 3 below its cosine target)."""
+    import onnx
+
+    out = tmp_path / "model.onnx"
+    report = tmp_path / "r.json"
+    export(fx.checkpoint(model_type, head), out, "--pipeline", head, *mode_args("int4"), "--report", report)
+    rep = json.loads(report.read_text())
+    assert rep["quantized"]["vs_fp32"]["mean_cosine"] >= 0.95, rep["quantized"]
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "model-quantized.onnx")).graph.node]
+    assert "MatMulNBits" in ops and "MatMulIntegerToFloat" not in ops
+    r = fx.run_trex("export", "--model", fx.checkpoint(model_type, head), "--quantize", "int4", "--quantized-only",
+                    tmp_path / "o2.onnx")
+    assert r.returncode == 1 and "--quantized-only" in r.stderr and not (tmp_path / "o2.onnx").exists()
