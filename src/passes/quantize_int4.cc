@@ -272,12 +272,26 @@ void fast_columns(const float* w, int64_t k, int64_t n, bool transposed, const I
   alignas(32) float buf[kMaxBlock + kLanes];
   FastBlock b;
   b.x = buf;
+  // A K×N weight's blocks run down its columns (a stride of N floats per value): a slab of kSlab columns is
+  // first copied out row by row (one cache line per row), so that each block is then read contiguously; the
+  // blocks' values, and so the result, are the same. Extra memory: kSlab × K floats.
+  constexpr int64_t kSlab = 16;
+  std::vector<float> slab;
+  if (!transposed) slab.resize(static_cast<size_t>(kSlab * k));
+  int64_t slab_c0 = -1;
   for (int64_t c = c0; c < c1; ++c) {
+    if (!transposed && (slab_c0 < 0 || c >= slab_c0 + kSlab)) {
+      slab_c0 = c;
+      const int64_t s1 = std::min(c1, c + kSlab);
+      for (int64_t r = 0; r < k; ++r) {
+        const float* row = w + r * n;
+        for (int64_t cc = c; cc < s1; ++cc) slab[static_cast<size_t>((cc - c) * k + r)] = row[cc];
+      }
+    }
+    const float* col = transposed ? w + c * k : slab.data() + (c - slab_c0) * k;
     for (int64_t blk = 0; blk < kb; ++blk) {
       const int64_t r0 = blk * bs, len = std::min(bs, k - r0);
-      if (transposed) std::memcpy(buf, w + c * k + r0, static_cast<size_t>(len) * sizeof(float));
-      else
-        for (int64_t j = 0; j < len; ++j) buf[j] = w[(r0 + j) * n + c];
+      std::memcpy(buf, col + r0, static_cast<size_t>(len) * sizeof(float));
       b.h = importance + r0;
       b.len = len;
       b.padded = (len + kLanes - 1) / kLanes * kLanes;
@@ -359,20 +373,6 @@ bool quantize_int4(const float* w, int64_t k, int64_t n, bool transposed, const 
   // The importance of each row, padded by one block of ones (the zero-padded tail of a partial block).
   std::vector<float> h(static_cast<size_t>(k + kMaxBlock + kLanes), 1.0f);
   if (importance) std::copy(importance, importance + k, h.begin());
-  // A K×N weight's blocks run down its columns (a stride of N floats per value): gathering them one by one
-  // touches a cache line per value. A large one is transposed first, in tiles, so that every block is
-  // contiguous; the blocks' values, and so the result, are the same.
-  std::vector<float> nk;
-  if (!transposed && k * n >= (int64_t{1} << 16)) {
-    nk.resize(static_cast<size_t>(k * n));
-    constexpr int64_t kTile = 64;
-    for (int64_t r0 = 0; r0 < k; r0 += kTile)
-      for (int64_t c0 = 0; c0 < n; c0 += kTile)
-        for (int64_t r = r0; r < std::min(k, r0 + kTile); ++r)
-          for (int64_t c = c0; c < std::min(n, c0 + kTile); ++c) nk[static_cast<size_t>(c * k + r)] = w[r * n + c];
-    w = nk.data();
-    transposed = true;
-  }
   int t = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   t = static_cast<int>(std::min<int64_t>(t, std::max<int64_t>(1, n / 64)));
   if (t <= 1) {
