@@ -324,3 +324,24 @@ def test_encoder_int4_export(tmp_path, model_type, head):
     r = fx.run_trex("export", "--model", fx.checkpoint(model_type, head), "--quantize", "int4", "--quantized-only",
                     tmp_path / "o2.onnx")
     assert r.returncode == 1 and "--quantized-only" in r.stderr and not (tmp_path / "o2.onnx").exists()
+
+
+def test_nan_weight_refused_while_streaming(tmp_path):
+    """A NaN in a weight met while the int4 codes are being written: an input error naming the tensor, and no
+    output left (the folder, created by the export, is removed)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    src = dfx.decoder_checkpoint("llama")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    name = "model.layers.1.mlp.up_proj.weight"
+    tensors[name][3, 5] = np.nan
+    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    r = fx.run_trex("export", "--model", ckpt, *mode_args("int4"), "--quantized-only", out)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "up_proj" in r.stderr and "NaN" in r.stderr, r.stderr
+    assert not out.exists()
