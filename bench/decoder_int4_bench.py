@@ -25,8 +25,14 @@ per run): 128-token random prompt, greedy, 64 new tokens (EOS suppressed), --thr
 3, smoke 1) with min-max. Goals (issue 11): export >= 10x faster than the builder, peak RSS <= 1 GB; decode
 >= 1.0x the builder's folder.
 
+--shape llama2-7b: a Llama-2-7B-shaped random bf16 checkpoint (hidden 4096, 32 layers, 32 heads, FFN 11008,
+vocab 32000; 13.5 GB in 6 shards, written tensor by tensor by bench/_llama_checkpoint.py, peak memory one
+tensor); `--delete-checkpoint` removes it afterwards. Goal (issue 11): the int4 export in <= 3 min, <= 2 GB.
+
 Usage
   .venv/bin/python bench/decoder_int4_bench.py            # 1.1B checkpoint
+  .venv/bin/python bench/decoder_int4_bench.py --shape llama2-7b --tools trex-int4 --repeat 1 --no-decode \
+      --delete-checkpoint
   .venv/bin/python bench/decoder_int4_bench.py --smoke    # tiny checkpoint, seconds (a test runs this)
 Results: a markdown table on stdout and JSON in bench/results/ (or --results).
 """
@@ -111,6 +117,9 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=db.REPO / "bench" / "results")
+    ap.add_argument("--shape", choices=["tinyllama", "llama2-7b"], default="tinyllama")
+    ap.add_argument("--no-decode", action="store_true", help="exports only")
+    ap.add_argument("--delete-checkpoint", action="store_true", help="--shape llama2-7b: remove the checkpoint afterwards")
     a = ap.parse_args(argv)
     tools = [t.strip() for t in a.tools.split(",") if t.strip()]
     if any(t not in TOOLS for t in tools):
@@ -124,6 +133,15 @@ def main(argv=None) -> int:
     if a.smoke:
         ckpt = llama_checkpoint.make_tiny_llama(ckpt_root / "tiny-llama-v1")
         shape = {**llama_checkpoint.TINY}
+    elif a.shape == "llama2-7b":
+        shape = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                     intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096)
+        ckpt = ckpt_root / "llama2-7b-shape-bf16-random-v1"
+        if not (ckpt / ".complete").exists():
+            print(f"writing checkpoint {ckpt} ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            llama_checkpoint.make_sharded_llama(ckpt, shape, shards=6)
+            print(f"written in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     else:
         ckpt = ckpt_root / "tinyllama-1.1b-shape-bf16-random-v1"
         llama_checkpoint.make_sharded_llama(ckpt, llama_checkpoint.TINYLLAMA_1B, shards=3)
@@ -146,7 +164,7 @@ def main(argv=None) -> int:
 
         folders = {r["label"]: Path(r["out"]) for r in rows if r["out"]}
         decode = []
-        if folders and db.GENAI_PY.exists():
+        if folders and db.GENAI_PY.exists() and not a.no_decode:
             rng = random.Random(0)
             prompt = [llama_checkpoint.BOS] + [rng.randrange(3, shape["vocab_size"]) for _ in range(a.prompt_len - 1)]
             per = {name: {"folder": name, "tok_s": [], "note": None} for name in folders}
@@ -186,6 +204,8 @@ def main(argv=None) -> int:
             return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if a.delete_checkpoint and a.shape == "llama2-7b" and not a.smoke:
+            shutil.rmtree(ckpt, ignore_errors=True)
     return 0
 
 
