@@ -26,7 +26,7 @@ void add_meta(onnx::ModelProto& m, const std::string& k, const std::string& v) {
 
 // Decoders and graph sets are quantized while they are built (no fp32 file is read back): the int4 bytes are
 // computed from the mapped checkpoint as each tensor is written.
-Model quantize_built(const Model& in, const ExportOptions& o, ExportedGraph* gr) {
+Model quantize_built(const Model& in, const ExportOptions& o, ExportedGraph* gr, const WeightStore& weights) {
   QuantizeReport report;
   Model m;
   if (o.quantize_bits == 4) {
@@ -37,6 +37,20 @@ Model quantize_built(const Model& in, const ExportOptions& o, ExportedGraph* gr)
     p.params.clip_stride = std::max(1, o.int4_clip_stride);
     p.accuracy_level = o.int4_accuracy_level;
     p.streamed = true;
+    // trex's MatMul weights are `<checkpoint name>.T`, the checkpoint's [out, in] tensor transposed: the int4
+    // blocks run along `in`, so the checkpoint's rows are quantized directly (converted to fp32, not transposed).
+    p.row_source = [&weights](const std::string& name, const Shape& dims) -> std::optional<TensorData> {
+      if (dims.size() != 2 || !ends_with(name, ".T")) return std::nullopt;
+      const TensorView* t = weights.find(name.substr(0, name.size() - 2));
+      if (!t || t->shape != Shape{dims[1], dims[0]} ||
+          (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16))
+        return std::nullopt;
+      if (t->dtype == DType::kF32) return TensorData::view(DType::kF32, t->shape, t->data);
+      const TensorView copy = *t;
+      return TensorData::produced(DType::kF32, t->shape, [copy](std::byte* dst) {
+               convert_to_f32(copy, reinterpret_cast<float*>(dst));
+             }).with_source(t->data, t->nbytes);
+    };
     m = quantize_int4_model(in, p, &report);
   } else {
     m = quantize_model(in, QuantizePolicy{}, &report);
@@ -333,7 +347,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
           BuiltModel fused = build_model(config, weights, options, Lowering::kOrt, parts[p]);
           built.model = std::move(fused.model);
         }
-        Model q = quantize_built(built.model, options, &gr);
+        Model q = quantize_built(built.model, options, &gr, weights);
         built.model = Model{};
         result.num_nodes += static_cast<size_t>(q.proto.graph().node_size());
         result.num_initializers += q.initializers.size();
@@ -376,7 +390,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
         BuiltModel source = build_model(config, weights, options, options.optimize ? Lowering::kOrt : Lowering::kPlain,
                                         parts[p]);
         ExportedGraph& g = result.graphs.back();
-        Model q = quantize_built(source.model, options, &g);
+        Model q = quantize_built(source.model, options, &g, weights);
         source.model = Model{};
         log("quantized " + g.name + (options.optimize ? " (optimized)" : "") + " (" +
             (options.quantize_bits == 4 ? "int4" : "int8") + "): " + std::to_string(g.quantized_layers) +

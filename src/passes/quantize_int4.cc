@@ -677,6 +677,11 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
       pend->k = k;
       pend->n = n;
       pend->transposed = transposed;
+      if (!transposed && policy.row_source)
+        if (std::optional<TensorData> rows = policy.row_source(weight, src.dims())) {
+          pend->src = *rows;
+          pend->transposed = true;
+        }
       pend->params = policy.params;
       pend->name = weight;
       pend->left = policy.params.symmetric ? 2 : 3;
@@ -690,7 +695,7 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
         const std::vector<uint8_t> packed = pack_int4_codes(*pend->get());
         std::memcpy(dst, packed.data(), packed.size());
       });
-      b.with_sources_of(src);
+      b.with_sources_of(pend->src);
       new_inits.push_back({qn.b, std::move(b)});
       new_inits.push_back({qn.scales, TensorData::produced(DType::kF32, {n * kb}, [pend](std::byte* dst) {
                              const auto q = pend->get();

@@ -17,6 +17,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <map>
 #include <string>
 #include <vector>
@@ -100,6 +102,10 @@ struct Int4Policy {
   // than one weight in float; a weight holding NaN or infinity is then an InputError at write time instead of
   // a weight kept float. Importance and Gram matrices are ignored (data-free: clipping search or RTN).
   bool streamed = false;
+  // Streamed: for a K×N weight named `name`, the same values stored N×K (e.g. the checkpoint's own [out, in]
+  // rows behind trex's transposed `<name>.T`), or nullopt. Blocks run along K, so the N×K layout is read
+  // contiguously, without transposing the weight there and back.
+  std::function<std::optional<TensorData>(const std::string& name, const Shape& dims)> row_source;
 };
 
 // Rewrites MatMul (and Gemm with transA=0, alpha=beta=1) whose weight is a 2-D float initializer with
