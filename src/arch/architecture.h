@@ -58,10 +58,12 @@ struct Capabilities {
   bool quantize = true;      // --quantize
   bool static_shape = true;  // --static-shape
   static Capabilities Encoder() { return {}; }
-  // Decoders (KV cache): ONNX, plain and fused (GroupQueryAttention) graphs; no TorchScript, no static shapes.
-  static Capabilities Decoder() { return {false, true, false, false}; }
-  // Encoder-decoders: a set of ONNX graphs, plain and fused norms; no TorchScript, quantization or static shapes.
-  static Capabilities Seq2Seq() { return {false, true, false, false}; }
+  // Decoders (KV cache): ONNX, plain and fused (GroupQueryAttention) graphs, int8/int4 weights; no TorchScript,
+  // no static shapes.
+  static Capabilities Decoder() { return {false, true, true, false}; }
+  // Encoder-decoders: a set of ONNX graphs, plain and fused norms, int8/int4 weights; no TorchScript or static
+  // shapes.
+  static Capabilities Seq2Seq() { return {false, true, true, false}; }
 };
 
 struct Architecture {

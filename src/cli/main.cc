@@ -45,12 +45,16 @@ struct ExportArgs {
       triton_name, framework = "auto";
   int triton_max_batch = 16;
   int opset = trex::kDefaultOpset;
-  bool no_check = false, quiet = false, optimize = false, gelu_approximation = false, quantize = false,
+  bool no_check = false, quiet = false, optimize = false, gelu_approximation = false,
        eager_attention = false, allow_nonfinite = false;
   // --report's latency of each variant (trex bench's method); repeats 0: none.
   std::string dtype = "fp32";
   std::string latency_shape;  // B,S; default 1,128 (S capped by the model's position table)
   int latency_repeats = 10, latency_threads = 1;
+  std::string quantize_mode;  // int8 (plain --quantize) or int4
+  std::string int4_search = "coarse";
+  int64_t block_size = 32, accuracy_level = 0;
+  bool symmetric = false, asymmetric = false, no_embeddings = false, quantized_only = false;
 };
 
 // One variant written by the export, with its accuracy and latency (--report).
@@ -76,6 +80,8 @@ std::vector<VariantLatency> measure_variants(const trex::ExportResult& r, const 
       std::snprintf(buf, sizeof buf, "max abs diff %.2e", worst);
       rows.push_back({g, "optimized", gr.optimized_verify ? buf : "-", gr.optimized->model_path, std::nullopt, ""});
     }
+    if (gr.quantized)  // decoders and sets, quantized while built (accuracy: the load check only)
+      rows.push_back({g, "quantized", "-", gr.quantized->model_path, std::nullopt, ""});
   }
   if (r.quantized) {
     const auto& q = *r.quantized;
@@ -192,6 +198,17 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
     j["optimized"] = files(*r.optimized);
     if (r.optimized_verify) j["optimized"]["vs_plain"] = json::parse(r.optimized_verify->json());
   }
+  for (size_t i = 0; i < r.graphs.size(); ++i) {
+    const auto& gr = r.graphs[i];
+    if (!gr.quantized && !(r.graphs.size() == 1 && gr.quantized_layers)) continue;
+    json q = gr.quantized ? files(*gr.quantized) : json::object();
+    q["layers_quantized"] = gr.quantized_layers;
+    q["layers_float"] = gr.kept_layers;
+    q["embedding_tables_quantized"] = gr.quantized_tables;
+    if (gr.quantized_check) q["load_check"] = {{"ok", true}, {"run_ms", gr.quantized_check->run_ms}};
+    if (r.graphs.size() > 1) j["graphs"][i]["quantized"] = q;
+    else j["quantized"] = q;
+  }
   if (r.quantized) {
     const auto& q = *r.quantized;
     j["quantized"] = files(q.written);
@@ -230,7 +247,10 @@ std::vector<fs::path> export_outputs(const ExportArgs& a, bool torchscript, cons
     files.push_back(trex::external_data_path(f));
   };
   if (a.optimize) add_variant(trex::Variant::kOptimized);
-  if (a.quantize) add_variant(trex::Variant::kQuantized);
+  if (!a.quantize_mode.empty()) {
+    add_variant(trex::Variant::kQuantized);
+    files.push_back(out.parent_path() / "weights-quantized.data");
+  }
   if (!a.report.empty()) files.emplace_back(a.report);
   return files;
 }
@@ -256,7 +276,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
                            "run or be checked; use --dtype fp16");
   if (a.dtype == "fp16") {
     if (torchscript) throw trex::UsageError("--dtype fp16 applies to ONNX output only");
-    if (a.optimize || a.quantize)
+    if (a.optimize || !a.quantize_mode.empty())
       throw trex::UsageError("--dtype fp16 writes the plain graph only: not with --optimize or --quantize");
   }
   for (const char* name : {"--latency-shape", "--latency-repeats", "--latency-threads"})
@@ -293,7 +313,25 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   o.check = !a.no_check;
   o.allow_nonfinite = a.allow_nonfinite;
   o.optimize = a.optimize;
-  o.quantize = a.quantize;
+  o.quantize = !a.quantize_mode.empty();
+  if (!o.quantize) {
+    for (const char* name : {"--block-size", "--symmetric", "--asymmetric", "--accuracy-level",
+                             "--no-quantize-embeddings", "--quantized-only"})
+      if (cmd.count(name)) throw trex::UsageError(std::string(name) + " applies with --quantize only");
+  } else {
+    o.quantize_bits = a.quantize_mode == "int4" ? 4 : 8;
+    if (o.quantize_bits == 8)
+      for (const char* name : {"--block-size", "--symmetric", "--asymmetric", "--accuracy-level"})
+        if (cmd.count(name)) throw trex::UsageError(std::string(name) + " applies to --quantize int4 only");
+  }
+  if (cmd.count("--int4-search") && (o.quantize_bits != 4 || !o.quantize))
+    throw trex::UsageError("--int4-search applies to --quantize int4 only");
+  o.int4_clip_stride = a.int4_search == "full" ? 1 : a.int4_search == "rtn" ? 0 : 4;
+  o.int4_block_size = a.block_size;
+  o.int4_symmetric = a.symmetric;
+  o.int4_accuracy_level = a.accuracy_level;
+  o.quantize_embeddings = !a.no_embeddings;
+  o.quantized_only = a.quantized_only;
   o.fp16 = a.dtype == "fp16";
   o.gelu_approximation = a.gelu_approximation;
   if (a.gelu_approximation && !a.optimize) throw trex::UsageError("--gelu-approximation only applies with --optimize");
@@ -393,6 +431,14 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
                   << o.static_shape.value_or(std::make_pair(2L, 8L)).first << ": " << gr.check->summary() << ")\n";
       else
         std::cout << "load check" << which << ": skipped (--no-check)\n";
+      if (gr.quantized) {
+        std::cout << "wrote " << gr.quantized->model_path.string() << " ("
+                  << mib(gr.quantized->model_bytes + gr.quantized->data_bytes) << ", "
+                  << (o.quantize_bits == 4 ? "int4 MatMulNBits" : "int8") << ": " << gr.quantized_layers
+                  << " weights quantized, " << gr.kept_layers << " kept float, " << gr.quantized_tables
+                  << " embedding table(s) quantized)\n";
+        if (gr.quantized_check) std::cout << "load check" << which << " quantized: ok (" << gr.quantized_check->summary() << ")\n";
+      }
       if (gr.optimized) {
         std::cout << "wrote " << gr.optimized->model_path.string() << " (" << mib(gr.optimized->model_bytes) << ")\n";
         std::cout << "optimized vs plain" << which << " (ONNX Runtime, same random inputs):\n"
@@ -401,13 +447,15 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     }
     if (r.quantized) {
       const auto& q = *r.quantized;
-      std::printf("wrote %s (%s, int8 weights: %zu MatMul/Gemm/Attention quantized, %zu kept fp32%s)\n",
+      std::printf("wrote %s (%s, %s weights: %zu MatMul/Gemm/Attention quantized, %zu kept fp32%s)\n",
                   q.written.model_path.string().c_str(), mib(q.written.model_bytes + q.written.data_bytes).c_str(),
+                  o.quantize_bits == 4 ? "int4" : "int8",
                   q.report.quantized.size(), q.report.skipped.size(),
                   q.fallback.empty() ? "" : (", " + std::to_string(q.fallback.size()) + " by the accuracy check").c_str());
       if (q.comparison)
-        std::printf("int8 vs fp32: max abs diff %.3e, mean cosine %.5f (min %.5f)%s\n", q.comparison->max_abs_diff,
-                    q.comparison->mean_cosine, q.comparison->min_cosine,
+        std::printf("%s vs fp32: max abs diff %.3e, mean cosine %.5f (min %.5f)%s\n", q.comparison->max_abs_diff,
+                    o.quantize_bits == 4 ? "int4" : "int8", q.comparison->max_abs_diff, q.comparison->mean_cosine,
+                    q.comparison->min_cosine,
                     q.comparison->label_agreement >= 0
                         ? (", label agreement " + std::to_string(100 * q.comparison->label_agreement) + " %").c_str()
                         : "");
@@ -480,10 +528,31 @@ int main(int argc, char** argv) {
   ex->add_flag("--gelu-approximation", ea.gelu_approximation,
                "With --optimize: replace exact GELU by FastGelu's tanh approximation. Faster, but CHANGES RESULTS "
                "(typically ~1e-3); checked with atol 1e-2");
-  ex->add_flag("--quantize", ea.quantize,
-               "Also write <stem>-quantized.onnx: int8 dynamic quantization (per-channel s8 weights, "
-               "MatMulIntegerToFloat) of the optimized model with --optimize, else of the plain one, compared with "
-               "its fp32 source; layers that cost accuracy fall back to fp32 (see trex quantize for options)");
+  ex->add_flag("--quantize{int8}", ea.quantize_mode,
+               "--quantize [int8|int4] (plain --quantize: int8). Also write <stem>-quantized.onnx (graph sets: "
+               "<name>-quantized.onnx each, sharing weights-quantized.data), from the optimized model with "
+               "--optimize, else from the plain one. int8: dynamic (per-channel s8, MatMulIntegerToFloat); int4: "
+               "com.microsoft.MatMulNBits. Embedding tables (tied LM heads' too) become 8-bit GatherBlockQuantized. "
+               "Encoders: compared with fp32, sensitive layers fall back to fp32, int4 calibrated + GPTQ. Decoders "
+               "and encoder-decoders: quantized tensor by tensor from the checkpoint while written (int4: per-block "
+               "clipping search), load-checked; genai_config.json names the quantized model")
+      ->check(CLI::IsMember({"int8", "int4"}));
+  ex->add_option("--block-size", ea.block_size, "--quantize int4: weights per scale along K (16..256, power of 2; default 32)");
+  auto* esym = ex->add_flag("--symmetric", ea.symmetric, "--quantize int4: no zero points (codes around 8)");
+  ex->add_flag("--asymmetric", ea.asymmetric, "--quantize int4: a 4-bit zero point per block (default)")->excludes(esym);
+  ex->add_option("--accuracy-level", ea.accuracy_level,
+                 "--quantize int4: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)")
+      ->check(CLI::Range(0, 4));
+  ex->add_option("--int4-search", ea.int4_search,
+                 "--quantize int4, decoders and encoder-decoders: per-block clipping search over 21 ratios 1.0..0.7 "
+                 "(full), every 4th of them (coarse, default: several times faster), or none (rtn: "
+                 "round-to-nearest)")
+      ->check(CLI::IsMember({"full", "coarse", "rtn"}));
+  ex->add_flag("--no-quantize-embeddings", ea.no_embeddings,
+               "--quantize: keep embedding tables (and tied LM heads' tables) float");
+  ex->add_flag("--quantized-only", ea.quantized_only,
+               "--quantize, decoders and encoder-decoders: write only the quantized graphs (the fp32 model is never "
+               "written: streamed from the checkpoint into the quantized file)");
   ex->add_option("--format", ea.format,
                  "onnx or torchscript: a scripted LibTorch module (.pt) with transformers' parameter names, any "
                  "sequence length, loadable by torch.jit.load / torch::jit::load. Default: from the output's "
@@ -551,8 +620,21 @@ int main(int argc, char** argv) {
   std::function<int()> bench_action;
   auto* be = add_bench_command(app, &bench_action);
 
+  // `--quantize int4` as well as `--quantize=int4`: the flag's value is only taken when it is one of the modes,
+  // so `--quantize OUTPUT` keeps meaning int8 with OUTPUT positional.
+  std::vector<std::string> merged;
+  for (int i = 0; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quantize" && i + 1 < argc && (std::string(argv[i + 1]) == "int8" || std::string(argv[i + 1]) == "int4")) {
+      merged.push_back(arg + "=" + argv[++i]);
+    } else {
+      merged.push_back(arg);
+    }
+  }
+  std::vector<char*> merged_argv;
+  for (auto& m : merged) merged_argv.push_back(m.data());
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(merged_argv.size()), merged_argv.data());
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

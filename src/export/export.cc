@@ -25,6 +25,53 @@ void add_meta(onnx::ModelProto& m, const std::string& k, const std::string& v) {
   p->set_value(v);
 }
 
+// Decoders and graph sets are quantized while they are built (no fp32 file is read back): the int4 bytes are
+// computed from the mapped checkpoint as each tensor is written.
+Model quantize_built(const Model& in, const ExportOptions& o, ExportedGraph* gr, const WeightStore& weights) {
+  QuantizeReport report;
+  Model m;
+  if (o.quantize_bits == 4) {
+    Int4Policy p;
+    p.params.block_size = o.int4_block_size;
+    p.params.symmetric = o.int4_symmetric;
+    p.params.search = o.int4_clip_stride > 0;
+    p.params.clip_stride = std::max(1, o.int4_clip_stride);
+    p.accuracy_level = o.int4_accuracy_level;
+    p.streamed = true;
+    // trex's MatMul weights are `<checkpoint name>.T`, the checkpoint's [out, in] tensor transposed: the int4
+    // blocks run along `in`, so the checkpoint's rows are quantized directly (converted to fp32, not transposed).
+    p.row_source = [&weights](const std::string& name, const Shape& dims) -> std::optional<TensorData> {
+      if (dims.size() != 2 || !ends_with(name, ".T")) return std::nullopt;
+      const TensorView* t = weights.find(name.substr(0, name.size() - 2));
+      if (!t || t->shape != Shape{dims[1], dims[0]} ||
+          (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16))
+        return std::nullopt;
+      if (t->dtype == DType::kF32) return TensorData::view(DType::kF32, t->shape, t->data);
+      const TensorView copy = *t;
+      return TensorData::produced(DType::kF32, t->shape, [copy](std::byte* dst) {
+               convert_to_f32(copy, reinterpret_cast<float*>(dst));
+             }).with_source(t->data, t->nbytes);
+    };
+    m = quantize_int4_model(in, p, &report);
+  } else {
+    m = quantize_model(in, QuantizePolicy{}, &report);
+  }
+  gr->quantized_layers = report.quantized.size();
+  gr->kept_layers = report.skipped.size();
+  if (o.quantize_embeddings) {
+    EmbeddingReport er;
+    m = quantize_embeddings(m, EmbeddingPolicy{}, &er);
+    gr->quantized_tables = er.quantized.size();
+  }
+  for (auto& p : *m.proto.mutable_metadata_props())
+    if (p.key() == "graph") p.set_value(p.value() + (o.quantize_bits == 4 ? ", int4 MatMulNBits" : ", int8"));
+  return m;
+}
+
+bool quantized_while_built(const ExportOptions& o, Task task, size_t num_parts) {
+  return o.quantize && (task == Task::kCausalLM || num_parts > 1);
+}
+
 }  // namespace
 
 // Validates what can be validated before any weight is read.
@@ -50,6 +97,11 @@ const Architecture& resolve(const ModelConfig& config, const ExportOptions& opti
   if (options.optimize && !caps.optimize)
     throw UsageError("--optimize is not supported yet for " + what + " (the plain graph is exported without it)");
   if (options.quantize && !caps.quantize) throw UsageError("--quantize is not supported yet for " + what);
+  if (options.quantize && options.quantize_bits != 4 && options.quantize_bits != 8)
+    throw UsageError("--quantize takes int8 or int4");
+  if (options.quantize && options.quantize_bits == 4)
+    check_int4_params({options.int4_block_size, options.int4_symmetric, true});
+  if (options.quantized_only && !options.quantize) throw UsageError("--quantized-only needs --quantize");
   if (options.static_shape && !caps.static_shape)
     throw UsageError("--static-shape does not apply to " + what + " (its cache lengths change at every step)");
   if (options.opset < kMinOpset || options.opset > kMaxOpset)
@@ -143,7 +195,12 @@ void check_export_paths(const ExportOptions& options) {
                                                     : layout_root(options.output, options.layout) / "config.json");
   std::vector<fs::path> outputs{options.output, external_data_path(options.output)};
   if (options.optimize) outputs.push_back(layout_variant_file(options.output, options.layout, Variant::kOptimized));
-  if (options.quantize) outputs.push_back(layout_variant_file(options.output, options.layout, Variant::kQuantized));
+  if (options.quantize) {
+    const fs::path q = layout_variant_file(options.output, options.layout, Variant::kQuantized);
+    outputs.push_back(q);
+    outputs.push_back(external_data_path(q));
+    outputs.push_back(options.output.parent_path() / "weights-quantized.data");
+  }
   check_outputs_not_inputs(outputs, checkpoint_input_files(options.model_dir));
 }
 
@@ -155,9 +212,11 @@ CompanionOptions companion_options(const ExportOptions& options, const ModelConf
   CompanionOptions c;
   c.model_dir = options.model_dir;
   c.output_dir = layout_root(options.output, options.layout);
-  // genai runs the fastest graph the folder has (a path relative to the folder: onnx/model.onnx for transformers.js).
-  const fs::path model =
-      options.optimize ? layout_variant_file(options.output, options.layout, Variant::kOptimized) : options.output;
+  // genai runs the fastest graph the folder has (the quantized one when there is one; a path relative to the
+  // folder: onnx/model.onnx for transformers.js).
+  const fs::path model = options.quantize   ? layout_variant_file(options.output, options.layout, Variant::kQuantized)
+                         : options.optimize ? layout_variant_file(options.output, options.layout, Variant::kOptimized)
+                                            : options.output;
   c.model_file = model.lexically_relative(c.output_dir).generic_string();
   if (c.model_file.empty() || c.model_file.rfind("..", 0) == 0) c.model_file = model.filename().string();
   c.task = task;
@@ -250,21 +309,36 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     for (const auto& gr : result.graphs) {
       remove_written(gr.written);
       if (gr.optimized) remove_written(*gr.optimized);
+      if (gr.quantized) remove_written(*gr.quantized);
     }
     if (result.quantized) remove_written(result.quantized->written);
     for (const auto& f : result.companions) fs::remove(f, ec);
     for (const auto& f : result.triton_configs) fs::remove(f, ec);
   };
+  const bool quantize_now = quantized_while_built(options, task, parts.size());
+  if (options.quantized_only && !quantize_now)
+    throw UsageError("--quantized-only applies to decoders and encoder-decoders (an encoder's quantized file is "
+                     "made from and compared with its fp32 file)");
+  std::vector<LoadCheckSpec> quant_specs(parts.size());
   // The graphs of a set share their weights (embeddings, tied heads): one external-data file per lowering holds
   // each tensor once, unless --external-data never asks for self-contained files.
-  std::unique_ptr<SharedExternalData> shared_plain, shared_fused;
-  WriteOptions wo_plain = wo, wo_fused = wo;
+  // The quantized set shares weights-quantized.data: the embedding table the encoder and the decoder both read
+  // is quantized the same way in both (same names, same bytes), so it is stored once there too; fp32 and
+  // quantized files share nothing, so either set can be deleted (or shipped) alone.
+  std::unique_ptr<SharedExternalData> shared_plain, shared_fused, shared_quant;
+  WriteOptions wo_plain = wo, wo_fused = wo, wo_quant = wo;
   // Not for transformers.js (it loads each graph's own file) nor Triton (each graph is its own model folder).
   const bool can_share = layout == Layout::kTrex || layout == Layout::kOptimum;
   if (parts.size() > 1 && options.external != ExternalData::kNever && can_share) {
-    shared_plain = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights.data");
-    wo_plain.shared = shared_plain.get();
-    if (options.optimize) {
+    if (!options.quantized_only) {
+      shared_plain = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights.data");
+      wo_plain.shared = shared_plain.get();
+    }
+    if (quantize_now) {
+      shared_quant = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights-quantized.data");
+      wo_quant.shared = shared_quant.get();
+    }
+    if (options.optimize && !options.quantized_only) {
       shared_fused = std::make_unique<SharedExternalData>(options.output.parent_path() / "weights-optimized.data");
       wo_fused.shared = shared_fused.get();
     }
@@ -279,6 +353,37 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     for (size_t p = 0; p < parts.size(); ++p) {
       ExportedGraph gr;
       gr.name = parts[p].empty() ? options.output.stem().string() : parts[p];
+      if (options.quantized_only) {
+        // Quantized from the plain graph (the fused one with --optimize), which is never written: the plain
+        // graph's initializer names tell which checkpoint tensors were used.
+        BuiltModel built = build_model(config, weights, options, Lowering::kPlain, parts[p]);
+        result.task = built.task;
+        for (const auto& i : built.model.initializers) {
+          std::string n = i.name;
+          for (const char* suffix : {".T", ".row0"})
+            if (n.size() > std::strlen(suffix) && ends_with(n, suffix)) n.resize(n.size() - std::strlen(suffix));
+          used.insert(n);
+        }
+        if (options.optimize) {
+          built.model = Model{};
+          BuiltModel fused = build_model(config, weights, options, Lowering::kOrt, parts[p]);
+          built.model = std::move(fused.model);
+        }
+        Model q = quantize_built(built.model, options, &gr, weights);
+        built.model = Model{};
+        result.num_nodes += static_cast<size_t>(q.proto.graph().node_size());
+        result.num_initializers += q.initializers.size();
+        log("built " + (parts[p].empty() ? task_name(built.task) : parts[p]) + " graph, quantized (" +
+            (options.quantize_bits == 4 ? "int4" : "int8") + "): " + std::to_string(gr.quantized_layers) +
+            " weights quantized, " + std::to_string(gr.kept_layers) + " kept float, " +
+            std::to_string(gr.quantized_tables) + " embedding table(s)");
+        paths[p] = variant(paths[p], Variant::kQuantized);
+        folders.create_parents_of(paths[p]);
+        gr.written = write_model(q, paths[p], wo_quant);
+        result.graphs.push_back(gr);
+        plain_specs[p] = built.check_spec;
+        continue;
+      }
       BuiltModel built = build_model(config, weights, options, Lowering::kPlain, parts[p]);
       if (options.fp16) {
         if (parts.size() > 1) throw UsageError("--dtype fp16 applies to single-graph models (encoders, decoders)");
@@ -309,11 +414,27 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
         result.graphs.back().optimized = write_model(fused.model, variant(paths[p], Variant::kOptimized), wo_fused);
         fused_specs[p] = fused.check_spec;
       }
+      if (quantize_now) {
+        built.model = Model{};
+        BuiltModel source = build_model(config, weights, options, options.optimize ? Lowering::kOrt : Lowering::kPlain,
+                                        parts[p]);
+        ExportedGraph& g = result.graphs.back();
+        Model q = quantize_built(source.model, options, &g, weights);
+        source.model = Model{};
+        log("quantized " + g.name + (options.optimize ? " (optimized)" : "") + " (" +
+            (options.quantize_bits == 4 ? "int4" : "int8") + "): " + std::to_string(g.quantized_layers) +
+            " weights quantized, " + std::to_string(g.kept_layers) + " kept float, " +
+            std::to_string(g.quantized_tables) + " embedding table(s)");
+        folders.create_parents_of(variant(paths[p], Variant::kQuantized));
+        g.quantized = write_model(q, variant(paths[p], Variant::kQuantized), wo_quant);
+        quant_specs[p] = source.check_spec;
+      }
     }
     for (const auto& n : weights.names())
       if (!used.count(n) && !is_known_buffer(n)) result.unused_tensors.push_back(n);
     if (shared_plain) shared_plain->commit();
     if (shared_fused) shared_fused->commit();
+    if (shared_quant) shared_quant->commit();
   } catch (const Error&) {
     remove_all();
     throw;
@@ -323,11 +444,13 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     ExportedGraph& gr = result.graphs[p];
     try {
       if (options.check) gr.check = load_check(paths[p], plain_specs[p]);
+      // Decoders: prefill + one decode step; encoder-decoders: the encoder, then the decoder's two steps.
+      if (options.check && gr.quantized) gr.quantized_check = load_check(variant(paths[p], Variant::kQuantized), quant_specs[p]);
     } catch (const Error&) {
       remove_all();
       throw;
     }
-    if (!options.optimize) continue;
+    if (!options.optimize || options.quantized_only) continue;
     const fs::path opt_path = variant(paths[p], Variant::kOptimized);
     try {
       load_check(opt_path, fused_specs[p]);
@@ -380,13 +503,20 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       layout != Layout::kTriton)
     result.companions = write_companion_files(config, companion_options(options, config, plain_spec, task));
 
-  if (options.quantize) {
+  if (options.quantize && !quantize_now) {
     QuantizeFileOptions qo;
+    qo.bits = options.quantize_bits;
+    qo.int4.params.block_size = options.int4_block_size;
+    qo.int4.params.symmetric = options.int4_symmetric;
+    qo.int4.accuracy_level = options.int4_accuracy_level;
+    qo.embeddings = options.quantize_embeddings;
+    if (options.quantize_bits == 4) qo.min_cosine = 0.95;  // as `trex quantize --bits 4`
     qo.write = wo;
     qo.write.progress = nullptr;
     qo.check = true;  // the accuracy check drives the fp32 fallback of sensitive layers
     const fs::path source = options.optimize ? opt_path : options.output;
-    log("quantizing " + source.filename().string() + " (int8, dynamic)");
+    log("quantizing " + source.filename().string() +
+        (options.quantize_bits == 4 ? " (int4 MatMulNBits, calibrated GPTQ)" : " (int8, dynamic)"));
     folders.create_parents_of(quant_path);
     result.quantized = quantize_file(source, quant_path, qo);
   }
@@ -395,6 +525,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     for (const auto& gr : result.graphs) {
       models.push_back(gr.written.model_path);
       if (gr.optimized) models.push_back(gr.optimized->model_path);
+      if (gr.quantized) models.push_back(gr.quantized->model_path);
     }
     if (result.quantized) models.push_back(result.quantized->written.model_path);
     for (const auto& m : models) result.triton_configs.push_back(write_triton_config(m, options.triton_max_batch));
@@ -406,7 +537,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
   folders.keep();
   if (result.quantized && result.quantized->missed_target) {
     const auto& c = *result.quantized->comparison;
-    throw VerificationError(quant_path.string() + ": int8 model misses its accuracy target vs fp32 (mean cosine " +
+    throw VerificationError(quant_path.string() + (options.quantize_bits == 4 ? ": int4" : ": int8") + " model misses its accuracy target vs fp32 (mean cosine " +
                             std::to_string(c.mean_cosine) + "; the model was written, see trex quantize --help)");
   }
   return result;

@@ -39,8 +39,11 @@ struct ExportOptions {
   bool optimize = false;
   bool gelu_approximation = false;  // FastGelu (tanh) for exact-GELU models in the optimized graph
   double optimize_atol = 1e-4;
-  // Also write <stem>-quantized.onnx: int8 dynamic quantization of the optimized model when `optimize`,
-  // else of the plain one, compared with it in ONNX Runtime.
+  // Also write <stem>-quantized.onnx (every graph of a set: <name>-quantized.onnx): weights quantized from the
+  // optimized model when `optimize`, else from the plain one. Single-graph encoders go through quantize_file
+  // (compared with fp32 in ONNX Runtime, fp32 fallback, int4 calibrated + GPTQ). Decoders and graph sets are
+  // quantized while they are built and written, from the mapped checkpoint (int4: tensor by tensor, data-free
+  // clipping search), and load-checked (prefill + decode step).
   bool quantize = false;
   // How the files are named and placed (export/layout.h). Other layouts than kTrex need OUTPUT to be a folder.
   Layout layout = Layout::kTrex;
@@ -48,6 +51,17 @@ struct ExportOptions {
   int triton_max_batch = 16;  // kTriton: max_batch_size when the first dim of every tensor is the batch
   // Weights and compute in float16 (src/passes/half.h); plain graph of single-graph models only.
   bool fp16 = false;
+  int quantize_bits = 8;               // 8: dynamic int8; 4: MatMulNBits
+  int64_t int4_block_size = 32;        // 16..256, a power of two
+  bool int4_symmetric = false;         // default asymmetric, as `trex quantize`
+  int64_t int4_accuracy_level = 0;     // MatMulNBits accuracy_level
+  // Decoders and graph sets: the per-block clipping search's stride over the 21 ratios (Int4Params::clip_stride):
+  // 1 full, 4 coarse (default: several times faster), 0 none (round-to-nearest).
+  int int4_clip_stride = 4;
+  bool quantize_embeddings = true;     // Gather tables (and tied heads' tables) -> GatherBlockQuantized
+  // Decoders and graph sets: write only the quantized graphs (no fp32 file on disk); the folder's genai_config
+  // names them either way.
+  bool quantized_only = false;
   // Progress and status lines (may be empty).
   std::function<void(const std::string&)> log;
   std::function<void(size_t done, size_t total)> progress;
@@ -60,6 +74,11 @@ struct ExportedGraph {
   std::optional<LoadCheckResult> check;
   std::optional<WriteResult> optimized;
   std::optional<VerifyReport> optimized_verify;
+  // Decoders and graph sets with --quantize: the quantized graph and its load check (with --quantized-only
+  // `written` / `check` above are these and this stays empty).
+  std::optional<WriteResult> quantized;
+  std::optional<LoadCheckResult> quantized_check;
+  size_t quantized_layers = 0, kept_layers = 0, quantized_tables = 0;
 };
 
 struct ExportResult {

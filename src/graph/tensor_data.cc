@@ -68,6 +68,12 @@ TensorData& TensorData::with_source(const std::byte* bytes, size_t n) {
   return *this;
 }
 
+TensorData& TensorData::with_sources_of(const TensorData& other) {
+  sources_.insert(sources_.end(), other.sources_.begin(), other.sources_.end());
+  if (other.view_) sources_.emplace_back(other.view_, other.nbytes());
+  return *this;
+}
+
 void TensorData::release_sources() const {
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   std::vector<std::pair<const std::byte*, size_t>> all = sources_;

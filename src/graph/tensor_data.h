@@ -44,6 +44,9 @@ class TensorData {
 
   // The memory-mapped checkpoint bytes this tensor is made from (a view's own bytes count without this).
   TensorData& with_source(const std::byte* bytes, size_t n);
+  // The sources of `other` (its mapped bytes, a view's own included) become sources of this tensor (a tensor
+  // computed from `other`, e.g. its quantized codes).
+  TensorData& with_sources_of(const TensorData& other);
   // Tells the kernel the mapped source pages are not needed any more (after the tensor was written), so the
   // export's resident memory stays near one tensor instead of growing with the checkpoint. The pages stay in
   // the page cache: touching them again costs a minor fault, never wrong data.

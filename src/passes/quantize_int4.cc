@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -86,7 +87,7 @@ Choice reference_block(const float* x, const float* h, int64_t len, const Int4Pa
     best.scale = m / -8.0f;
     best.error = int4_block_error(x, len, best.scale, best.zero_point, h);
     if (!p.search || best.scale == 0.0f) return best;
-    for (int i = 1; i < kInt4ClipSteps; ++i) {
+    for (int i = p.clip_stride; i < kInt4ClipSteps; i += p.clip_stride) {
       Choice c;
       c.zero_point = kSymmetricZero;
       c.scale = m * clip_ratio(i) / -8.0f;
@@ -103,7 +104,7 @@ Choice reference_block(const float* x, const float* h, int64_t len, const Int4Pa
     best.error = int4_block_error(x, len, best.scale, best.zero_point, h);
     if (!p.search || best.scale == 0.0f) return best;
     int both = 0, top = 0;
-    for (int i = 1; i < kInt4ClipSteps; ++i) {  // both ends
+    for (int i = p.clip_stride; i < kInt4ClipSteps; i += p.clip_stride) {  // both ends
       Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(i));
       c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) {
@@ -112,7 +113,7 @@ Choice reference_block(const float* x, const float* h, int64_t len, const Int4Pa
       }
     }
     top = both;
-    for (int i = 0; i < kInt4ClipSteps; ++i) {  // the top end alone
+    for (int i = 0; i < kInt4ClipSteps; i += p.clip_stride) {  // the top end alone
       Choice c = asymmetric_choice(lo * clip_ratio(both), hi * clip_ratio(i));
       c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) {
@@ -120,7 +121,7 @@ Choice reference_block(const float* x, const float* h, int64_t len, const Int4Pa
         top = i;
       }
     }
-    for (int i = 0; i < kInt4ClipSteps; ++i) {  // the bottom end alone
+    for (int i = 0; i < kInt4ClipSteps; i += p.clip_stride) {  // the bottom end alone
       Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(top));
       c.error = int4_block_error(x, len, c.scale, c.zero_point, h);
       if (c.error < best.error) best = c;
@@ -235,7 +236,7 @@ Choice fast_block(FastBlock& b, const Int4Params& p) {
     best.scale = m / -8.0f;
     best.error = fast_error(b, best.scale, best.zero_point);
     if (!p.search || best.scale == 0.0f) return best;
-    for (int i = 1; i < kInt4ClipSteps; ++i) consider(m * clip_ratio(i) / -8.0f, kSymmetricZero);
+    for (int i = p.clip_stride; i < kInt4ClipSteps; i += p.clip_stride) consider(m * clip_ratio(i) / -8.0f, kSymmetricZero);
   } else {
     float lo = 0.0f, hi = 0.0f;
     for (int64_t j = 0; j < b.len; ++j) {
@@ -246,16 +247,16 @@ Choice fast_block(FastBlock& b, const Int4Params& p) {
     best.error = fast_error(b, best.scale, best.zero_point);
     if (!p.search || best.scale == 0.0f) return best;
     int both = 0, top = 0;
-    for (int i = 1; i < kInt4ClipSteps; ++i) {
+    for (int i = p.clip_stride; i < kInt4ClipSteps; i += p.clip_stride) {
       const Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(i));
       if (consider(c.scale, c.zero_point)) both = i;
     }
     top = both;
-    for (int i = 0; i < kInt4ClipSteps; ++i) {
+    for (int i = 0; i < kInt4ClipSteps; i += p.clip_stride) {
       const Choice c = asymmetric_choice(lo * clip_ratio(both), hi * clip_ratio(i));
       if (consider(c.scale, c.zero_point)) top = i;
     }
-    for (int i = 0; i < kInt4ClipSteps; ++i) {
+    for (int i = 0; i < kInt4ClipSteps; i += p.clip_stride) {
       const Choice c = asymmetric_choice(lo * clip_ratio(i), hi * clip_ratio(top));
       consider(c.scale, c.zero_point);
     }
@@ -271,12 +272,26 @@ void fast_columns(const float* w, int64_t k, int64_t n, bool transposed, const I
   alignas(32) float buf[kMaxBlock + kLanes];
   FastBlock b;
   b.x = buf;
+  // A K×N weight's blocks run down its columns (a stride of N floats per value): a slab of kSlab columns is
+  // first copied out row by row (one cache line per row), so that each block is then read contiguously; the
+  // blocks' values, and so the result, are the same. Extra memory: kSlab × K floats.
+  constexpr int64_t kSlab = 16;
+  std::vector<float> slab;
+  if (!transposed) slab.resize(static_cast<size_t>(kSlab * k));
+  int64_t slab_c0 = -1;
   for (int64_t c = c0; c < c1; ++c) {
+    if (!transposed && (slab_c0 < 0 || c >= slab_c0 + kSlab)) {
+      slab_c0 = c;
+      const int64_t s1 = std::min(c1, c + kSlab);
+      for (int64_t r = 0; r < k; ++r) {
+        const float* row = w + r * n;
+        for (int64_t cc = c; cc < s1; ++cc) slab[static_cast<size_t>((cc - c) * k + r)] = row[cc];
+      }
+    }
+    const float* col = transposed ? w + c * k : slab.data() + (c - slab_c0) * k;
     for (int64_t blk = 0; blk < kb; ++blk) {
       const int64_t r0 = blk * bs, len = std::min(bs, k - r0);
-      if (transposed) std::memcpy(buf, w + c * k + r0, static_cast<size_t>(len) * sizeof(float));
-      else
-        for (int64_t j = 0; j < len; ++j) buf[j] = w[(r0 + j) * n + c];
+      std::memcpy(buf, col + r0, static_cast<size_t>(len) * sizeof(float));
       b.h = importance + r0;
       b.len = len;
       b.padded = (len + kLanes - 1) / kLanes * kLanes;
@@ -311,6 +326,8 @@ void check_int4_params(const Int4Params& p) {
   const int64_t b = p.block_size;
   if (b < 16 || b > kMaxBlock || (b & (b - 1)) != 0)
     throw UsageError("quantize: --block-size must be a power of two in 16..256 (got " + std::to_string(b) + ")");
+  if (p.clip_stride < 1 || p.clip_stride >= kInt4ClipSteps)
+    throw UsageError("quantize: clip search stride must be in 1.." + std::to_string(kInt4ClipSteps - 1));
 }
 
 bool quantize_int4_reference(const float* w, int64_t k, int64_t n, const Int4Params& p, Int4Weight* out,
@@ -627,6 +644,71 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
       continue;
     }
     QNames& qn = done[weight + (transposed ? "/T" : "")];
+    if (qn.b.empty() && !qn.ok && policy.streamed) {
+      // The three tensors are written one after the other (new_inits keeps them together): the first one asked
+      // for quantizes the weight, the last one drops the result.
+      struct Pending {
+        TensorData src;
+        int64_t k, n;
+        bool transposed;
+        Int4Params params;
+        std::string name;
+        std::mutex mu;
+        std::shared_ptr<Int4Weight> q;
+        int left;
+        std::shared_ptr<Int4Weight> get() {
+          std::lock_guard<std::mutex> lock(mu);
+          if (!q) {
+            auto w = std::make_shared<Int4Weight>();
+            {
+              Floats f = floats_of(src);
+              if (!quantize_int4(f.p, k, n, transposed, params, w.get()))
+                throw InputError(name, "holds NaN or infinity; it cannot be quantized to int4");
+            }
+            q = w;
+          }
+          std::shared_ptr<Int4Weight> r = q;
+          if (--left == 0) q.reset();
+          return r;
+        }
+      };
+      auto pend = std::make_shared<Pending>();
+      pend->src = src;
+      pend->k = k;
+      pend->n = n;
+      pend->transposed = transposed;
+      if (!transposed && policy.row_source)
+        if (std::optional<TensorData> rows = policy.row_source(weight, src.dims())) {
+          pend->src = *rows;
+          pend->transposed = true;
+        }
+      pend->params = policy.params;
+      pend->name = weight;
+      pend->left = policy.params.symmetric ? 2 : 3;
+      const int64_t kb = (k + bs - 1) / bs;
+      qn.ok = true;
+      qn.k = k;
+      qn.n = n;
+      qn.b = fresh(weight + "_Q4");
+      qn.scales = fresh(weight + "_scales");
+      TensorData b = TensorData::produced(DType::kU8, {n, kb, bs / 2}, [pend](std::byte* dst) {
+        const std::vector<uint8_t> packed = pack_int4_codes(*pend->get());
+        std::memcpy(dst, packed.data(), packed.size());
+      });
+      b.with_sources_of(pend->src);
+      new_inits.push_back({qn.b, std::move(b)});
+      new_inits.push_back({qn.scales, TensorData::produced(DType::kF32, {n * kb}, [pend](std::byte* dst) {
+                             const auto q = pend->get();
+                             std::memcpy(dst, q->scales.data(), q->scales.size() * sizeof(float));
+                           })});
+      if (!policy.params.symmetric) {
+        qn.zp = fresh(weight + "_zero_points");
+        new_inits.push_back({qn.zp, TensorData::produced(DType::kU8, {n * ((kb + 1) / 2)}, [pend](std::byte* dst) {
+                               const std::vector<uint8_t> zp = pack_int4_zero_points(*pend->get());
+                               std::memcpy(dst, zp.data(), zp.size());
+                             })});
+      }
+    }
     if (qn.b.empty() && !qn.ok) {
       auto qw = std::make_shared<Int4Weight>();
       {

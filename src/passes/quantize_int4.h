@@ -17,6 +17,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <map>
 #include <string>
 #include <vector>
@@ -31,6 +33,8 @@ struct Int4Params {
   bool symmetric = true;    // codes -8..7 around a fixed zero point of 8, else a zero point per block (the CLI's
                             // default is asymmetric)
   bool search = true;       // search the clipping per block; false: plain round-to-nearest (RTN)
+  int clip_stride = 1;      // the search tries every clip_stride-th of the kInt4ClipSteps ratios (1: all 21;
+                            // 4: 1.0, 0.94, ..., 0.7, a coarse search several times cheaper)
 };
 
 // Codes 0..15 and the per-block scale / zero point of one K×N weight, unpacked (tests and the error
@@ -93,6 +97,15 @@ struct Int4Policy {
   std::map<std::string, std::vector<float>> importance;
   // Calibration: activation value name -> mean x xᵀ (K×K); with it the weight is quantized by quantize_int4_gptq.
   std::map<std::string, std::vector<double>> gram;
+  // Streamed: the codes, scales and zero points are computed when the model is written (one weight at a time,
+  // its float values released right after), so a model quantized from a mapped checkpoint never holds more
+  // than one weight in float; a weight holding NaN or infinity is then an InputError at write time instead of
+  // a weight kept float. Importance and Gram matrices are ignored (data-free: clipping search or RTN).
+  bool streamed = false;
+  // Streamed: for a K×N weight named `name`, the same values stored N×K (e.g. the checkpoint's own [out, in]
+  // rows behind trex's transposed `<name>.T`), or nullopt. Blocks run along K, so the N×K layout is read
+  // contiguously, without transposing the weight there and back.
+  std::function<std::optional<TensorData>(const std::string& name, const Shape& dims)> row_source;
 };
 
 // Rewrites MatMul (and Gemm with transA=0, alpha=beta=1) whose weight is a 2-D float initializer with

@@ -254,3 +254,40 @@ TEST(QuantizeInt4, ImportanceOnesEqualsNone) {
   EXPECT_EQ(a.codes, c.codes);
   EXPECT_EQ(a.scales, c.scales);
 }
+
+// The coarse search (every 4th clip ratio) and a K×N weight large enough to be transposed in tiles before the
+// blocks are gathered: the fast quantizer still equals the reference bit for bit, and the coarse search lands
+// between round-to-nearest and the full search in total squared error.
+TEST(QuantizeInt4, CoarseSearchAndTiledTransposeEqualReference) {
+  const int64_t k = 520, n = 160;  // 83200 values (tiled path), a partial last block
+  const std::vector<float> w = int4_matrix(k, n, 5);
+  const std::vector<float> wt = transpose(w, k, n);
+  for (int64_t b : {32, 128})
+    for (bool sym : {true, false}) {
+      double total[3] = {0, 0, 0};  // rtn, coarse, full
+      for (int mode = 0; mode < 3; ++mode) {
+        Int4Params p{b, sym, mode > 0};
+        p.clip_stride = mode == 1 ? 4 : 1;
+        Int4Weight ref, fast, fast_t;
+        ASSERT_TRUE(quantize_int4_reference(w.data(), k, n, p, &ref));
+        ASSERT_TRUE(quantize_int4(w.data(), k, n, false, p, &fast, 2));
+        ASSERT_TRUE(quantize_int4(wt.data(), k, n, true, p, &fast_t, 1));
+        for (const Int4Weight* f : {&fast, &fast_t}) {
+          ASSERT_EQ(ref.codes, f->codes) << "block " << b << " mode " << mode;
+          ASSERT_EQ(ref.zero_points, f->zero_points);
+          for (size_t i = 0; i < ref.scales.size(); ++i)
+            ASSERT_EQ(std::memcmp(&ref.scales[i], &f->scales[i], sizeof(float)), 0) << "scale " << i;
+        }
+        for (int64_t r = 0; r < k; ++r)
+          for (int64_t c = 0; c < n; ++c) {
+            const double d = w[static_cast<size_t>(r * n + c)] - dequantize_int4(ref, r, c);
+            total[mode] += d * d;
+          }
+      }
+      EXPECT_LT(total[1], total[0]) << "block " << b << (sym ? " sym" : " asym");
+      EXPECT_LE(total[2], total[1] * 1.0001) << "block " << b << (sym ? " sym" : " asym");
+    }
+  Int4Params bad{32, true, true};
+  bad.clip_stride = 0;
+  EXPECT_THROW(check_int4_params(bad), UsageError);
+}

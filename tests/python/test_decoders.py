@@ -279,7 +279,7 @@ def test_optimized_graph_uses_fused_ops(trex_bin, tmp_path):
     assert "Softmax" not in ops  # no plain attention left
 
 
-@pytest.mark.parametrize("flag", ["--quantize", "--static-shape=1,8"])
+@pytest.mark.parametrize("flag", ["--static-shape=1,8"])
 def test_unsupported_options_refused_up_front(trex_bin, tmp_path, flag):
     ckpt = dfx.decoder_checkpoint("llama")
     _expect_error(tmp_path, ckpt, 1, ["llama"], flag)

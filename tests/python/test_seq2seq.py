@@ -176,7 +176,7 @@ def test_onnx_file_output_refused(tmp_path):
     assert not (tmp_path / "sub").exists()
 
 
-@pytest.mark.parametrize("flag", ["--quantize", "--static-shape=1,8"])
+@pytest.mark.parametrize("flag", ["--static-shape=1,8"])
 def test_unsupported_options_refused_up_front(tmp_path, flag):
     _expect_error(tmp_path, sfx.seq2seq_checkpoint("t5"), 1, ["t5"], flag)
 
