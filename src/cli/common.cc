@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <iostream>
 
 #include "onnx/onnx.pb.h"
 #include "onnx/writer.h"
@@ -96,6 +99,23 @@ std::string one_line(const std::string& message) {
   while (!out.empty() && out.back() == ' ') out.pop_back();
   if (out.size() >= kMaxChars && message.size() > kMaxChars) out += " ...";
   return out;
+}
+
+void run_and_exit(const std::function<int()>& body) {
+  int rc;
+  try {
+    rc = body();
+  } catch (const trex::Error& e) {
+    std::fflush(stdout);
+    std::cerr << "trex: error: " << one_line(e.what()) << "\n";
+    rc = static_cast<int>(e.code());
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::cerr << "trex: error: internal error: " << one_line(e.what()) << "\n";
+    rc = static_cast<int>(trex::ExitCode::kInternal);
+  }
+  std::fflush(stdout);
+  std::exit(rc);
 }
 
 }  // namespace trex::cli

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,5 +27,10 @@ std::vector<std::string> split_list(const std::string& text);
 // The error rule: one line. Newlines and tabs become spaces, terminal escape sequences (ANSI colours) are
 // dropped, and a message longer than 2000 characters is cut.
 std::string one_line(const std::string& message);
+
+// For commands that run from their CLI11 callback (tokenize, run): runs `body`, prints a trex::Error (or any other
+// exception, as an internal error) as one `trex: error:` line after flushing stdout, and exits the process with
+// the error's exit code (or body's return value).
+[[noreturn]] void run_and_exit(const std::function<int()>& body);
 
 }  // namespace trex::cli

@@ -453,7 +453,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
                   q.report.quantized.size(), q.report.skipped.size(),
                   q.fallback.empty() ? "" : (", " + std::to_string(q.fallback.size()) + " by the accuracy check").c_str());
       if (q.comparison)
-        std::printf("%s vs fp32: max abs diff %.3e, mean cosine %.5f (min %.5f)%s\n", q.comparison->max_abs_diff,
+        std::printf("%s vs fp32: max abs diff %.3e, mean cosine %.5f (min %.5f)%s\n",
                     o.quantize_bits == 4 ? "int4" : "int8", q.comparison->max_abs_diff, q.comparison->mean_cosine,
                     q.comparison->min_cosine,
                     q.comparison->label_agreement >= 0

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/common.h"
 #include "pipelines/pipeline.h"
 #include "util/error.h"
 
@@ -111,21 +112,6 @@ CLI::App* add_run_command(CLI::App& app) {
   gen->add_option("--no-repeat-ngram-size", o.no_repeat_ngram_size, "No n-gram of this size twice (0: off; default: generation_config.json's)")
       ->check(CLI::NonNegativeNumber);
   gen->add_flag("--timing", o.timing, "Print the timings of each generation (prefill, decode tokens/s) as JSON on stderr");
-  r->callback([a] {
-    int rc;
-    try {
-      rc = run(*a);
-    } catch (const trex::Error& e) {
-      std::fflush(stdout);
-      std::cerr << "trex: error: " << e.what() << "\n";
-      rc = static_cast<int>(e.code());
-    } catch (const std::exception& e) {
-      std::fflush(stdout);
-      std::cerr << "trex: error: internal error: " << e.what() << "\n";
-      rc = static_cast<int>(trex::ExitCode::kInternal);
-    }
-    std::fflush(stdout);
-    std::exit(rc);
-  });
+  r->callback([a] { trex::cli::run_and_exit([&] { return run(*a); }); });
   return r;
 }

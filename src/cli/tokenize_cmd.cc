@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/common.h"
 #include "tokenizers/tokenizer.h"
 #include "util/error.h"
 
@@ -138,21 +139,6 @@ CLI::App* add_tokenize_command(CLI::App& app) {
   t->add_flag("--decode", args->decode,
               "The other way: each stdin line is a JSON array of ids; print the decoded text as a JSON string");
   t->add_flag("--keep-special-tokens", args->keep_special, "With --decode: keep special tokens in the text");
-  t->callback([args] {
-    int rc;
-    try {
-      rc = run_tokenize(*args);
-    } catch (const trex::Error& e) {
-      std::fflush(stdout);
-      std::cerr << "trex: error: " << e.what() << "\n";
-      rc = static_cast<int>(e.code());
-    } catch (const std::exception& e) {
-      std::fflush(stdout);
-      std::cerr << "trex: error: internal error: " << e.what() << "\n";
-      rc = static_cast<int>(trex::ExitCode::kInternal);
-    }
-    std::fflush(stdout);
-    std::exit(rc);
-  });
+  t->callback([args] { trex::cli::run_and_exit([&] { return run_tokenize(*args); }); });
   return t;
 }

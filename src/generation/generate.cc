@@ -210,6 +210,30 @@ void last_logits(const Ort::Value& logits, std::vector<float>& out, int64_t& voc
     std::memcpy(out.data() + r * vocab, p + (r * seq + seq - 1) * vocab, static_cast<size_t>(vocab) * sizeof(float));
 }
 
+// One step of a decoder with a cache: the cache slots' past values go after the inputs already in `in`; the
+// logits of the last position land in `logits`, and the present values become the next step's past (moved, not
+// copied).
+void run_cached_step(Ort::Session& session, std::vector<const char*>& in_names, std::vector<Ort::Value>& in,
+                     const std::vector<CacheSlot>& slots, std::vector<Ort::Value>& past,
+                     const std::vector<std::string>& output_names, const std::string& file,
+                     std::vector<float>& logits, int64_t& vocab) {
+  for (size_t i = 0; i < slots.size(); ++i) {
+    in_names.push_back(slots[i].input.c_str());
+    in.push_back(std::move(past[i]));
+  }
+  std::vector<const char*> out_names;
+  for (const auto& n : output_names) out_names.push_back(n.c_str());
+  std::vector<Ort::Value> out;
+  try {
+    out = session.Run(Ort::RunOptions{nullptr}, in_names.data(), in.data(), in.size(), out_names.data(),
+                      out_names.size());
+  } catch (const Ort::Exception& e) {
+    throw InputError(file, std::string("ONNX Runtime failed at a generation step: ") + e.what());
+  }
+  last_logits(out[0], logits, vocab, file);
+  for (size_t i = 0; i < slots.size(); ++i) past[i] = std::move(out[i + 1]);  // fed back as they are
+}
+
 class DecoderOnlyModel : public StepModel {
  public:
   DecoderOnlyModel(const fs::path& folder, const std::string& name, int threads)
@@ -288,21 +312,7 @@ class DecoderOnlyModel : public StepModel {
       in_names.push_back("position_ids");
       in.push_back(Ort::Value::CreateTensor<int64_t>(mem, pos.data(), pos.size(), ids_shape, 2));
     }
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      in_names.push_back(slots_[i].input.c_str());
-      in.push_back(std::move(past_[i]));
-    }
-    std::vector<const char*> out_names;
-    for (const auto& n : out_names_) out_names.push_back(n.c_str());
-    std::vector<Ort::Value> out;
-    try {
-      out = session_.Run(Ort::RunOptions{nullptr}, in_names.data(), in.data(), in.size(), out_names.data(),
-                         out_names.size());
-    } catch (const Ort::Exception& e) {
-      throw InputError(file_, std::string("ONNX Runtime failed at a generation step: ") + e.what());
-    }
-    last_logits(out[0], logits_, vocab, file_);
-    for (size_t i = 0; i < slots_.size(); ++i) past_[i] = std::move(out[i + 1]);  // fed back as they are
+    run_cached_step(session_, in_names, in, slots_, past_, out_names_, file_, logits_, vocab);
     return logits_;
   }
 
@@ -424,21 +434,7 @@ class EncoderDecoderModel : public StepModel {
       in_names.push_back("use_cache_branch");
       in.push_back(Ort::Value::CreateTensor<bool>(mem, &flag, 1, flag_shape, 1));
     }
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      in_names.push_back(slots_[i].input.c_str());
-      in.push_back(std::move(past_[i]));
-    }
-    std::vector<const char*> out_names;
-    for (const auto& n : out_names_) out_names.push_back(n.c_str());
-    std::vector<Ort::Value> out;
-    try {
-      out = decoder_.Run(Ort::RunOptions{nullptr}, in_names.data(), in.data(), in.size(), out_names.data(),
-                         out_names.size());
-    } catch (const Ort::Exception& e) {
-      throw InputError(dec_file_, std::string("ONNX Runtime failed at a generation step: ") + e.what());
-    }
-    last_logits(out[0], logits_, vocab, dec_file_);
-    for (size_t i = 0; i < slots_.size(); ++i) past_[i] = std::move(out[i + 1]);
+    run_cached_step(decoder_, in_names, in, slots_, past_, out_names_, dec_file_, logits_, vocab);
     has_past_ = true;
     return logits_;
   }
