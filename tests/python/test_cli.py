@@ -476,3 +476,23 @@ def test_help_lists_every_exit_code(trex_bin):
     assert r.returncode == 0
     for words in ["0 ok", "1 usage", "2 input", "3 verification", "4 output", "5 internal"]:
         assert words in r.stdout, f"{words!r} missing from the help:\n{r.stdout}"
+
+
+def test_export_quantize_summary_line_matches_the_report(tmp_path, trex_bin):
+    """The printed int8-vs-fp32 line carries the same figures as the JSON report (each in its own place)."""
+    import re
+    import subprocess
+
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    r = subprocess.run([str(fx.TREX_BIN), "export", "--model", str(fx.checkpoint("bert", "text-classification")),
+                        "--quantize", "--report", str(report), "--latency-repeats", "0", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"int8 vs fp32: max abs diff (\S+), mean cosine (\S+) \(min (\S+)\), label agreement (\S+) %",
+                  r.stdout)
+    assert m, r.stdout
+    got = json.loads(report.read_text())["quantized"]["vs_fp32"]
+    assert float(m.group(1)) == pytest.approx(got["max_abs_diff"], rel=1e-3)
+    assert float(m.group(2)) == pytest.approx(got["mean_cosine"], abs=1e-5)
+    assert float(m.group(3)) == pytest.approx(got["min_cosine"], abs=1e-5)
+    assert float(m.group(4)) == pytest.approx(100 * got["label_agreement"], abs=1e-3)
