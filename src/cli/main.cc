@@ -248,7 +248,7 @@ std::vector<fs::path> export_outputs(const ExportArgs& a, bool torchscript, cons
   };
   if (a.optimize) add_variant(trex::Variant::kOptimized);
   if (!a.quantize_mode.empty()) {
-    add_variant(trex::Variant::kQuantized);
+    add_variant(trex::quantized_variant(a.quantize_mode == "int4" ? 4 : 8));
     files.push_back(out.parent_path() / "weights-quantized.data");
   }
   if (!a.report.empty()) files.emplace_back(a.report);

@@ -196,7 +196,7 @@ void check_export_paths(const ExportOptions& options) {
   std::vector<fs::path> outputs{options.output, external_data_path(options.output)};
   if (options.optimize) outputs.push_back(layout_variant_file(options.output, options.layout, Variant::kOptimized));
   if (options.quantize) {
-    const fs::path q = layout_variant_file(options.output, options.layout, Variant::kQuantized);
+    const fs::path q = layout_variant_file(options.output, options.layout, quantized_variant(options.quantize_bits));
     outputs.push_back(q);
     outputs.push_back(external_data_path(q));
     outputs.push_back(options.output.parent_path() / "weights-quantized.data");
@@ -214,7 +214,7 @@ CompanionOptions companion_options(const ExportOptions& options, const ModelConf
   c.output_dir = layout_root(options.output, options.layout);
   // genai runs the fastest graph the folder has (the quantized one when there is one; a path relative to the
   // folder: onnx/model.onnx for transformers.js).
-  const fs::path model = options.quantize   ? layout_variant_file(options.output, options.layout, Variant::kQuantized)
+  const fs::path model = options.quantize   ? layout_variant_file(options.output, options.layout, quantized_variant(options.quantize_bits))
                          : options.optimize ? layout_variant_file(options.output, options.layout, Variant::kOptimized)
                                             : options.output;
   c.model_file = model.lexically_relative(c.output_dir).generic_string();
@@ -377,7 +377,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
             (options.quantize_bits == 4 ? "int4" : "int8") + "): " + std::to_string(gr.quantized_layers) +
             " weights quantized, " + std::to_string(gr.kept_layers) + " kept float, " +
             std::to_string(gr.quantized_tables) + " embedding table(s)");
-        paths[p] = variant(paths[p], Variant::kQuantized);
+        paths[p] = variant(paths[p], quantized_variant(options.quantize_bits));
         folders.create_parents_of(paths[p]);
         gr.written = write_model(q, paths[p], wo_quant);
         result.graphs.push_back(gr);
@@ -425,8 +425,8 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
             (options.quantize_bits == 4 ? "int4" : "int8") + "): " + std::to_string(g.quantized_layers) +
             " weights quantized, " + std::to_string(g.kept_layers) + " kept float, " +
             std::to_string(g.quantized_tables) + " embedding table(s)");
-        folders.create_parents_of(variant(paths[p], Variant::kQuantized));
-        g.quantized = write_model(q, variant(paths[p], Variant::kQuantized), wo_quant);
+        folders.create_parents_of(variant(paths[p], quantized_variant(options.quantize_bits)));
+        g.quantized = write_model(q, variant(paths[p], quantized_variant(options.quantize_bits)), wo_quant);
         quant_specs[p] = source.check_spec;
       }
     }
@@ -445,7 +445,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     try {
       if (options.check) gr.check = load_check(paths[p], plain_specs[p]);
       // Decoders: prefill + one decode step; encoder-decoders: the encoder, then the decoder's two steps.
-      if (options.check && gr.quantized) gr.quantized_check = load_check(variant(paths[p], Variant::kQuantized), quant_specs[p]);
+      if (options.check && gr.quantized) gr.quantized_check = load_check(variant(paths[p], quantized_variant(options.quantize_bits)), quant_specs[p]);
     } catch (const Error&) {
       remove_all();
       throw;
@@ -494,7 +494,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
   }
   const LoadCheckSpec& plain_spec = plain_specs.back();
   const fs::path opt_path = variant(options.output, Variant::kOptimized);
-  const fs::path quant_path = variant(options.output, Variant::kQuantized);
+  const fs::path quant_path = variant(options.output, quantized_variant(options.quantize_bits));
 
   try {
   // Files that make the output folder loadable as it is (generative models always; encoders when OUTPUT is a

@@ -98,8 +98,11 @@ fs::path layout_variant_file(const fs::path& plain, Layout layout, Variant varia
     case Layout::kTrex:
       return plain.parent_path() /
              (plain.stem().string() + (optimized ? "-optimized" : "-quantized") + plain.extension().string());
-    case Layout::kOptimum:
     case Layout::kTransformersJs:
+      if (variant == Variant::kQuantized4)
+        return plain.parent_path() / (plain.stem().string() + "_q4" + plain.extension().string());
+      [[fallthrough]];
+    case Layout::kOptimum:
       return plain.parent_path() /
              (plain.stem().string() + (optimized ? "_optimized" : "_quantized") + plain.extension().string());
     case Layout::kTriton: {

@@ -5,7 +5,7 @@
 //   optimum         optimum's ORTModel names: model.onnx (encoder_model.onnx, decoder_model_merged.onnx),
 //                   variants <stem>_optimized.onnx / <stem>_quantized.onnx; config and tokenizer files beside them.
 //   transformers.js config and tokenizer files at OUTPUT's root, the graphs under OUTPUT/onnx/ with transformers.js'
-//                   suffixes (model.onnx, model_quantized.onnx for int8); each graph self-contained (no shared
+//                   suffixes (model.onnx, model_quantized.onnx for int8, model_q4.onnx for int4); each graph self-contained (no shared
 //                   weights file, which transformers.js cannot load).
 //   triton          a Triton model repository: OUTPUT/<name>/config.pbtxt + OUTPUT/<name>/1/model.onnx; each graph
 //                   of a set is its own model (<name>_encoder_model, <name>_decoder_model_merged: the client runs
@@ -19,7 +19,12 @@
 namespace trex {
 
 enum class Layout { kTrex, kOptimum, kTransformersJs, kTriton };
-enum class Variant { kPlain, kOptimized, kQuantized };
+// kQuantized4: int4 weights; named as kQuantized except in transformers.js, whose dtype "q4" loads <stem>_q4.onnx
+// (and "q8" <stem>_quantized.onnx).
+enum class Variant { kPlain, kOptimized, kQuantized, kQuantized4 };
+
+// The quantized variant for `bits` (4 or 8).
+inline Variant quantized_variant(int bits) { return bits == 4 ? Variant::kQuantized4 : Variant::kQuantized; }
 
 std::optional<Layout> parse_layout(const std::string& name);
 const char* layout_name(Layout layout);

@@ -219,3 +219,28 @@ def test_transformers_js_text_generation(trex_bin, tmp_path):
         want = ref.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), do_sample=False,
                             max_new_tokens=12, min_new_tokens=12, pad_token_id=dfx.PAD).numpy()
     assert np.array_equal(np.asarray(got["tokens"]), want), f"transformers.js {got['tokens']}\ntransformers {want.tolist()}"
+
+
+def test_transformers_js_int4_decoder(trex_bin, tmp_path):
+    """--quantize int4 in the transformers.js layout is onnx/model_q4.onnx (int8: model_quantized.onnx), which
+    transformers.js loads as dtype "q4"; its first greedy tokens are transformers' fp32 ones (random weights: later
+    tokens may flip under int4, see test_quantized_export.py)."""
+    import torch
+
+    import decoder_fixtures as dfx
+
+    ckpt = dfx.decoder_checkpoint("llama")
+    export("--model", ckpt, "--layout", "transformers.js", "--quantize", "int4", tmp_path / "llama")
+    assert sorted(p.name for p in (tmp_path / "llama" / "onnx").iterdir()) == ["model.onnx", "model_q4.onnx"]
+    prompt = np.array([[1, 17, 42, 5, 63, 8, 21]], dtype=np.int64)
+    mask = np.ones_like(prompt)
+    got = run_js({"root": str(tmp_path), "name": "llama", "dtype": "q4", "mode": "generate", "max_new_tokens": 8,
+                  "pad_token_id": dfx.PAD, "inputs": {"input_ids": _tensor(prompt), "attention_mask": _tensor(mask)}})
+    ref = dfx.reference_model(ckpt)
+    with torch.no_grad():
+        want = ref.generate(input_ids=torch.from_numpy(prompt), attention_mask=torch.from_numpy(mask), do_sample=False,
+                            max_new_tokens=8, min_new_tokens=8, pad_token_id=dfx.PAD).numpy()
+    got = np.asarray(got["tokens"])
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.array_equal(got[0, :prompt.shape[1] + 2], want[0, :prompt.shape[1] + 2]), \
+        f"transformers.js q4 {got.tolist()}\ntransformers {want.tolist()}"
