@@ -28,6 +28,30 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
 BOS, EOS, UNK = 1, 2, 0
 
 
+LLAMA2_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                 intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096)
+
+
+def bench_checkpoint(root: Path, shape: str) -> tuple[Path, dict]:
+    """The decoder benchmarks' checkpoint under `root`, made once and cached: "tiny" (--smoke), "tinyllama"
+    (TinyLlama-1.1B-shaped bf16, 3 shards) or "llama2-7b" (13.5 GB bf16, 6 shards, written tensor by tensor)."""
+    import sys
+    import time
+
+    if shape == "tiny":
+        return make_tiny_llama(root / "tiny-llama-v1"), {**TINY}
+    dims, name, shards = {"tinyllama": (TINYLLAMA_1B, "tinyllama-1.1b-shape-bf16-random-v1", 3),
+                          "llama2-7b": (LLAMA2_7B, "llama2-7b-shape-bf16-random-v1", 6)}[shape]
+    ckpt = root / name
+    if not (ckpt / ".complete").exists():
+        print(f"writing checkpoint {ckpt} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    make_sharded_llama(ckpt, dims, shards=shards)
+    if time.perf_counter() - t0 > 1:
+        print(f"written in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return ckpt, {**dims}
+
+
 def write_tokenizer(d: Path, vocab_size: int) -> None:
     """A byte-level BPE tokenizer of exactly vocab_size ids (needs vocab_size >= 259).
 

@@ -267,15 +267,7 @@ def main(argv=None) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     a.results.mkdir(parents=True, exist_ok=True)
     ckpt_root = a.results / "ckpt"
-    if a.smoke:
-        ckpt = llama_checkpoint.make_tiny_llama(ckpt_root / "tiny-llama-v1")
-        shape = {**llama_checkpoint.TINY}
-    else:
-        ckpt = ckpt_root / "tinyllama-1.1b-shape-bf16-random-v1"
-        if not (ckpt / ".complete").exists():
-            print(f"writing checkpoint {ckpt} ...", file=sys.stderr, flush=True)
-        llama_checkpoint.make_sharded_llama(ckpt, llama_checkpoint.TINYLLAMA_1B, shards=3)
-        shape = {**llama_checkpoint.TINYLLAMA_1B}
+    ckpt, shape = llama_checkpoint.bench_checkpoint(ckpt_root, "tiny" if a.smoke else "tinyllama")
     weights_gb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 1e9
 
     if a.keep:

@@ -130,22 +130,7 @@ def main(argv=None) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     a.results.mkdir(parents=True, exist_ok=True)
     ckpt_root = a.results / "ckpt"
-    if a.smoke:
-        ckpt = llama_checkpoint.make_tiny_llama(ckpt_root / "tiny-llama-v1")
-        shape = {**llama_checkpoint.TINY}
-    elif a.shape == "llama2-7b":
-        shape = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                     intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096)
-        ckpt = ckpt_root / "llama2-7b-shape-bf16-random-v1"
-        if not (ckpt / ".complete").exists():
-            print(f"writing checkpoint {ckpt} ...", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
-            llama_checkpoint.make_sharded_llama(ckpt, shape, shards=6)
-            print(f"written in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    else:
-        ckpt = ckpt_root / "tinyllama-1.1b-shape-bf16-random-v1"
-        llama_checkpoint.make_sharded_llama(ckpt, llama_checkpoint.TINYLLAMA_1B, shards=3)
-        shape = {**llama_checkpoint.TINYLLAMA_1B}
+    ckpt, shape = llama_checkpoint.bench_checkpoint(ckpt_root, "tiny" if a.smoke else a.shape)
     weights_gb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 1e9
 
     work = Path(tempfile.mkdtemp(prefix="decoder-int4-bench-", dir=a.results))
