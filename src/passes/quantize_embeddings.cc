@@ -60,6 +60,82 @@ bool quantize_table_int8(const float* table, int64_t rows, int64_t cols, int64_t
   return true;
 }
 
+// ONNX Runtime's fused EmbedLayerNormalization (an --optimize encoder) takes its tables as float inputs, where
+// they cannot be quantized. When its big word table is worth quantizing and its mask_index output is unused, the
+// node is expanded back into what it computes, standard ONNX (opset >= 17): LayerNormalization(word[ids] +
+// position[position_ids or 0..S-1] (+ segment[segment_ids])), so the Gathers below quantize its tables.
+std::vector<onnx::NodeProto> expand_embed_layer_norm(const onnx::GraphProto& g, int64_t opset, const Model& in,
+                                                     const std::unordered_map<std::string, size_t>& init_index,
+                                                     const EmbeddingPolicy& policy, UniqueNames& fresh) {
+  std::unordered_set<std::string> consumed;
+  for (const auto& node : g.node())
+    for (const auto& x : node.input()) consumed.insert(x);
+  for (const auto& o : g.output()) consumed.insert(o.name());
+  std::vector<onnx::NodeProto> nodes;
+  for (const auto& node : g.node()) {
+    const bool eln = node.domain() == "com.microsoft" && node.op_type() == "EmbedLayerNormalization" &&
+                     node.input_size() >= 7 && node.output_size() >= 1;
+    auto word = eln ? init_index.find(node.input(2)) : init_index.end();
+    const bool worth = word != init_index.end() && in.initializers[word->second].data.dtype() == DType::kF32 &&
+                       in.initializers[word->second].data.dims().size() == 2 &&
+                       in.initializers[word->second].data.dims()[0] * in.initializers[word->second].data.dims()[1] >=
+                           policy.min_elements;
+    const bool mask_index_used = node.output_size() >= 2 && !node.output(1).empty() && consumed.count(node.output(1));
+    if (!eln || !worth || mask_index_used || opset < 17) {
+      nodes.push_back(node);
+      continue;
+    }
+    auto input = [&](int i) { return i < node.input_size() ? node.input(i) : std::string(); };
+    const std::string base = node.name().empty() ? node.output(0) : node.name();
+    auto add = [&](const std::string& op, std::vector<std::string> ins, const std::string& out_hint) {
+      onnx::NodeProto n;
+      n.set_op_type(op);
+      n.set_name(fresh(base + "/" + op));
+      for (const auto& x : ins) n.add_input(x);
+      const std::string out = fresh(base + "/" + out_hint);
+      n.add_output(out);
+      nodes.push_back(n);
+      return out;
+    };
+    auto constant = [&](int64_t v) {
+      onnx::NodeProto n;
+      n.set_op_type("Constant");
+      n.set_name(fresh(base + "/Constant"));
+      const std::string out = fresh(base + "/const_" + std::to_string(v));
+      n.add_output(out);
+      auto* a = n.add_attribute();
+      a->set_name("value");
+      a->set_type(onnx::AttributeProto::TENSOR);
+      a->mutable_t()->set_data_type(onnx::TensorProto::INT64);
+      a->mutable_t()->add_int64_data(v);
+      nodes.push_back(n);
+      return out;
+    };
+    std::string x = add("Gather", {input(2), input(0)}, "word");
+    std::string positions = input(8);
+    if (positions.empty()) {
+      const std::string one = constant(1);
+      const std::string seq = add("Gather", {add("Shape", {input(0)}, "shape"), one}, "seq_len");
+      positions = add("Range", {constant(0), seq, one}, "positions");
+    }
+    x = add("Add", {x, add("Gather", {input(3), positions}, "position")}, "sum");
+    if (!input(1).empty() && !input(4).empty())
+      x = add("Add", {x, add("Gather", {input(4), input(1)}, "segment")}, "sum");
+    onnx::NodeProto ln;
+    ln.set_op_type("LayerNormalization");
+    ln.set_name(fresh(base + "/LayerNormalization"));
+    ln.add_input(x);
+    ln.add_input(input(5));
+    ln.add_input(input(6));
+    ln.add_output(node.output(0));
+    for (const auto& a : node.attribute())
+      if (a.name() == "epsilon") *ln.add_attribute() = a;
+    add_int(&ln, "axis", -1);
+    nodes.push_back(ln);
+  }
+  return nodes;
+}
+
 Model quantize_embeddings(const Model& in, const EmbeddingPolicy& policy, EmbeddingReport* report_out) {
   if (policy.bits != 4 && policy.bits != 8) throw UsageError("quantize: embedding bits must be 4 or 8");
   check_int4_params({policy.block_size, true, true});  // the same block-size rule
@@ -67,25 +143,25 @@ Model quantize_embeddings(const Model& in, const EmbeddingPolicy& policy, Embedd
   const onnx::GraphProto& g = in.proto.graph();
   std::unordered_map<std::string, size_t> init_index;
   for (size_t i = 0; i < in.initializers.size(); ++i) init_index[in.initializers[i].name] = i;
+  UniqueNames fresh(in);
+  int64_t opset = 0;
+  for (const auto& o : in.proto.opset_import())
+    if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
+  const std::vector<onnx::NodeProto> nodes = expand_embed_layer_norm(g, opset, in, init_index, policy, fresh);
   std::unordered_map<std::string, int> uses;
-  for (const auto& node : g.node())
+  for (const auto& node : nodes)
     for (const auto& x : node.input())
       if (!x.empty()) ++uses[x];
   std::unordered_set<std::string> outputs_and_inputs;
   for (const auto& o : g.output()) outputs_and_inputs.insert(o.name());
   for (const auto& v : g.input()) outputs_and_inputs.insert(v.name());
-  UniqueNames fresh(in);
-
-  int64_t opset = 0;
-  for (const auto& o : in.proto.opset_import())
-    if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
   Model out;
   out.proto = in.proto;
   onnx::GraphProto* og = out.proto.mutable_graph();
   og->clear_node();
   std::unordered_set<std::string> replaced;
   std::vector<Initializer> new_inits;
-  for (const auto& node : g.node()) {
+  for (const auto& node : nodes) {
     const bool std_domain = node.domain().empty() || node.domain() == "ai.onnx";
     const bool gather = std_domain && node.op_type() == "Gather" && node.input_size() == 2;
     // A table read through Slice (position embeddings for the first `seq` positions): DequantizeLinear (per

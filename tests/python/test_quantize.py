@@ -292,3 +292,31 @@ def test_export_quantize(trex_bin, tmp_path, model_type, head, optimize):
     for name, value in got.items():
         cos = float(row_cosines(ref[name], value).mean())
         assert cos >= COSINE_MIN, f"{model_type}-{head} {name}: int8 mean cosine vs transformers {cos:.4f}"
+
+
+@pytest.mark.real_model
+def test_all_minilm_optimized_int8_export_size_and_accuracy(trex_bin, tmp_path):
+    """`export --optimize --quantize`: the fused EmbedLayerNormalization's tables are quantized too (the node is
+    expanded back into Gathers + LayerNormalization), so the int8 file is no larger than ONNX Runtime's
+    quantize_dynamic of the same model (per-channel), with the sentence-embedding bounds of the plain route."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoTokenizer
+
+    d = fx.minilm_dir()
+    out = tmp_path / "out"
+    r = fx.run_trex("export", "--model", d, "--optimize", "--quantize", out)
+    assert r.returncode == 0, r.stderr
+    q = out / "model-quantized.onnx"
+    ops = {n.op_type for n in onnx.load(str(q), load_external_data=False).graph.node}
+    assert "GatherBlockQuantized" in ops and "EmbedLayerNormalization" not in ops and "QAttention" in ops, ops
+    peer = tmp_path / "peer.onnx"
+    quantize_dynamic(str(out / "model.onnx"), str(peer), weight_type=QuantType.QInt8, per_channel=True)
+    size = q.stat().st_size + sum(p.stat().st_size for p in out.glob("model-quantized.onnx.data"))
+    assert size <= peer.stat().st_size, f"trex int8 {size} bytes > quantize_dynamic {peer.stat().st_size} bytes"
+    tok = AutoTokenizer.from_pretrained(str(d))
+    enc = {k: v.astype(np.int64) for k, v in tok(SENTENCES, padding=True, return_tensors="np").items()}
+    a, b = sentence_embeddings(out / "model.onnx", enc), sentence_embeddings(q, enc)
+    cos = (a * b).sum(1)
+    assert cos.mean() >= 0.99, f"mean cosine {cos.mean():.4f} (min {cos.min():.4f})"
+    assert cos.min() >= 0.96, f"min cosine {cos.min():.4f} (mean {cos.mean():.4f})"
