@@ -42,6 +42,21 @@ float float_attr(const onnx::NodeProto& n, const char* name, float dflt) {
   return dflt;
 }
 
+void add_int_attr(onnx::NodeProto* n, const char* name, int64_t v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(v);
+}
+
+void import_ms_domain(onnx::ModelProto* m) {
+  for (const auto& o : m->opset_import())
+    if (o.domain() == "com.microsoft") return;
+  auto* o = m->add_opset_import();
+  o->set_domain("com.microsoft");
+  o->set_version(1);
+}
+
 UniqueNames::UniqueNames(const Model& m) {
   for (const auto& init : m.initializers) used_.insert(init.name);
   for (const auto& node : m.proto.graph().node()) {
@@ -526,10 +541,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
       const std::string sc = names.fresh(plan.output + "_scale");
       *og->add_node() = make_node("MatMulInteger", names.fresh(base + "_quant"), {qa.q, qwn->q, qa.zp, qwn->zp}, {i32});
       onnx::NodeProto cast = make_node("Cast", names.fresh(base + "_cast"), {i32}, {f32});
-      auto* to = cast.add_attribute();
-      to->set_name("to");
-      to->set_type(onnx::AttributeProto::INT);
-      to->set_i(onnx::TensorProto::FLOAT);
+      add_int_attr(&cast, "to", onnx::TensorProto::FLOAT);
       *og->add_node() = cast;
       *og->add_node() = make_node("Mul", names.fresh(base + "_scale_mul"), {qa.scale, qwn->scale}, {sc});
       *og->add_node() = make_node("Mul", names.fresh(base + "_output_mul"), {f32, sc}, {result});
@@ -560,16 +572,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
   }
   for (auto& init : new_inits) out.initializers.push_back(std::move(init));
 
-  if (policy.ops == QuantOps::kMicrosoft && !report.quantized.empty()) {
-    bool has_ms = false;
-    for (const auto& o : out.proto.opset_import())
-      if (o.domain() == "com.microsoft") has_ms = true;
-    if (!has_ms) {
-      auto* o = out.proto.add_opset_import();
-      o->set_domain("com.microsoft");
-      o->set_version(1);
-    }
-  }
+  if (policy.ops == QuantOps::kMicrosoft && !report.quantized.empty()) import_ms_domain(&out.proto);
   report.weight_bytes_after = out.weight_bytes();
   if (report_out) *report_out = std::move(report);
   return out;

@@ -82,6 +82,10 @@ Floats floats_of(const TensorData& t);
 // A node attribute's value, or `dflt` when the node does not set it.
 int64_t int_attr(const onnx::NodeProto& n, const char* name, int64_t dflt);
 float float_attr(const onnx::NodeProto& n, const char* name, float dflt);
+// Adds an INT attribute to a node the rewrite builds.
+void add_int_attr(onnx::NodeProto* n, const char* name, int64_t v);
+// Imports the com.microsoft domain (version 1) unless the model already does: for rewrites that add its ops.
+void import_ms_domain(onnx::ModelProto* m);
 
 // Fresh names for the values, nodes and initializers a graph rewrite adds: never one the model already uses.
 class UniqueNames {

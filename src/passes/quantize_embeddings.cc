@@ -24,13 +24,6 @@ std::vector<float> floats(const TensorData& t) {
   return v;
 }
 
-void add_int(onnx::NodeProto* n, const char* name, int64_t v) {
-  auto* a = n->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INT);
-  a->set_i(v);
-}
-
 }  // namespace
 
 bool quantize_table_int8(const float* table, int64_t rows, int64_t cols, int64_t block, std::vector<uint8_t>* codes,
@@ -130,7 +123,7 @@ std::vector<onnx::NodeProto> expand_embed_layer_norm(const onnx::GraphProto& g, 
     ln.add_output(node.output(0));
     for (const auto& a : node.attribute())
       if (a.name() == "epsilon") *ln.add_attribute() = a;
-    add_int(&ln, "axis", -1);
+    add_int_attr(&ln, "axis", -1);
     nodes.push_back(ln);
   }
   return nodes;
@@ -188,7 +181,7 @@ Model quantize_embeddings(const Model& in, const EmbeddingPolicy& policy, Embedd
         dq.add_input(sname);
         dq.add_input(zname);
         dq.add_output(deq);
-        add_int(&dq, "axis", 0);
+        add_int_attr(&dq, "axis", 0);
         *og->add_node() = dq;
         onnx::NodeProto sl = node;
         sl.set_input(0, deq);
@@ -266,10 +259,10 @@ Model quantize_embeddings(const Model& in, const EmbeddingPolicy& policy, Embedd
     q.add_input(node.input(1));
     q.add_input(sname);
     q.add_output(node.output(0));
-    add_int(&q, "bits", policy.bits);
-    add_int(&q, "block_size", block);
-    add_int(&q, "gather_axis", 0);
-    add_int(&q, "quantize_axis", 1);
+    add_int_attr(&q, "bits", policy.bits);
+    add_int_attr(&q, "block_size", block);
+    add_int_attr(&q, "gather_axis", 0);
+    add_int_attr(&q, "quantize_axis", 1);
     *og->add_node() = q;
     replaced.insert(table);
     report.quantized.push_back({node.name(), table, rows, cols, block});
@@ -277,15 +270,7 @@ Model quantize_embeddings(const Model& in, const EmbeddingPolicy& policy, Embedd
   for (const auto& init : in.initializers)
     if (!replaced.count(init.name)) out.initializers.push_back(init);
   for (auto& i : new_inits) out.initializers.push_back(std::move(i));
-  if (!report.quantized.empty()) {
-    bool has_ms = false;
-    for (const auto& o : out.proto.opset_import()) has_ms = has_ms || o.domain() == "com.microsoft";
-    if (!has_ms) {
-      auto* o = out.proto.add_opset_import();
-      o->set_domain("com.microsoft");
-      o->set_version(1);
-    }
-  }
+  if (!report.quantized.empty()) import_ms_domain(&out.proto);
   if (report_out) *report_out = std::move(report);
   return out;
 }

@@ -534,13 +534,6 @@ std::vector<uint8_t> pack_int4_zero_points(const Int4Weight& q) {
 namespace {
 
 
-void add_int(onnx::NodeProto* n, const char* name, int64_t v) {
-  auto* a = n->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INT);
-  a->set_i(v);
-}
-
 void collect_subgraph_inputs(const onnx::GraphProto& g, std::unordered_set<std::string>* out) {
   for (const auto& node : g.node()) {
     for (const auto& in : node.input()) out->insert(in);
@@ -755,11 +748,11 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
     m.add_input(qn.scales);
     if (!qn.zp.empty()) m.add_input(qn.zp);
     m.add_output(result);
-    add_int(&m, "K", k);
-    add_int(&m, "N", n);
-    add_int(&m, "bits", 4);
-    add_int(&m, "block_size", bs);
-    add_int(&m, "accuracy_level", policy.accuracy_level);
+    add_int_attr(&m, "K", k);
+    add_int_attr(&m, "N", n);
+    add_int_attr(&m, "bits", 4);
+    add_int_attr(&m, "block_size", bs);
+    add_int_attr(&m, "accuracy_level", policy.accuracy_level);
     *og->add_node() = m;
     if (!bias.empty()) {
       onnx::NodeProto add;
@@ -781,15 +774,7 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
     if (!quantized_away) out.initializers.push_back(init);
   }
   for (auto& init : new_inits) out.initializers.push_back(std::move(init));
-  if (!report.quantized.empty()) {
-    bool has_ms = false;
-    for (const auto& o : out.proto.opset_import()) has_ms = has_ms || o.domain() == "com.microsoft";
-    if (!has_ms) {
-      auto* o = out.proto.add_opset_import();
-      o->set_domain("com.microsoft");
-      o->set_version(1);
-    }
-  }
+  if (!report.quantized.empty()) import_ms_domain(&out.proto);
   report.weight_bytes_after = out.weight_bytes();
   if (report_out) *report_out = std::move(report);
   return out;
