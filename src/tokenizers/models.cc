@@ -34,6 +34,18 @@ struct VocabTable {
     return it->second;
   }
   const std::string* token(uint32_t id) const { return id < to_token.size() ? &to_token[id] : nullptr; }
+  // byte_fallback: the ids of the <0xXX> tokens spelling `piece` byte by byte; false when one is missing.
+  bool byte_tokens(std::string_view piece, std::vector<uint32_t>* ids) const {
+    ids->clear();
+    char name[8];
+    for (unsigned char b : piece) {
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      auto id = find(name);
+      if (!id) return false;
+      ids->push_back(*id);
+    }
+    return true;
+  }
 };
 
 VocabTable read_vocab_map(const Json& v, const LoadContext& ctx) {
@@ -240,14 +252,7 @@ class BPE : public Model {
       if (byte_fallback_) {
         // The reference looks the bytes of the decorated piece up (prefix/suffix included).
         std::vector<uint32_t> ids;
-        char name[8];
-        for (unsigned char b : s) {
-          std::snprintf(name, sizeof name, "<0x%02X>", b);
-          auto id = vocab_.find(name);
-          if (!id) break;
-          ids.push_back(*id);
-        }
-        if (ids.size() == s.size()) {
+        if (vocab_.byte_tokens(s, &ids)) {
           size_t pos = start;
           for (uint32_t id : ids) {
             // One byte each, within the character (offsets are clamped to the word like the reference's).
@@ -444,14 +449,7 @@ class Unigram : public Model {
       }
       if (byte_fallback_) {
         std::vector<uint32_t> ids;
-        char name[8];
-        for (unsigned char ch : piece) {
-          std::snprintf(name, sizeof name, "<0x%02X>", ch);
-          auto id = vocab_.find(name);
-          if (!id) break;
-          ids.push_back(*id);
-        }
-        if (ids.size() == piece.size()) {
+        if (vocab_.byte_tokens(piece, &ids)) {
           for (uint32_t id : ids) out.push_back({id, *vocab_.token(id), b, e});
           continue;
         }

@@ -347,6 +347,7 @@ class TokenizerImpl {
     return n;
   }
 
+  // Tokens joined as the decoder joins them (with spaces when there is none).
   std::string tokens_to_string(std::vector<std::string> tokens) const {
     if (!decoder_) {
       std::string out;
@@ -377,15 +378,7 @@ class TokenizerImpl {
       }
       if (const std::string* t = model_->id_to_token(uid)) tokens.push_back(*t);
     }
-    if (!decoder_) {
-      std::string out;
-      for (size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
-      return out;
-    }
-    decoder_->decode_chain(tokens);
-    std::string out;
-    for (const auto& t : tokens) out += t;
-    return out;
+    return tokens_to_string(std::move(tokens));
   }
 
   std::optional<int64_t> token_to_id(std::string_view t) const {
