@@ -308,13 +308,19 @@ def test_bad_numbers_are_usage_errors(tmp_path, models, cmd, option):
     expect_error(args, 1, tmp_path, words=[option[0]])
 
 
-def test_onnx_runtime_failure_is_one_clean_line(tmp_path, models):
+def model_onnx_runtime_cannot_load(tmp_path, models) -> Path:
+    """The plain model with one node turned into an op no runtime has (a valid ONNX file ORT refuses)."""
     m = onnx.load(str(models["plain"]))
     m.graph.node[3].op_type = "NoSuchOp"
     m.graph.node[3].domain = "com.example"
     m.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
     bad = tmp_path / "bad.onnx"
     onnx.save(m, str(bad))
+    return bad
+
+
+def test_onnx_runtime_failure_is_one_clean_line(tmp_path, models):
+    bad = model_onnx_runtime_cannot_load(tmp_path, models)
     expect_error(["verify", bad, "--against", models["plain"]], 3, tmp_path, words=["bad.onnx", "NoSuchOp"])
     expect_error(["optimize", bad, tmp_path / "o.onnx"], 2, tmp_path, words=["bad.onnx"])
 
@@ -409,12 +415,7 @@ def test_quantize_refuses_a_qdq_model(tmp_path, models):
 
 
 def test_quantize_leaves_no_output_when_onnx_runtime_cannot_load(tmp_path, models):
-    m = onnx.load(str(models["plain"]))
-    m.graph.node[3].op_type = "NoSuchOp"
-    m.graph.node[3].domain = "com.example"
-    m.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
-    bad = tmp_path / "bad.onnx"
-    onnx.save(m, str(bad))
+    bad = model_onnx_runtime_cannot_load(tmp_path, models)
     expect_error(["quantize", bad, tmp_path / "q" / "bad-int8.onnx"], 3, tmp_path, words=["NoSuchOp"])
     assert not (tmp_path / "q").exists()
 
