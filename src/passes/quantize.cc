@@ -295,6 +295,9 @@ struct Plan {
   std::vector<int64_t> outliers;  // input channels computed in fp32 (sorted, unique, < k)
   bool row_scaled = false;        // activation quantized with one scale per row
   bool special() const { return row_scaled || !outliers.empty(); }
+  // Row-scaled with outliers: the gathered outlier channels get a column of ones, and the fp32 rows a last row
+  // holding the bias (or zeros), so one small MatMul adds outliers and bias after the row scale.
+  bool bias_row() const { return row_scaled && !outliers.empty(); }
 };
 
 // A copy of a weight (K×N, or N×K when transposed) with the given input rows set to 0.
@@ -487,10 +490,11 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     std::string q, scale, zp;
     std::string outlier_rows;  // fp32 weight rows of the outlier channels [channels, N]
   };
-  // (weight, alpha, activation whose outlier channels are zeroed in it, or "")
-  using WeightKey = std::tuple<std::string, float, std::string>;
+  // (weight, alpha, activation whose outlier channels are zeroed in it or "", bias appended to its fp32 rows)
+  using WeightKey = std::tuple<std::string, float, std::string, std::string>;
   auto weight_key = [&](const Plan& p) {
-    return WeightKey{p.weight, p.alpha, p.outliers.empty() ? std::string() : g.node(static_cast<int>(p.node_index)).input(0)};
+    return WeightKey{p.weight, p.alpha, p.outliers.empty() ? std::string() : g.node(static_cast<int>(p.node_index)).input(0),
+                     p.bias_row() ? "+" + p.bias : std::string()};
   };
   std::map<WeightKey, QWeight> qweights;
   Model out;
@@ -518,6 +522,14 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
         for (int64_t r : zero_rows)
           for (int64_t c = 0; c < plan.n; ++c)
             outlier_rows.push_back(plan.alpha * (plan.transposed ? f.p[c * plan.k + r] : f.p[r * plan.n + c]));
+        if (plan.bias_row()) {
+          if (plan.bias.empty()) {
+            outlier_rows.resize(outlier_rows.size() + static_cast<size_t>(plan.n), 0.0f);
+          } else {
+            Floats b = floats_of(in.initializers[init_index.at(plan.bias)].data);
+            outlier_rows.insert(outlier_rows.end(), b.p, b.p + plan.n);
+          }
+        }
       }
       if (!ok) {
         qweights[key] = QWeight{};  // marks "not quantizable"
@@ -541,8 +553,8 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
                          })});
     if (!zero_rows.empty()) {
       names_out.outlier_rows = names.fresh(plan.weight + "_outlier_rows");
-      new_inits.push_back({names_out.outlier_rows,
-                           TensorData::from_vector(DType::kF32, {static_cast<int64_t>(zero_rows.size()), n}, outlier_rows)});
+      const int64_t rows = static_cast<int64_t>(zero_rows.size()) + (plan.bias_row() ? 1 : 0);
+      new_inits.push_back({names_out.outlier_rows, TensorData::from_vector(DType::kF32, {rows, n}, outlier_rows)});
     }
     std::vector<float> scales = qw->scale;
     for (auto& s : scales) s *= plan.alpha;
@@ -563,6 +575,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
   // Keyed by (activation, special form): QAttention and the standard form always read the plain quantization.
   std::map<std::pair<std::string, bool>, QAct> qacts;
   std::string eps_name, axes_name;  // shared constants of the row-scaled form
+  std::map<std::pair<int64_t, std::vector<int64_t>>, std::pair<std::string, std::string>> outlier_consts;  // mask, index
   std::unordered_set<std::string> removed_values;
   for (int i = 0; i < g.node_size(); ++i) {
     const int pi = plan_of[static_cast<size_t>(i)];
@@ -590,12 +603,17 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
       std::string x = a;
       if (!plan.outliers.empty()) {
         // Inliers: the activation with the outlier channels zeroed; outliers: those channels, gathered.
-        std::vector<float> mask(static_cast<size_t>(plan.k), 1.0f);
-        for (int64_t c : plan.outliers) mask[static_cast<size_t>(c)] = 0.0f;
-        const std::string mask_name = names.fresh(a + "_inlier_mask"), idx_name = names.fresh(a + "_outlier_index");
-        new_inits.push_back({mask_name, TensorData::from_vector(DType::kF32, {plan.k}, mask)});
-        new_inits.push_back({idx_name, TensorData::from_vector(DType::kI64, {static_cast<int64_t>(plan.outliers.size())},
-                                                               plan.outliers)});
+        // Shared by every activation of the same width with the same outlier channels.
+        auto [ci, fresh_set] = outlier_consts.try_emplace({plan.k, plan.outliers});
+        if (fresh_set) {
+          std::vector<float> mask(static_cast<size_t>(plan.k), 1.0f);
+          for (int64_t c : plan.outliers) mask[static_cast<size_t>(c)] = 0.0f;
+          ci->second = {names.fresh(a + "_inlier_mask"), names.fresh(a + "_outlier_index")};
+          new_inits.push_back({ci->second.first, TensorData::from_vector(DType::kF32, {plan.k}, mask)});
+          new_inits.push_back({ci->second.second, TensorData::from_vector(
+                                                      DType::kI64, {static_cast<int64_t>(plan.outliers.size())}, plan.outliers)});
+        }
+        const std::string mask_name = ci->second.first, idx_name = ci->second.second;
         const std::string inl = names.fresh(a + "_inliers");
         qa.outliers = names.fresh(a + "_outliers");
         *og->add_node() = make_node("Mul", names.fresh(a + "_inlier_mul"), {a, mask_name}, {inl});
@@ -633,6 +651,14 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
         const std::string xn = names.fresh(a + "_row_scaled");
         *og->add_node() = make_node("Div", names.fresh(a + "_row_div"), {x, qa.row_max}, {xn});
         x = xn;
+        if (!qa.outliers.empty()) {  // [outliers, 1]: the bias row's input (r / r = 1, r >= 1e-30)
+          const std::string one = names.fresh(a + "_ones"), cat = names.fresh(a + "_outliers_and_one");
+          *og->add_node() = make_node("Div", names.fresh(a + "_ones_div"), {qa.row_max, qa.row_max}, {one});
+          onnx::NodeProto concat = make_node("Concat", names.fresh(a + "_outliers_concat"), {qa.outliers, one}, {cat});
+          add_int_attr(&concat, "axis", -1);
+          *og->add_node() = concat;
+          qa.outliers = cat;
+        }
       }
       *og->add_node() = make_node("DynamicQuantizeLinear", names.fresh(a + "_QuantizeLinear"), {x}, {qa.q, qa.scale, qa.zp});
       it = qacts.emplace(std::make_pair(a, plan.special()), qa).first;
@@ -651,8 +677,8 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     } else if (policy.ops == QuantOps::kMicrosoft) {
       std::vector<std::string> ins{qa.q, qwn->q, qa.scale, qwn->scale, qa.zp, qwn->zp};
       // Row-scaled: r * (int8 product) + outliers x their fp32 rows + bias; the bias goes last, outside r.
-      const bool bias_after = plan.row_scaled && !plan.bias.empty();
-      if (!plan.bias.empty() && !bias_after) ins.push_back(plan.bias);
+      const bool bias_after = plan.row_scaled && !plan.bias.empty() && !plan.bias_row();
+      if (!plan.bias.empty() && !plan.row_scaled) ins.push_back(plan.bias);
       const int steps = (plan.row_scaled ? 1 : 0) + (plan.outliers.empty() ? 0 : 1) + (bias_after ? 1 : 0);
       int remaining = steps + 1;  // values to name; the last one is the node's output
       auto next = [&](const std::string& what) { return --remaining == 0 ? result : names.fresh(plan.output + what); };
@@ -688,6 +714,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     if (plan.fused_add >= 0) removed_values.insert(node.output(0));
 
     uses[plan.weight] -= 1;
+    if (plan.bias_row() && !plan.bias.empty()) uses[plan.bias] -= 1;  // its values live in the fp32 rows
     report.quantized.push_back({base, node.op_type(), plan.weight, plan.k, plan.n, !plan.bias.empty(),
                                 static_cast<int64_t>(plan.outliers.size()), plan.row_scaled});
   }
