@@ -66,6 +66,7 @@ std::map<std::string, std::vector<float>> activation_mean_squares(const Model& m
     Ort::SessionOptions so;
     so.SetIntraOpNumThreads(o.threads);
     so.SetInterOpNumThreads(1);
+    if (o.basic_optimizations) so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_BASIC);
     Ort::Session s(ort_env(), scratch.c_str(), so);
     const std::vector<std::string> in_names = input_names(s);
     std::vector<const char*> in_c, out_c;

@@ -21,6 +21,7 @@ struct CalibrationOptions {
   int64_t max_gram_channels = 4096;  // Gram matrices only for activations up to this width
   int threads = 2;
   uint64_t seed = 99;
+  bool basic_optimizations = false;  // ORT_ENABLE_BASIC for the probe session (quicker to create)
 };
 
 // The float inputs (input 0) of MatMul / Gemm nodes whose weight is a 2-D float initializer.

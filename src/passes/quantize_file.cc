@@ -108,7 +108,10 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
     r.policy.row_scales = o.row_scales;
     if (o.outlier_channels > 0 && r.policy.outlier_channels.empty()) {
       std::map<std::string, std::vector<float>> max_abs;
-      activation_mean_squares(in, weight_activation_names(in), output.string() + ".calibration.onnx", {}, nullptr, &max_abs);
+      CalibrationOptions co;  // the outlier channels show on every sample: 2 batches are plenty
+      co.batches = 2;
+      co.basic_optimizations = true;
+      activation_mean_squares(in, weight_activation_names(in), output.string() + ".calibration.onnx", co, nullptr, &max_abs);
       r.policy.outlier_channels = outlier_channels(max_abs, o.outlier_channels, o.outlier_ratio);
     }
   }
