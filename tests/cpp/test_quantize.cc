@@ -259,8 +259,8 @@ namespace {
 
 // x[rows, 64] → LayerNormalization whose gamma makes channel 5 an outlier (×40) → MatMul + bias Add, and
 // Gemm(transB, alpha 0.5, bias): a transformer's LayerNorm output feeding its projections.
-Model outlier_model() {
-  GraphBuilder g(17);
+Model outlier_model(int opset = 17) {
+  GraphBuilder g(opset);
   Value x = g.input("x", DType::kF32, {"batch_size", 64});
   std::vector<float> gamma(64, 1.0f), beta(64, 0.1f);
   gamma[5] = 40.0f;
@@ -347,6 +347,13 @@ TEST(QuantizePass, OutlierChannelsAndRowScales) {
   for (const auto& l : rep_bad.quantized) EXPECT_EQ(l.outlier_channels, 0);
   write_model(qb, dir / "bad.onnx");
   EXPECT_GE(compare_models(fp, dir / "bad.onnx", co).mean_cosine, 0.99);
+
+  // Opset 18 takes ReduceMax's axes as an input instead of an attribute.
+  const Model m18 = outlier_model(18);
+  write_model(m18, dir / "fp32_18.onnx");
+  const Model q18 = quantize_model(m18, p);
+  write_model(q18, dir / "outliers_18.onnx");
+  EXPECT_GE(compare_models(dir / "fp32_18.onnx", dir / "outliers_18.onnx", co).min_cosine, 0.9995);
   fs::remove_all(dir);
 }
 
