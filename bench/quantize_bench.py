@@ -11,8 +11,10 @@ is the median of the per-round ratios (paired: both sides measured within the sa
 processes that comes and goes hits both), with its min-max.
 
 Variants: fp32 (trex plain), fp32 optimized (trex --optimize), trex int8 (export --optimize --quantize: the
-default int8 path), trex int8 of the plain graph (trex quantize), peer int8 = quantize_dynamic of the plain
-fp32 graph (its documented use, QInt8, per-tensor), peer int8 of trex's optimized graph (same graph as trex int8).
+default int8 path, made from the plain graph, with fp32 outlier channels and per-row scales), trex int8 before
+(trex quantize --outlier-channels 0 --row-scales none: the per-tensor form of the earlier releases), peer int8 =
+quantize_dynamic of the plain fp32 graph (its documented use, QInt8, per-tensor, its default), peer int8
+per-channel (quantize_dynamic per_channel=True).
 Accuracy: mean / worst cosine vs fp32 of mean-pooled embeddings (MiniLM: 60 varied sentences; random model:
 random token batches).
 
@@ -100,7 +102,6 @@ def interleaved(sessions: dict, feeds: dict, rounds: int, runs: int, warmup: int
 
 def build_variants(trex, model_dir, work: Path, name: str):
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    import onnx
 
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
@@ -111,14 +112,16 @@ def build_variants(trex, model_dir, work: Path, name: str):
     t0 = time.perf_counter()
     subprocess.run([trex, "quantize", str(fp32), str(plain_q), "--no-check", "-q"], check=True)
     trex_s = time.perf_counter() - t0
-    peer, peer_opt = d / "peer_int8.onnx", d / "peer_int8_optimized.onnx"
+    before = d / "trex_int8_before.onnx"
+    subprocess.run([trex, "quantize", str(fp32), str(before), "--no-check", "-q", "--outlier-channels", "0",
+                    "--row-scales", "none"], check=True)
+    peer, peer_pc = d / "peer_int8.onnx", d / "peer_int8_per_channel.onnx"
     t0 = time.perf_counter()
     quantize_dynamic(str(fp32), str(peer), weight_type=QuantType.QInt8, per_channel=False)
     peer_s = time.perf_counter() - t0
-    quantize_dynamic(str(d / "fp32-optimized.onnx"), str(peer_opt), weight_type=QuantType.QInt8, per_channel=False,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(str(fp32), str(peer_pc), weight_type=QuantType.QInt8, per_channel=True)
     return {"fp32": fp32, "fp32 optimized": d / "fp32-optimized.onnx", "trex int8": d / "fp32-quantized.onnx",
-            "trex int8 (plain graph)": plain_q, "peer int8": peer, "peer int8 (trex optimized graph)": peer_opt}, (trex_s, peer_s)
+            "trex int8 before (per-tensor)": before, "peer int8": peer, "peer int8 per-channel": peer_pc}, (trex_s, peer_s)
 
 
 def ops_after_ort(path: Path, level: str) -> dict:
@@ -229,20 +232,24 @@ def main():
                 fp = np.array(per_round["fp32"])
                 fpo = np.array(per_round["fp32 optimized"])
                 peer = np.array(per_round["peer int8"])
+                peer_pc = np.array(per_round["peer int8 per-channel"])
                 print(f"\n{title}, batch {b} x seq {args.seq}, {t} thread{'s' if t > 1 else ''}")
-                print("| variant | median ms | min-max ms | vs fp32 | vs fp32 optimized | vs peer int8 (ms ratio) |")
-                print("|---|---:|---:|---:|---:|---:|")
+                print("| variant | median ms | min-max ms | vs fp32 | vs fp32 optimized | vs peer int8 (ms ratio) "
+                      "| vs peer per-channel (ms ratio) |")
+                print("|---|---:|---:|---:|---:|---:|---:|")
                 row = dict(model=title, batch=b, seq=args.seq, threads=t, opt_level=args.opt_level, variants={})
                 for n, v in per_round.items():
                     v = np.array(v)
-                    sp, spo, rp = fp / v, fpo / v, v / peer
+                    sp, spo, rp, rpc = fp / v, fpo / v, v / peer, v / peer_pc
                     print(f"| {n} | {med[n]:.2f} | {v.min():.2f}-{v.max():.2f} | {np.median(sp):.2f}x "
                           f"[{sp.min():.2f}-{sp.max():.2f}] | {np.median(spo):.2f}x [{spo.min():.2f}-{spo.max():.2f}] "
-                          f"| {np.median(rp):.2f} [{rp.min():.2f}-{rp.max():.2f}] |", flush=True)
+                          f"| {np.median(rp):.2f} [{rp.min():.2f}-{rp.max():.2f}] "
+                          f"| {np.median(rpc):.2f} [{rpc.min():.2f}-{rpc.max():.2f}] |", flush=True)
                     row["variants"][n] = dict(median_ms=med[n], round_medians_ms=v.tolist(), runs_ms=all_runs[n],
                                               speedup_vs_fp32=float(np.median(sp)),
                                               speedup_vs_fp32_optimized=float(np.median(spo)),
-                                              ratio_vs_peer=float(np.median(rp)), mib=mib[n],
+                                              ratio_vs_peer=float(np.median(rp)),
+                                              ratio_vs_peer_per_channel=float(np.median(rpc)), mib=mib[n],
                                               cos_mean=acc[n][0], cos_min=acc[n][1], ort_ops=ops[n])
                 results.append(row)
             del sessions

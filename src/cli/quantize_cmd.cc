@@ -35,6 +35,8 @@ struct QuantizeArgs {
   bool asymmetric = false, symmetric = false, rtn = false, no_embeddings = false, no_calibration = false, no_gptq = false;
   int embedding_bits = 8;
   int64_t embedding_block = 128;
+  int outlier_channels = 2;
+  std::string row_scales = "normalized";
 };
 
 using trex::cli::mib;
@@ -81,6 +83,10 @@ int run_quantize(const QuantizeArgs& a) {
   if (a.bits == 4) trex::check_int4_params(o.int4.params);
   o.calibrate = !a.no_calibration;
   o.gptq = !a.no_gptq;
+  o.outlier_channels = a.outlier_channels;
+  o.row_scales = a.row_scales == "all" ? trex::RowScales::kAll
+                 : a.row_scales == "none" ? trex::RowScales::kNone
+                                          : trex::RowScales::kNormalized;
   o.embeddings = !a.no_embeddings;
   o.embedding.bits = a.embedding_bits;
   o.embedding.block_size = a.embedding_block;
@@ -106,10 +112,19 @@ int run_quantize(const QuantizeArgs& a) {
                   static_cast<long long>(a.block_size), a.symmetric ? "symmetric" : "asymmetric",
                   a.rtn ? "round-to-nearest" : a.no_calibration ? "clipping search" : a.no_gptq ? "calibrated clipping search" : "GPTQ + calibrated clipping search", static_cast<long long>(a.accuracy_level));
     else
+  {
     std::printf("%-28s %s, %s, %s%s\n", "mode", policy.params.type == trex::WeightType::kS8 ? "s8" : "u8",
                 policy.params.per_channel ? "per-channel" : "per-tensor",
                 policy.ops == trex::QuantOps::kMicrosoft ? "MatMulIntegerToFloat" : "MatMulInteger",
                 policy.params.reduce_range ? ", reduce-range" : "");
+    size_t with_outliers = 0, row_scaled = 0;
+    for (const auto& l : rep.quantized) {
+      with_outliers += l.outlier_channels > 0;
+      row_scaled += l.row_scaled;
+    }
+    std::printf("%-28s %zu read fp32 outlier channels, %zu per-row activation scales\n", "int8 MatMuls", with_outliers,
+                row_scaled);
+  }
     if (!res.embeddings.quantized.empty())
       std::printf("%-28s %zu table(s) as GatherBlockQuantized, %d-bit, block %lld\n", "embeddings",
                   res.embeddings.quantized.size(), a.embedding_bits, static_cast<long long>(a.embedding_block));
@@ -134,7 +149,9 @@ int run_quantize(const QuantizeArgs& a) {
                  {"per_channel", policy.params.per_channel},
                  {"reduce_range", policy.params.reduce_range},
                  {"ops", a.ops},
-                 {"bits", a.bits}};
+                 {"bits", a.bits},
+                 {"outlier_channels", a.outlier_channels},
+                 {"row_scales", a.row_scales}};
     if (a.bits == 4)
       j["mode"]["int4"] = {{"block_size", a.block_size}, {"symmetric", a.symmetric}, {"search", !a.rtn}, {"calibrated", !a.rtn && !a.no_calibration}, {"gptq", !a.rtn && !a.no_calibration && !a.no_gptq},
                            {"accuracy_level", a.accuracy_level}};
@@ -146,7 +163,8 @@ int run_quantize(const QuantizeArgs& a) {
     j["quantized"] = nlohmann::json::array();
     for (const auto& l : rep.quantized)
       j["quantized"].push_back({{"node", l.node}, {"op_type", l.op_type}, {"weight", l.weight}, {"k", l.k}, {"n", l.n},
-                                {"bias_fused", l.bias_fused}});
+                                {"bias_fused", l.bias_fused}, {"outlier_channels", l.outlier_channels},
+                                {"row_scaled", l.row_scaled}});
     j["skipped"] = nlohmann::json::array();
     for (const auto& s : rep.skipped)
       j["skipped"].push_back({{"node", s.node}, {"op_type", s.op_type}, {"weight", s.weight}, {"reason", s.reason}});
@@ -227,6 +245,14 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
   q->add_option("--accuracy-level", args->accuracy_level,
                 "--bits 4: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)")
       ->check(CLI::Range(0, 4));
+  q->add_option("--outlier-channels", args->outlier_channels,
+                "int8 (microsoft ops): per activation, up to N input channels with outlier values (calibration max |x| "
+                "above 4x the median channel's) multiplied in fp32 instead of int8 (default 2; 0: off)")
+      ->check(CLI::Range(0, 64));
+  q->add_option("--row-scales", args->row_scales,
+                "int8 (microsoft ops): activations quantized with one scale per row (token): normalized (outputs of "
+                "LayerNormalization-type nodes, default), all, or none (one scale per tensor)")
+      ->check(CLI::IsMember({"normalized", "all", "none"}));
   q->add_flag("--no-quantize-embeddings", args->no_embeddings,
               "Keep Gather embedding tables float (default: com.microsoft.GatherBlockQuantized)");
   q->add_option("--embedding-bits", args->embedding_bits, "Embedding table bits: 8 (default) or 4")

@@ -514,7 +514,10 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     qo.write = wo;
     qo.write.progress = nullptr;
     qo.check = true;  // the accuracy check drives the fp32 fallback of sensitive layers
-    const fs::path source = options.optimize ? opt_path : options.output;
+    // int8 is made from the plain graph: its per-row scales and fp32 outlier channels need the separate Q/K/V
+    // MatMuls, which the fused Attention (QAttention: one per-tensor input scale) does not have; ONNX Runtime
+    // fuses the int8 graph at load time (docs/quantization.md). int4 reads the fused graph.
+    const fs::path source = options.optimize && options.quantize_bits == 4 ? opt_path : options.output;
     log("quantizing " + source.filename().string() +
         (options.quantize_bits == 4 ? " (int4 MatMulNBits, calibrated GPTQ)" : " (int8, dynamic)"));
     folders.create_parents_of(quant_path);

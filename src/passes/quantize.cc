@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -291,7 +292,29 @@ struct Plan {
   std::string extra_add;     // Gemm C that cannot be fused: added after
   std::string output;        // final output value name
   bool attention = false;    // com.microsoft Attention → QAttention (packed QKV weight [K, 3H])
+  std::vector<int64_t> outliers;  // input channels computed in fp32 (sorted, unique, < k)
+  bool row_scaled = false;        // activation quantized with one scale per row
+  bool special() const { return row_scaled || !outliers.empty(); }
+  // Row-scaled with outliers: the gathered outlier channels get a column of ones, and the fp32 rows a last row
+  // holding the bias (or zeros), so one small MatMul adds outliers and bias after the row scale.
+  bool bias_row() const { return row_scaled && !outliers.empty(); }
 };
+
+// A copy of a weight (K×N, or N×K when transposed) with the given input rows set to 0.
+std::vector<float> without_rows(const float* w, int64_t k, int64_t n, bool transposed, const std::vector<int64_t>& rows) {
+  std::vector<float> c(w, w + k * n);
+  for (int64_t r : rows) {
+    if (!transposed) std::fill(c.begin() + r * n, c.begin() + (r + 1) * n, 0.0f);
+    else
+      for (int64_t col = 0; col < n; ++col) c[static_cast<size_t>(col * k + r)] = 0.0f;
+  }
+  return c;
+}
+
+bool is_normalization(const std::string& op) {
+  return op == "LayerNormalization" || op == "SkipLayerNormalization" || op == "SimplifiedLayerNormalization" ||
+         op == "SkipSimplifiedLayerNormalization" || op == "EmbedLayerNormalization";
+}
 
 }  // namespace
 
@@ -309,6 +332,9 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
 
   std::unordered_map<std::string, size_t> init_index;
   for (size_t i = 0; i < in.initializers.size(); ++i) init_index[in.initializers[i].name] = i;
+  std::unordered_map<std::string, std::string> producer_op;  // first output of a node -> its op type
+  for (const auto& node : g.node())
+    if (node.output_size() > 0) producer_op[node.output(0)] = node.op_type();
   std::unordered_map<std::string, int> uses;
   std::unordered_map<std::string, std::vector<int>> consumers;
   for (int i = 0; i < g.node_size(); ++i)
@@ -440,6 +466,20 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
         }
       }
     }
+    if (policy.ops == QuantOps::kMicrosoft && !plan.attention) {
+      const std::string& act = node.input(0);
+      plan.row_scaled = policy.row_scales == RowScales::kAll ||
+                        (policy.row_scales == RowScales::kNormalized && producer_op.count(act) &&
+                         is_normalization(producer_op.at(act)));
+      if (auto it = policy.outlier_channels.find(act); it != policy.outlier_channels.end()) {
+        std::vector<int64_t> ch = it->second;
+        std::sort(ch.begin(), ch.end());
+        ch.erase(std::unique(ch.begin(), ch.end()), ch.end());
+        const bool valid = !ch.empty() && ch.front() >= 0 && ch.back() < plan.k &&
+                           static_cast<int64_t>(ch.size()) * 2 <= plan.k;
+        if (valid) plan.outliers = std::move(ch);
+      }
+    }
     if (plan.fused_add >= 0) removed[static_cast<size_t>(plan.fused_add)] = true;
     plan_of[static_cast<size_t>(i)] = static_cast<int>(plans.size());
     plans.push_back(std::move(plan));
@@ -448,8 +488,15 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
   // Quantize each distinct weight once (scales now, bytes when written).
   struct QWeight {
     std::string q, scale, zp;
+    std::string outlier_rows;  // fp32 weight rows of the outlier channels [channels, N]
   };
-  std::map<std::pair<std::string, float>, QWeight> qweights;
+  // (weight, alpha, activation whose outlier channels are zeroed in it or "", bias appended to its fp32 rows)
+  using WeightKey = std::tuple<std::string, float, std::string, std::string>;
+  auto weight_key = [&](const Plan& p) {
+    return WeightKey{p.weight, p.alpha, p.outliers.empty() ? std::string() : g.node(static_cast<int>(p.node_index)).input(0),
+                     p.bias_row() ? "+" + p.bias : std::string()};
+  };
+  std::map<WeightKey, QWeight> qweights;
   Model out;
   out.proto = in.proto;
   onnx::GraphProto* og = out.proto.mutable_graph();
@@ -458,13 +505,33 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
   const DType qtype = policy.params.type == WeightType::kS8 ? DType::kI8 : DType::kU8;
   for (size_t pi = 0; pi < plans.size(); ++pi) {
     Plan& plan = plans[pi];
-    const auto key = std::make_pair(plan.weight, plan.alpha);
+    const WeightKey key = weight_key(plan);
     if (qweights.count(key)) continue;
     const TensorData& src = in.initializers[init_index.at(plan.weight)].data;
     auto qw = std::make_shared<QuantizedWeight>();
+    const std::vector<int64_t> zero_rows = plan.outliers;
+    std::vector<float> outlier_rows;
     {
       Floats f = floats_of(src);
-      if (!weight_scales(f.p, plan.k, plan.n, plan.transposed, policy.params, qw.get())) {
+      bool ok;
+      if (zero_rows.empty()) {
+        ok = weight_scales(f.p, plan.k, plan.n, plan.transposed, policy.params, qw.get());
+      } else {
+        const std::vector<float> z = without_rows(f.p, plan.k, plan.n, plan.transposed, zero_rows);
+        ok = weight_scales(z.data(), plan.k, plan.n, plan.transposed, policy.params, qw.get());
+        for (int64_t r : zero_rows)
+          for (int64_t c = 0; c < plan.n; ++c)
+            outlier_rows.push_back(plan.alpha * (plan.transposed ? f.p[c * plan.k + r] : f.p[r * plan.n + c]));
+        if (plan.bias_row()) {
+          if (plan.bias.empty()) {
+            outlier_rows.resize(outlier_rows.size() + static_cast<size_t>(plan.n), 0.0f);
+          } else {
+            Floats b = floats_of(in.initializers[init_index.at(plan.bias)].data);
+            outlier_rows.insert(outlier_rows.end(), b.p, b.p + plan.n);
+          }
+        }
+      }
+      if (!ok) {
         qweights[key] = QWeight{};  // marks "not quantizable"
         continue;
       }
@@ -475,10 +542,20 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     names_out.zp = names.fresh(plan.weight + "_zero_point");
     const int64_t k = plan.k, n = plan.n;
     const bool transposed = plan.transposed;
-    new_inits.push_back({names_out.q, TensorData::produced(qtype, {k, n}, [src, qw, k, n, transposed](std::byte* dst) {
+    new_inits.push_back({names_out.q, TensorData::produced(qtype, {k, n}, [src, qw, k, n, transposed, zero_rows](std::byte* dst) {
                            Floats f = floats_of(src);
-                           quantize_with_scales(f.p, k, n, transposed, *qw, reinterpret_cast<uint8_t*>(dst));
+                           if (zero_rows.empty()) {
+                             quantize_with_scales(f.p, k, n, transposed, *qw, reinterpret_cast<uint8_t*>(dst));
+                           } else {
+                             const std::vector<float> z = without_rows(f.p, k, n, transposed, zero_rows);
+                             quantize_with_scales(z.data(), k, n, transposed, *qw, reinterpret_cast<uint8_t*>(dst));
+                           }
                          })});
+    if (!zero_rows.empty()) {
+      names_out.outlier_rows = names.fresh(plan.weight + "_outlier_rows");
+      const int64_t rows = static_cast<int64_t>(zero_rows.size()) + (plan.bias_row() ? 1 : 0);
+      new_inits.push_back({names_out.outlier_rows, TensorData::from_vector(DType::kF32, {rows, n}, outlier_rows)});
+    }
     std::vector<float> scales = qw->scale;
     for (auto& s : scales) s *= plan.alpha;
     std::vector<uint8_t> zps;
@@ -492,8 +569,13 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
   // Rewrite the node list in order; each activation is quantized once, before its first quantized consumer.
   struct QAct {
     std::string q, scale, zp;
+    std::string row_max;   // [..., 1]: the per-row scale the activation was divided by ("" when per tensor)
+    std::string outliers;  // [..., channels]: the outlier channels, gathered in fp32 ("" when none)
   };
-  std::unordered_map<std::string, QAct> qacts;
+  // Keyed by (activation, special form): QAttention and the standard form always read the plain quantization.
+  std::map<std::pair<std::string, bool>, QAct> qacts;
+  std::string eps_name, axes_name;  // shared constants of the row-scaled form
+  std::map<std::pair<int64_t, std::vector<int64_t>>, std::pair<std::string, std::string>> outlier_consts;  // mask, index
   std::unordered_set<std::string> removed_values;
   for (int i = 0; i < g.node_size(); ++i) {
     const int pi = plan_of[static_cast<size_t>(i)];
@@ -501,7 +583,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     const QWeight* qwn = nullptr;
     if (pi >= 0) {
       const Plan& plan = plans[static_cast<size_t>(pi)];
-      const QWeight& w = qweights.at({plan.weight, plan.alpha});
+      const QWeight& w = qweights.at(weight_key(plan));
       if (!w.q.empty()) qwn = &w;
       else {
         report.skipped.push_back({node.name(), node.op_type(), plan.weight, "weight holds NaN or infinity"});
@@ -515,11 +597,71 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     const Plan& plan = plans[static_cast<size_t>(pi)];
     const std::string base = node.name().empty() ? node.output(0) : node.name();
     const std::string& a = node.input(0);
-    auto it = qacts.find(a);
+    auto it = qacts.find({a, plan.special()});
     if (it == qacts.end()) {
-      QAct qa{names.fresh(a + "_quantized"), names.fresh(a + "_scale"), names.fresh(a + "_zero_point")};
-      *og->add_node() = make_node("DynamicQuantizeLinear", names.fresh(a + "_QuantizeLinear"), {a}, {qa.q, qa.scale, qa.zp});
-      it = qacts.emplace(a, qa).first;
+      QAct qa{names.fresh(a + "_quantized"), names.fresh(a + "_scale"), names.fresh(a + "_zero_point"), "", ""};
+      std::string x = a;
+      if (!plan.outliers.empty()) {
+        // Inliers: the activation with the outlier channels zeroed; outliers: those channels, gathered.
+        // Shared by every activation of the same width with the same outlier channels.
+        auto [ci, fresh_set] = outlier_consts.try_emplace({plan.k, plan.outliers});
+        if (fresh_set) {
+          std::vector<float> mask(static_cast<size_t>(plan.k), 1.0f);
+          for (int64_t c : plan.outliers) mask[static_cast<size_t>(c)] = 0.0f;
+          ci->second = {names.fresh(a + "_inlier_mask"), names.fresh(a + "_outlier_index")};
+          new_inits.push_back({ci->second.first, TensorData::from_vector(DType::kF32, {plan.k}, mask)});
+          new_inits.push_back({ci->second.second, TensorData::from_vector(
+                                                      DType::kI64, {static_cast<int64_t>(plan.outliers.size())}, plan.outliers)});
+        }
+        const std::string mask_name = ci->second.first, idx_name = ci->second.second;
+        const std::string inl = names.fresh(a + "_inliers");
+        qa.outliers = names.fresh(a + "_outliers");
+        *og->add_node() = make_node("Mul", names.fresh(a + "_inlier_mul"), {a, mask_name}, {inl});
+        onnx::NodeProto gather = make_node("Gather", names.fresh(a + "_outlier_gather"), {a, idx_name}, {qa.outliers});
+        add_int_attr(&gather, "axis", -1);
+        *og->add_node() = gather;
+        x = inl;
+      }
+      if (plan.row_scaled) {
+        if (eps_name.empty()) {
+          eps_name = names.fresh("row_scale_epsilon");
+          new_inits.push_back({eps_name, TensorData::from_vector(DType::kF32, {}, std::vector<float>{1e-30f})});
+        }
+        const std::string ab = names.fresh(a + "_abs"), mx = names.fresh(a + "_row_absmax");
+        qa.row_max = names.fresh(a + "_row_scale");
+        *og->add_node() = make_node("Abs", names.fresh(a + "_Abs"), {x}, {ab});
+        onnx::NodeProto rmax;
+        if (opset >= 18) {
+          if (axes_name.empty()) {
+            axes_name = names.fresh("row_scale_axes");
+            new_inits.push_back({axes_name, TensorData::from_vector(DType::kI64, {1}, std::vector<int64_t>{-1})});
+          }
+          rmax = make_node("ReduceMax", names.fresh(a + "_ReduceMax"), {ab, axes_name}, {mx});
+        } else {
+          rmax = make_node("ReduceMax", names.fresh(a + "_ReduceMax"), {ab}, {mx});
+          auto* axes = rmax.add_attribute();
+          axes->set_name("axes");
+          axes->set_type(onnx::AttributeProto::INTS);
+          axes->add_ints(-1);
+        }
+        add_int_attr(&rmax, "keepdims", 1);
+        *og->add_node() = rmax;
+        // A row of zeros keeps scale 1e-30 (0 / 1e-30 = 0), never 0 / 0.
+        *og->add_node() = make_node("Max", names.fresh(a + "_row_scale_floor"), {mx, eps_name}, {qa.row_max});
+        const std::string xn = names.fresh(a + "_row_scaled");
+        *og->add_node() = make_node("Div", names.fresh(a + "_row_div"), {x, qa.row_max}, {xn});
+        x = xn;
+        if (!qa.outliers.empty()) {  // [outliers, 1]: the bias row's input (r / r = 1, r >= 1e-30)
+          const std::string one = names.fresh(a + "_ones"), cat = names.fresh(a + "_outliers_and_one");
+          *og->add_node() = make_node("Div", names.fresh(a + "_ones_div"), {qa.row_max, qa.row_max}, {one});
+          onnx::NodeProto concat = make_node("Concat", names.fresh(a + "_outliers_concat"), {qa.outliers, one}, {cat});
+          add_int_attr(&concat, "axis", -1);
+          *og->add_node() = concat;
+          qa.outliers = cat;
+        }
+      }
+      *og->add_node() = make_node("DynamicQuantizeLinear", names.fresh(a + "_QuantizeLinear"), {x}, {qa.q, qa.scale, qa.zp});
+      it = qacts.emplace(std::make_pair(a, plan.special()), qa).first;
     }
     const QAct& qa = it->second;
     const std::string result = plan.extra_add.empty() ? plan.output : names.fresh(plan.output + "_matmul");
@@ -534,8 +676,29 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
       *og->add_node() = qattn;
     } else if (policy.ops == QuantOps::kMicrosoft) {
       std::vector<std::string> ins{qa.q, qwn->q, qa.scale, qwn->scale, qa.zp, qwn->zp};
-      if (!plan.bias.empty()) ins.push_back(plan.bias);
-      *og->add_node() = make_node("MatMulIntegerToFloat", names.fresh(base + "_quant"), ins, {result}, "com.microsoft");
+      // Row-scaled: r * (int8 product) + outliers x their fp32 rows + bias; the bias goes last, outside r.
+      const bool bias_after = plan.row_scaled && !plan.bias.empty() && !plan.bias_row();
+      if (!plan.bias.empty() && !plan.row_scaled) ins.push_back(plan.bias);
+      const int steps = (plan.row_scaled ? 1 : 0) + (plan.outliers.empty() ? 0 : 1) + (bias_after ? 1 : 0);
+      int remaining = steps + 1;  // values to name; the last one is the node's output
+      auto next = [&](const std::string& what) { return --remaining == 0 ? result : names.fresh(plan.output + what); };
+      std::string cur = next("_int8");
+      *og->add_node() = make_node("MatMulIntegerToFloat", names.fresh(base + "_quant"), ins, {cur}, "com.microsoft");
+      if (plan.row_scaled) {
+        const std::string y = next("_row_scaled");
+        *og->add_node() = make_node("Mul", names.fresh(base + "_row_mul"), {cur, qa.row_max}, {y});
+        cur = y;
+      }
+      if (!plan.outliers.empty()) {
+        const std::string o = names.fresh(plan.output + "_outliers_fp32"), y = next("_with_outliers");
+        *og->add_node() = make_node("MatMul", names.fresh(base + "_outlier_matmul"), {qa.outliers, qwn->outlier_rows}, {o});
+        *og->add_node() = make_node("Add", names.fresh(base + "_outlier_add"), {cur, o}, {y});
+        cur = y;
+      }
+      if (bias_after) {
+        const std::string y = next("_biased");
+        *og->add_node() = make_node("Add", names.fresh(base + "_bias_add"), {cur, plan.bias}, {y});
+      }
     } else {
       const std::string i32 = names.fresh(plan.output + "_int32"), f32 = names.fresh(plan.output + "_float");
       const std::string sc = names.fresh(plan.output + "_scale");
@@ -551,7 +714,9 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     if (plan.fused_add >= 0) removed_values.insert(node.output(0));
 
     uses[plan.weight] -= 1;
-    report.quantized.push_back({base, node.op_type(), plan.weight, plan.k, plan.n, !plan.bias.empty()});
+    if (plan.bias_row() && !plan.bias.empty()) uses[plan.bias] -= 1;  // its values live in the fp32 rows
+    report.quantized.push_back({base, node.op_type(), plan.weight, plan.k, plan.n, !plan.bias.empty(),
+                                static_cast<int64_t>(plan.outliers.size()), plan.row_scaled});
   }
 
   // value_info of values that no longer exist.

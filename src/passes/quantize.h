@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -18,6 +19,15 @@
 namespace trex {
 
 enum class QuantOps { kMicrosoft, kStandard };
+
+// Which activations get one quantization scale per row (token) instead of one per tensor (com.microsoft form).
+//   kNone:       per tensor (DynamicQuantizeLinear over the whole batch)
+//   kNormalized: the outputs of LayerNormalization-type nodes (LayerNormalization, SkipLayerNormalization,
+//                SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization, EmbedLayerNormalization)
+//   kAll:        every quantized activation
+// A row-scaled activation X is divided by r = max(|X|) over its last axis (the outlier channels excluded) before
+// DynamicQuantizeLinear, and the product is multiplied back by r (the bias is added after that).
+enum class RowScales { kNone, kNormalized, kAll };
 
 struct QuantizePolicy {
   QuantParams params;  // s8, per-channel, full range by default
@@ -32,6 +42,12 @@ struct QuantizePolicy {
   bool auto_policy = true;
   int64_t min_elements = 1024;
   int64_t min_channels = 16;
+  // Outlier input channels (com.microsoft form): activation value name -> the channels of its last axis that are
+  // multiplied in fp32 (a Gather of those channels times the matching fp32 weight rows); the int8 product sees
+  // them as zero (activation masked, weight rows zeroed before the weight scales are taken), so they no longer
+  // set the activation's quantization range. Filled by quantize_file from calibration (quantize_calibrate.h).
+  std::map<std::string, std::vector<int64_t>> outlier_channels;
+  RowScales row_scales = RowScales::kNone;
 };
 
 struct QuantizedLayer {
@@ -40,6 +56,8 @@ struct QuantizedLayer {
   std::string weight;  // fp32 initializer name
   int64_t k = 0, n = 0;
   bool bias_fused = false;
+  int64_t outlier_channels = 0;  // input channels computed in fp32
+  bool row_scaled = false;       // one activation scale per row
 };
 
 struct SkippedLayer {

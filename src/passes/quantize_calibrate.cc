@@ -1,5 +1,8 @@
 #include "passes/quantize_calibrate.h"
 
+#include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <random>
 #include <set>
 
@@ -29,7 +32,8 @@ std::vector<std::string> weight_activation_names(const Model& model) {
 std::map<std::string, std::vector<float>> activation_mean_squares(const Model& model, const std::vector<std::string>& values,
                                                                   const std::filesystem::path& scratch,
                                                                   const CalibrationOptions& o,
-                                                                  std::map<std::string, std::vector<double>>* grams) {
+                                                                  std::map<std::string, std::vector<double>>* grams,
+                                                                  std::map<std::string, std::vector<float>>* max_abs) {
   std::set<std::string> existing;
   for (const auto& v : model.proto.graph().input()) existing.insert(v.name());
   for (const auto& v : model.proto.graph().output()) existing.insert(v.name());
@@ -62,6 +66,7 @@ std::map<std::string, std::vector<float>> activation_mean_squares(const Model& m
     Ort::SessionOptions so;
     so.SetIntraOpNumThreads(o.threads);
     so.SetInterOpNumThreads(1);
+    if (o.basic_optimizations) so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_BASIC);
     Ort::Session s(ort_env(), scratch.c_str(), so);
     const std::vector<std::string> in_names = input_names(s);
     std::vector<const char*> in_c, out_c;
@@ -83,6 +88,14 @@ std::map<std::string, std::vector<float>> activation_mean_squares(const Model& m
         if (acc.size() != ch) continue;
         const float* x = outs[k].GetTensorData<float>();
         for (size_t i = 0; i < n; ++i) acc[i % ch] += static_cast<double>(x[i]) * x[i];
+        if (max_abs) {
+          std::vector<float>& mx = (*max_abs)[wanted[k]];
+          mx.resize(ch, 0.0f);
+          for (size_t i = 0; i < n; ++i) {
+            const float v = std::fabs(x[i]);
+            if (v > mx[i % ch] || v != v) mx[i % ch] = v;  // NaN sticks: such a channel is never picked
+          }
+        }
         rows[wanted[k]] += n / ch;
         if (grams && static_cast<int64_t>(ch) <= o.max_gram_channels) {
           std::vector<double>& gm = (*grams)[wanted[k]];
@@ -115,6 +128,32 @@ std::map<std::string, std::vector<float>> activation_mean_squares(const Model& m
     result[name] = std::move(v);
   }
   return result;
+}
+
+std::map<std::string, std::vector<int64_t>> outlier_channels(const std::map<std::string, std::vector<float>>& max_abs,
+                                                             int per_activation, double ratio) {
+  std::map<std::string, std::vector<int64_t>> out;
+  if (per_activation <= 0) return out;
+  for (const auto& [name, mx] : max_abs) {
+    if (mx.size() < 4) continue;
+    bool finite = true;
+    for (float v : mx) finite = finite && std::isfinite(v);
+    if (!finite) continue;
+    std::vector<float> sorted = mx;
+    std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() / 2), sorted.end());
+    const double median = sorted[sorted.size() / 2];
+    std::vector<int64_t> order(mx.size());
+    std::iota(order.begin(), order.end(), 0);
+    const size_t k = std::min(static_cast<size_t>(per_activation), mx.size() / 4);
+    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
+                      [&](int64_t a, int64_t b) { return mx[static_cast<size_t>(a)] > mx[static_cast<size_t>(b)]; });
+    std::vector<int64_t> picked;
+    for (size_t i = 0; i < k; ++i)
+      if (mx[static_cast<size_t>(order[i])] > ratio * median) picked.push_back(order[i]);
+    std::sort(picked.begin(), picked.end());
+    if (!picked.empty()) out[name] = std::move(picked);
+  }
+  return out;
 }
 
 }  // namespace trex

@@ -104,6 +104,17 @@ QuantizeFileResult quantize_file(const std::filesystem::path& input, const std::
   if (o.bits == 4 && o.calibrate && o.int4.params.search && p4.importance.empty())
     p4.importance = activation_mean_squares(in, weight_activation_names(in), output.string() + ".calibration.onnx", {},
                                             o.gptq ? &p4.gram : nullptr);
+  if (o.bits != 4 && r.policy.ops == QuantOps::kMicrosoft) {
+    r.policy.row_scales = o.row_scales;
+    if (o.outlier_channels > 0 && r.policy.outlier_channels.empty()) {
+      std::map<std::string, std::vector<float>> max_abs;
+      CalibrationOptions co;  // the outlier channels show on every sample: 2 batches are plenty
+      co.batches = 2;
+      co.basic_optimizations = true;
+      activation_mean_squares(in, weight_activation_names(in), output.string() + ".calibration.onnx", co, nullptr, &max_abs);
+      r.policy.outlier_channels = outlier_channels(max_abs, o.outlier_channels, o.outlier_ratio);
+    }
+  }
   WriteOptions wo = o.write;
   if (wo.source_for_messages.empty()) wo.source_for_messages = input.string();
   r.written = write_model(quantize_once(in, o, p4, r), output, wo);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -252,6 +253,108 @@ TEST(QuantizePass, SharesActivationQuantization) {
   const Model q = quantize_model(g.finish("shared"), {});
   EXPECT_EQ(count_ops(q, "DynamicQuantizeLinear"), 1);
   EXPECT_EQ(count_ops(q, "MatMulIntegerToFloat"), 2);
+}
+
+namespace {
+
+// x[rows, 64] → LayerNormalization whose gamma makes channel 5 an outlier (×40) → MatMul + bias Add, and
+// Gemm(transB, alpha 0.5, bias): a transformer's LayerNorm output feeding its projections.
+Model outlier_model(int opset = 17) {
+  GraphBuilder g(opset);
+  Value x = g.input("x", DType::kF32, {"batch_size", 64});
+  std::vector<float> gamma(64, 1.0f), beta(64, 0.1f);
+  gamma[5] = 40.0f;
+  Value ln = g.op("LayerNormalization",
+                  {x, g.initializer("gamma", TensorData::from_vector(DType::kF32, {64}, gamma)),
+                   g.initializer("beta", TensorData::from_vector(DType::kF32, {64}, beta))},
+                  {GraphBuilder::Attr::Int("axis", -1)});
+  Value a = g.matmul(ln, g.initializer("wa", TensorData::from_vector(DType::kF32, {64, 48}, normal_matrix(64, 48, 21))));
+  a = g.add(a, g.initializer("ba", TensorData::from_vector(DType::kF32, {48}, std::vector<float>(48, 0.05f))));
+  Value b = g.op("Gemm",
+                 {ln, g.initializer("wb", TensorData::from_vector(DType::kF32, {32, 64}, normal_matrix(32, 64, 22))),
+                  g.initializer("bb", TensorData::from_vector(DType::kF32, {32}, std::vector<float>(32, -0.03f)))},
+                 {GraphBuilder::Attr::Int("transB", 1), GraphBuilder::Attr::Float("alpha", 0.5f)});
+  g.output(a, "a", DType::kF32, {"batch_size", 48});
+  g.output(b, "b", DType::kF32, {"batch_size", 32});
+  return g.finish("outlier");
+}
+
+}  // namespace
+
+// Outlier channels in fp32 + per-row scales: the rewrite's structure, and its accuracy in ONNX Runtime against
+// fp32 and against the per-tensor form (which the outlier channel's range ruins).
+TEST(QuantizePass, OutlierChannelsAndRowScales) {
+  const fs::path dir = temp_dir("outlier");
+  const Model m = outlier_model();
+  std::string ln_out;
+  for (const auto& n : m.proto.graph().node())
+    if (n.op_type() == "LayerNormalization") ln_out = n.output(0);
+  const fs::path fp = dir / "fp32.onnx";
+  write_model(m, fp);
+  CompareOptions co;
+  co.batches = 2;
+  co.batch = 16;
+
+  QuantizePolicy plain;
+  const Model q0 = quantize_model(m, plain);
+  write_model(q0, dir / "per_tensor.onnx");
+  const CompareResult c0 = compare_models(fp, dir / "per_tensor.onnx", co);
+
+  QuantizePolicy p;
+  p.row_scales = RowScales::kNormalized;
+  p.outlier_channels[ln_out] = {5};
+  QuantizeReport rep;
+  const Model q = quantize_model(m, p, &rep);
+  ASSERT_EQ(rep.quantized.size(), 2u);
+  for (const auto& l : rep.quantized) {
+    EXPECT_EQ(l.outlier_channels, 1);
+    EXPECT_TRUE(l.row_scaled);
+  }
+  EXPECT_EQ(count_ops(q, "DynamicQuantizeLinear"), 1);  // shared by both consumers
+  EXPECT_EQ(count_ops(q, "MatMulIntegerToFloat"), 2);
+  EXPECT_EQ(count_ops(q, "Gather"), 1);
+  EXPECT_EQ(count_ops(q, "ReduceMax"), 1);
+  EXPECT_EQ(count_ops(q, "MatMul"), 2);  // the fp32 outlier rows, one per consumer
+  // The outlier rows of the transposed Gemm weight, alpha folded in (wb[c, 5] * 0.5), then the bias row (the
+  // gathered channels get a column of ones: the bias is added after the row scale, in the same small MatMul).
+  const std::vector<float> wb = normal_matrix(32, 64, 22);
+  bool found = false;
+  for (const auto& init : q.initializers)
+    if (init.name.find("wb") == 0 && init.name.find("outlier_rows") != std::string::npos) {
+      found = true;
+      ASSERT_EQ(init.data.dims(), (Shape{2, 32}));
+      Floats f = floats_of(init.data);
+      for (int c = 0; c < 32; ++c) {
+        EXPECT_FLOAT_EQ(f.p[c], 0.5f * wb[static_cast<size_t>(c * 64 + 5)]);
+        EXPECT_FLOAT_EQ(f.p[32 + c], -0.03f);
+      }
+    }
+  EXPECT_TRUE(found);
+  write_model(q, dir / "outliers.onnx");
+  const CompareResult c = compare_models(fp, dir / "outliers.onnx", co);
+  // Documented bounds for this model: per tensor, the ×40 channel sets the range (worst row cosine ~0.99);
+  // with the channel in fp32 and per-row scales, every row ≥ 0.9995 and the error several times smaller.
+  std::printf("per tensor: max abs diff %.4g, worst row cosine %.6f; outliers + row scales: %.4g, %.6f\n",
+              c0.max_abs_diff, c0.min_cosine, c.max_abs_diff, c.min_cosine);
+  EXPECT_GE(c.min_cosine, 0.9995);
+  EXPECT_LT(c.max_abs_diff * 3, c0.max_abs_diff) << c.max_abs_diff << " vs per-tensor " << c0.max_abs_diff;
+
+  // An out-of-range channel list is ignored (per-row scales still apply), never an invalid graph.
+  QuantizePolicy bad = p;
+  bad.outlier_channels[ln_out] = {64};
+  QuantizeReport rep_bad;
+  const Model qb = quantize_model(m, bad, &rep_bad);
+  for (const auto& l : rep_bad.quantized) EXPECT_EQ(l.outlier_channels, 0);
+  write_model(qb, dir / "bad.onnx");
+  EXPECT_GE(compare_models(fp, dir / "bad.onnx", co).mean_cosine, 0.99);
+
+  // Opset 18 takes ReduceMax's axes as an input instead of an attribute.
+  const Model m18 = outlier_model(18);
+  write_model(m18, dir / "fp32_18.onnx");
+  const Model q18 = quantize_model(m18, p);
+  write_model(q18, dir / "outliers_18.onnx");
+  EXPECT_GE(compare_models(dir / "fp32_18.onnx", dir / "outliers_18.onnx", co).min_cosine, 0.9995);
+  fs::remove_all(dir);
 }
 
 TEST(QuantizePass, Exclusions) {
