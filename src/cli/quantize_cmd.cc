@@ -35,8 +35,8 @@ struct QuantizeArgs {
   bool asymmetric = false, symmetric = false, rtn = false, no_embeddings = false, no_calibration = false, no_gptq = false;
   int embedding_bits = 8;
   int64_t embedding_block = 128;
-  int outlier_channels = 2;
-  std::string row_scales = "normalized";
+  int outlier_channels = 0;
+  std::string row_scales = "none";
 };
 
 using trex::cli::mib;
@@ -247,11 +247,12 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* action) {
       ->check(CLI::Range(0, 4));
   q->add_option("--outlier-channels", args->outlier_channels,
                 "int8 (microsoft ops): per activation, up to N input channels with outlier values (calibration max |x| "
-                "above 4x the median channel's) multiplied in fp32 instead of int8 (default 2; 0: off)")
+                "above 4x the median channel's) multiplied in fp32 instead of int8 (default 0: off; the accurate form, "
+                "as `export --int8-accurate`: 2)")
       ->check(CLI::Range(0, 64));
   q->add_option("--row-scales", args->row_scales,
                 "int8 (microsoft ops): activations quantized with one scale per row (token): normalized (outputs of "
-                "LayerNormalization-type nodes, default), all, or none (one scale per tensor)")
+                "LayerNormalization-type nodes; the accurate form), all, or none (one scale per tensor, default)")
       ->check(CLI::IsMember({"normalized", "all", "none"}));
   q->add_flag("--no-quantize-embeddings", args->no_embeddings,
               "Keep Gather embedding tables float (default: com.microsoft.GatherBlockQuantized)");

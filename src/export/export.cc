@@ -319,6 +319,9 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
   if (options.quantized_only && !quantize_now)
     throw UsageError("--quantized-only applies to decoders and encoder-decoders (an encoder's quantized file is "
                      "made from and compared with its fp32 file)");
+  if (options.int8_accurate && quantize_now)
+    throw UsageError("--int8-accurate applies to encoders (decoders and encoder-decoders are quantized while they "
+                     "are written, per channel, without calibration)");
   std::vector<LoadCheckSpec> quant_specs(parts.size());
   // The graphs of a set share their weights (embeddings, tied heads): one external-data file per lowering holds
   // each tensor once, unless --external-data never asks for self-contained files.
@@ -514,10 +517,14 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     qo.write = wo;
     qo.write.progress = nullptr;
     qo.check = true;  // the accuracy check drives the fp32 fallback of sensitive layers
-    // int8 is made from the plain graph: its per-row scales and fp32 outlier channels need the separate Q/K/V
-    // MatMuls, which the fused Attention (QAttention: one per-tensor input scale) does not have; ONNX Runtime
-    // fuses the int8 graph at load time (docs/quantization.md). int4 reads the fused graph.
-    const fs::path source = options.optimize && options.quantize_bits == 4 ? opt_path : options.output;
+    if (options.int8_accurate) {
+      qo.outlier_channels = 2;
+      qo.row_scales = RowScales::kNormalized;
+    }
+    // The accurate int8 form is made from the plain graph: its per-row scales and fp32 outlier channels need the
+    // separate Q/K/V MatMuls, which the fused Attention (QAttention: one per-tensor input scale) does not have;
+    // ONNX Runtime fuses the int8 graph at load time (docs/quantization.md). The others read the fused graph.
+    const fs::path source = options.optimize && !options.int8_accurate ? opt_path : options.output;
     log("quantizing " + source.filename().string() +
         (options.quantize_bits == 4 ? " (int4 MatMulNBits, calibrated GPTQ)" : " (int8, dynamic)"));
     folders.create_parents_of(quant_path);

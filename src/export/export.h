@@ -59,6 +59,9 @@ struct ExportOptions {
   // 1 full, 4 coarse (default: several times faster), 0 none (round-to-nearest).
   int int4_clip_stride = 4;
   bool quantize_embeddings = true;     // Gather tables (and tied heads' tables) -> GatherBlockQuantized
+  // int8, encoders: the accurate form (fp32 outlier channels + per-row scales of normalized activations, made
+  // from the plain graph even with --optimize; docs/quantization.md) instead of the per-tensor form.
+  bool int8_accurate = false;
   // Decoders and graph sets: write only the quantized graphs (no fp32 file on disk); the folder's genai_config
   // names them either way.
   bool quantized_only = false;

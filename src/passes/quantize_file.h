@@ -32,10 +32,10 @@ struct QuantizeFileOptions {
   double min_label_agreement = 0.95;
   // int8 (com.microsoft form): activation outliers and per-row scales (docs/quantization.md). Up to
   // `outlier_channels` input channels per activation (those whose calibration max |x| exceeds outlier_ratio x the
-  // median channel's) are multiplied in fp32; 0 turns it off.
-  int outlier_channels = 2;
+  // median channel's) are multiplied in fp32; 0 (default) turns it off. The accurate form: 2 + kNormalized.
+  int outlier_channels = 0;
   double outlier_ratio = 4.0;
-  RowScales row_scales = RowScales::kNormalized;
+  RowScales row_scales = RowScales::kNone;
   int samples = 4;            // sample batches
   int64_t batch = 2, seq = 16;
 };

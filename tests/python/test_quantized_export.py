@@ -300,7 +300,10 @@ def test_quantize_option_errors(tmp_path):
                                (["--quantize", "int4", "--block-size", "24"], 1, ["block"]),
                                (["--quantize", "int8", "--block-size", "16"], 1, ["int4"]),
                                (["--quantize=int3"], 1, ["int3"]),
-                               (["--quantized-only"], 1, ["--quantize"])]:
+                               (["--quantized-only"], 1, ["--quantize"]),
+                               (["--int8-accurate"], 1, ["--quantize"]),
+                               (["--quantize", "int4", "--int8-accurate"], 1, ["int8"]),
+                               (["--quantize", "int8", "--int8-accurate"], 1, ["encoders"])]:
         out = tmp_path / "o"
         r = fx.run_trex("export", "--model", ckpt, *extra, out)
         assert r.returncode == code, (extra, r.stdout, r.stderr)
