@@ -554,39 +554,32 @@ Value project_heads(GraphBuilder& g, Weights& w, const Value& x, const std::stri
                      a.head_dim);
 }
 
-// Where an attention's keys and values come from: projections of its input (self-attention), or already projected
-// and split into heads [B, heads, T, d] (cross-attention over the encoder states or their cache).
-struct KeyValues {
-  std::string k, v;
-  Value keys, values;
-};
-
-// Attention of queries from x, then the output projection `o`. Plain: the projections and attention_core. Fused:
-// one com.microsoft MultiHeadAttention node (past ++ new inside, additive bias for the causal mask and the
-// relative positions, the padding as key_padding_mask):
+// Attention of queries from x, then the output projection `o` (the encoder's self-attention, the decoder's
+// self-attention with its past; cross-attention is split_cross_attention). Plain: the projections and
+// attention_core. Fused: one com.microsoft MultiHeadAttention node (past ++ new inside, additive bias for the
+// causal mask and the relative positions, the padding as key_padding_mask):
 //
-//   x ─MatMul(W_q)(+b)────────────────────────┐
-//   x ─MatMul(W_k)(+b) │ cross K [B,H,T,d] ───┼─► MultiHeadAttention ─MatMul(W_o)(+b)─► out
-//   x ─MatMul(W_v)(+b) │ cross V [B,H,T,d] ───┘    ▲   ▲            └─► present K/V (self-attention with a past)
+//   x ─MatMul(W_q)(+b)─┐
+//   x ─MatMul(W_k)(+b)─┼─► MultiHeadAttention ─MatMul(W_o)(+b)─► out
+//   x ─MatMul(W_v)(+b)─┘    ▲   ▲            └─► present K/V (self-attention with a past)
 //        key_padding_mask (int32), bias [1|B, 1|H, S, T], past K/V ───┘
 AttentionOutputs seq2seq_attention(GraphBuilder& g, Weights& w, const Value& x, const std::string& q,
-                                   const KeyValues& kv, const std::string& o, const BlockSpec& b,
-                                   const AttentionInputs& in) {
+                                   const std::string& k, const std::string& v, const std::string& o,
+                                   const BlockSpec& b, const AttentionInputs& in) {
   const AttentionSpec& a = b.attention;
   const int64_t width = a.num_heads * a.head_dim;
   AttentionOutputs out;
   if (!g.fused()) {
-    Value keys = kv.keys.empty() ? project_heads(g, w, x, kv.k, b) : kv.keys;
-    Value values = kv.values.empty() ? project_heads(g, w, x, kv.v, b) : kv.values;
-    out = attention_core(g, project_heads(g, w, x, q, b), keys, values, a, in);
+    out = attention_core(g, project_heads(g, w, x, q, b), project_heads(g, w, x, k, b), project_heads(g, w, x, v, b),
+                         a, in);
   } else {
     auto proj = [&](const std::string& name) { return project(g, w, x, name, b.hidden, width, a.qkv_bias, b.conv1d); };
     const bool past = !in.past_key.empty();
     double scale = 1.0;
     if (a.scaling != ScoreScaling::kNone) scale = 1.0 / std::sqrt(static_cast<double>(a.head_dim));
     auto outs = g.node("MultiHeadAttention",
-                       {proj(q), kv.keys.empty() ? proj(kv.k) : kv.keys, kv.values.empty() ? proj(kv.v) : kv.values,
-                        /*bias=*/"", in.key_padding_mask, in.mask_bias, in.past_key, in.past_value},
+                       {proj(q), proj(k), proj(v), /*bias=*/"", in.key_padding_mask, in.mask_bias, in.past_key,
+                        in.past_value},
                        {GraphBuilder::Attr::Int("num_heads", a.num_heads),
                         GraphBuilder::Attr::Float("scale", static_cast<float>(scale))},
                        past ? 3 : 1, GraphBuilder::kMsDomain);
@@ -706,7 +699,7 @@ std::vector<GraphOutput> build_encoder_graph(BuildContext& ctx, Weights& w, cons
     auto layer = g.scope("layers." + std::to_string(i));
     r.sublayer(b, n.attn_norm, [&](const Value& h) {
       auto a = g.scope("attention");
-      return seq2seq_attention(g, w, h, n.q, {n.k, n.v, "", ""}, n.o, b, in).context;
+      return seq2seq_attention(g, w, h, n.q, n.k, n.v, n.o, b, in).context;
     });
     r.sublayer(b, n.mlp_norm, [&](const Value& h) { return mlp(g, w, h, b, n, cfg); });
   }
@@ -794,7 +787,7 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
       AttentionInputs in = self_in;
       in.past_key = p.key;
       in.past_value = p.value;
-      self_att = seq2seq_attention(g, w, h, n.q, {n.k, n.v, "", ""}, n.o, b, in);
+      self_att = seq2seq_attention(g, w, h, n.q, n.k, n.v, n.o, b, in);
       return self_att.context;
     });
     Value cross_k, cross_v;
