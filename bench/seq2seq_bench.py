@@ -79,19 +79,20 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
-def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int) -> dict:
+def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, threads: int = 2) -> dict:
     """tokens/s of generate() per runtime and beam count (see the module docstring). Runs alternate their order
     (A B C, C B A, ...); each folder's speed is also divided by the optimum folder's of the same round (paired
-    ratio, median and min-max over rounds)."""
+    ratio, median and min-max over rounds), on wall time and on the process's CPU time (with 1 thread, CPU time
+    is what the work costs, little disturbed by other processes on a loaded machine)."""
     import numpy as np
     import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
     from transformers import AutoModelForSeq2SeqLM
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    so.intra_op_num_threads = threads
     models = {name: ORTModelForSeq2SeqLM.from_pretrained(f, use_cache=True, session_options=so)
               for name, f in folders.items()}
     models["transformers (torch)"] = AutoModelForSeq2SeqLM.from_pretrained(ckpt).eval()
@@ -103,24 +104,29 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int) 
     names = list(models)
     for beams in (1, 4):
         times: dict[str, list[float]] = {k: [] for k in models}
+        cpu: dict[str, list[float]] = {k: [] for k in models}
         for m in models.values():  # warm-up (first-run allocations, prepacking)
             with torch.no_grad():
                 m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, num_beams=beams, do_sample=False)
         for r in range(repeat):
             for name in (names if r % 2 == 0 else names[::-1]):
                 m = models[name]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 with torch.no_grad():
                     m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
                                num_beams=beams, do_sample=False)
                 times[name].append(time.perf_counter() - t0)
-        base = times.get("optimum folder")
+                cpu[name].append(time.process_time() - c0)
+        base, base_cpu = times.get("optimum folder"), cpu.get("optimum folder")
         for name, ts in times.items():
             d = out.setdefault(name, {})
             d[f"beam{beams}_tokens_per_s"] = new * ids.shape[0] / statistics.median(ts)
+            d[f"beam{beams}_tokens_per_cpu_s"] = new * ids.shape[0] / statistics.median(cpu[name])
             d[f"beam{beams}_seconds"] = ts
+            d[f"beam{beams}_cpu_seconds"] = cpu[name]
             if base:
                 d[f"beam{beams}_vs_optimum"] = spread([b / t for b, t in zip(base, ts)])
+                d[f"beam{beams}_cpu_vs_optimum"] = spread([b / t for b, t in zip(base_cpu, cpu[name])])
     return out
 
 
@@ -188,6 +194,9 @@ def main():
     ap.add_argument("--skip-optimum", action="store_true")
     ap.add_argument("--decode-repeat", type=int, default=2)
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--decode-threads", type=int, default=2,
+                    help="ONNX Runtime intra-op and torch threads of the generate() runs (1: CPU-time ratios are "
+                         "meaningful on a loaded machine)")
     ap.add_argument("--step-repeat", type=int, default=40, help="runs of the decoder-step timing per folder")
     args = ap.parse_args()
     shape = {"marian": (512, 6, 8, 2048, 58101), "t5": (768, 12, 12, 3072, 32128)}[args.arch]
@@ -233,7 +242,7 @@ def main():
         if not args.skip_optimum and not args.skip_decode:
             print("decode speed ...", file=sys.stderr, flush=True)
             folders = {"trex folder": out_root / "trex", "optimum folder": out_root / "optimum-cli"}
-            decode = decode_speed(folders, ckpt, args.decode_repeat, args.vocab)
+            decode = decode_speed(folders, ckpt, args.decode_repeat, args.vocab, args.decode_threads)
             steps = {b: decoder_step_time(folders, args.step_repeat, b, args.vocab) for b in (8, 32)}
         shutil.rmtree(out_root, ignore_errors=True)
 
@@ -256,12 +265,14 @@ def main():
             def ratio(d):
                 return f"{d['median']:.2f}x ({d['min']:.2f}-{d['max']:.2f})"
 
-            print(f"\n| runtime (generate, batch 8, 32 new tokens; {args.decode_repeat} interleaved rounds) | greedy tok/s "
-                  "| beam 4 tok/s | greedy vs optimum folder, paired median (min-max) | beam 4 vs optimum folder |")
-            print("|---|---:|---:|---:|---:|")
+            print(f"\n| runtime (generate, batch 8, 32 new tokens; {args.decode_threads} thread(s), "
+                  f"{args.decode_repeat} interleaved rounds) | greedy tok/s | beam 4 tok/s | greedy vs optimum folder, "
+                  "paired median (min-max) | beam 4 vs optimum folder | same on CPU time: greedy | beam 4 |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
             for name, d in decode.items():
                 print(f"| {name} | {d['beam1_tokens_per_s']:.1f} | {d['beam4_tokens_per_s']:.1f} | "
-                      f"{ratio(d['beam1_vs_optimum'])} | {ratio(d['beam4_vs_optimum'])} |")
+                      f"{ratio(d['beam1_vs_optimum'])} | {ratio(d['beam4_vs_optimum'])} | "
+                      f"{ratio(d['beam1_cpu_vs_optimum'])} | {ratio(d['beam4_cpu_vs_optimum'])} |")
             print(f"\n| decoder step with a cache (ONNX Runtime, 1 thread, CPU ms; {args.step_repeat} interleaved runs) | "
                   "batch 8 ms | batch 32 ms | speed vs optimum folder, batch 8 | batch 32 |")
             print("|---|---:|---:|---:|---:|")
@@ -276,7 +287,7 @@ def main():
                 "checkpoint": {"arch": args.arch, "d_model": args.d_model, "layers": args.layers, "heads": args.heads, "ffn": args.ffn,
                                "vocab": args.vocab, "weights_bytes": wbytes},
                 "repeat": args.repeat, "cpus": os.cpu_count(), "results": summary, "decode": decode,
-                "decoder_step": steps, "load_average": os.getloadavg(),
+                "decoder_step": steps, "decode_threads": args.decode_threads, "load_average": os.getloadavg(),
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
             print(f"\nJSON: {out_json}", file=sys.stderr)
     finally:
