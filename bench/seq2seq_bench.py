@@ -11,9 +11,9 @@ bytes of the folder each one writes (every .onnx and external-data file).
   optimum-cli        optimum-cli export onnx --model DIR --task text2text-generation-with-past OUTDIR
                      (includes optimum's own validation against PyTorch)
 
-With optimum-cli included, the two folders are then run by optimum's ORTModelForSeq2SeqLM (use_cache=True, 2
-threads) and compared with transformers on torch: generate() of 32 new tokens for a batch of 8 random 32-token
-inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, median of `--decode-repeat` runs,
+With optimum-cli included, the two folders are then run by optimum's ORTModelForSeq2SeqLM (use_cache=True,
+`--decode-threads`, default 2) and compared with transformers on torch: generate() of 32 new tokens for a batch
+of 8 random 32-token inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, median of `--decode-repeat` runs,
 and each folder's paired ratio to the optimum folder's run of the same round (median, min-max). Then the decoder
 alone: CPU time of one step with a cache in ONNX Runtime (1 thread, batch 8 and 32 = 8 x 4 beams), interleaved,
 `--step-repeat` runs: generate() also spends much of its time in transformers' Python (logits processors, cache
