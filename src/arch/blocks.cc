@@ -609,7 +609,8 @@ Value split_cross_attention(GraphBuilder& g, Weights& w, const Value& x, const s
   const double d = static_cast<double>(a.head_dim);
   Value q = project_heads(g, w, x, q_name, b);
   if (a.scaling == ScoreScaling::kDivideQuery) q = g.div(q, g.const_f32(static_cast<float>(std::sqrt(d))));
-  Value scores = g.concat({g.matmul(q, g.transpose(past_k, {0, 1, 3, 2})), g.matmul(q, g.transpose(new_k, {0, 1, 3, 2}))}, 3);
+  Value scores = g.concat(
+      {g.matmul(q, g.transpose(past_k, {0, 1, 3, 2})), g.matmul(q, g.transpose(new_k, {0, 1, 3, 2}))}, 3);
   if (a.scaling == ScoreScaling::kDivideScores)
     scores = g.div(scores, g.const_f32(static_cast<float>(std::sqrt(d))));
   else if (a.scaling == ScoreScaling::kMultiplyScores)
