@@ -11,9 +11,13 @@ bytes of the folder each one writes (every .onnx and external-data file).
   optimum-cli        optimum-cli export onnx --model DIR --task text2text-generation-with-past OUTDIR
                      (includes optimum's own validation against PyTorch)
 
-With optimum-cli included, the two folders are then run by optimum's ORTModelForSeq2SeqLM (use_cache=True, 2
-threads) and compared with transformers on torch: generate() of 32 new tokens for a batch of 8 random 32-token
-inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, median of `--decode-repeat` runs.
+With optimum-cli included, the two folders are then run by optimum's ORTModelForSeq2SeqLM (use_cache=True,
+`--decode-threads`, default 2) and compared with transformers on torch: generate() of 32 new tokens for a batch
+of 8 random 32-token inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, median of `--decode-repeat` runs,
+and each folder's paired ratio to the optimum folder's run of the same round (median, min-max). Then the decoder
+alone: CPU time of one step with a cache in ONNX Runtime (1 thread, batch 8 and 32 = 8 x 4 beams), interleaved,
+`--step-repeat` runs: generate() also spends much of its time in transformers' Python (logits processors, cache
+reordering), the same for both folders, which dilutes and blurs the folders' difference.
 
 Usage
   .venv/bin/python bench/seq2seq_bench.py               # opus-mt-en-de shape
@@ -71,17 +75,24 @@ def folder_model_bytes(folder: Path) -> int:
                (p.suffix in (".onnx", ".data") or p.name.endswith(".onnx_data") or p.name.endswith(".onnx.data")))
 
 
-def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int) -> dict:
-    """tokens/s of generate() per runtime and beam count (see the module docstring)."""
+def spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, threads: int = 2) -> dict:
+    """tokens/s of generate() per runtime and beam count (see the module docstring). Runs alternate their order
+    (A B C, C B A, ...); each folder's speed is also divided by the optimum folder's of the same round (paired
+    ratio, median and min-max over rounds), on wall time and on the process's CPU time (with 1 thread, CPU time
+    is what the work costs, little disturbed by other processes on a loaded machine)."""
     import numpy as np
     import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
     from transformers import AutoModelForSeq2SeqLM
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    so.intra_op_num_threads = threads
     models = {name: ORTModelForSeq2SeqLM.from_pretrained(f, use_cache=True, session_options=so)
               for name, f in folders.items()}
     models["transformers (torch)"] = AutoModelForSeq2SeqLM.from_pretrained(ckpt).eval()
@@ -90,18 +101,78 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int) 
     mask = torch.ones_like(ids)
     new = 32
     out: dict = {}
+    names = list(models)
     for beams in (1, 4):
         times: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(repeat):
-            for name, m in models.items():
-                t0 = time.perf_counter()
+        cpu: dict[str, list[float]] = {k: [] for k in models}
+        for m in models.values():  # warm-up (first-run allocations, prepacking)
+            with torch.no_grad():
+                m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, num_beams=beams, do_sample=False)
+        for r in range(repeat):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                m = models[name]
+                t0, c0 = time.perf_counter(), time.process_time()
                 with torch.no_grad():
                     m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
                                num_beams=beams, do_sample=False)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+        base, base_cpu = times.get("optimum folder"), cpu.get("optimum folder")
         for name, ts in times.items():
-            out.setdefault(name, {})[f"beam{beams}_tokens_per_s"] = new * ids.shape[0] / statistics.median(ts)
+            d = out.setdefault(name, {})
+            d[f"beam{beams}_tokens_per_s"] = new * ids.shape[0] / statistics.median(ts)
+            d[f"beam{beams}_tokens_per_cpu_s"] = new * ids.shape[0] / statistics.median(cpu[name])
+            d[f"beam{beams}_seconds"] = ts
+            d[f"beam{beams}_cpu_seconds"] = cpu[name]
+            if base:
+                d[f"beam{beams}_vs_optimum"] = spread([b / t for b, t in zip(base, ts)])
+                d[f"beam{beams}_cpu_vs_optimum"] = spread([b / t for b, t in zip(base_cpu, cpu[name])])
     return out
+
+
+def decoder_step_time(folders: dict[str, Path], repeat: int, batch: int, vocab: int) -> dict:
+    """CPU time of one decoder step with a cache (use_cache_branch true, 15 tokens of past, batch rows, 32 encoder
+    tokens), ONNX Runtime alone: 1 intra-op thread, so the step runs on the calling thread and its thread CPU time
+    is little disturbed by other processes. Fed as optimum feeds it (the cross-attention cache from the first step).
+    Folders alternate; per folder the median and min-max, and its paired ratio against the optimum folder."""
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    ids = np.random.default_rng(0).integers(1, vocab - 1, size=(batch, 32)).astype(np.int64)
+    mask = np.ones_like(ids)
+    state = {}
+    for name, f in folders.items():
+        enc = ort.InferenceSession(str(f / "encoder_model.onnx"), so)
+        dec = ort.InferenceSession(str(f / "decoder_model_merged.onnx"), so)
+        hidden = enc.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        inputs = {i.name: i for i in dec.get_inputs()}
+        outputs = [o.name for o in dec.get_outputs()]
+        past, token = None, np.zeros((batch, 1), np.int64)
+        for _ in range(16):
+            feed = {"input_ids": token, "encoder_hidden_states": hidden, "encoder_attention_mask": mask,
+                    "use_cache_branch": np.array([past is not None])}
+            for n, i in inputs.items():
+                if n.startswith("past_key_values."):
+                    feed[n] = (past[n.replace("past_key_values.", "present.")] if past is not None
+                               else np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32))
+            res = dict(zip(outputs, dec.run(None, feed)))
+            if past is not None:
+                res.update({n: past[n] for n in outputs if ".encoder." in n})
+            past, token = res, res["logits"][:, -1:].argmax(-1)
+        state[name] = (dec, feed)
+    times: dict[str, list[float]] = {k: [] for k in folders}
+    names = list(folders)
+    for r in range(repeat):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            dec, feed = state[name]
+            t0 = time.thread_time()
+            dec.run(None, feed)
+            times[name].append(time.thread_time() - t0)
+    base = times["optimum folder"]
+    return {name: {"step_ms": spread([t * 1e3 for t in ts]), "speed_vs_optimum": spread([b / t for b, t in zip(base, ts)])}
+            for name, ts in times.items()}
 
 
 def main():
@@ -123,6 +194,10 @@ def main():
     ap.add_argument("--skip-optimum", action="store_true")
     ap.add_argument("--decode-repeat", type=int, default=2)
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--decode-threads", type=int, default=2,
+                    help="ONNX Runtime intra-op and torch threads of the generate() runs (1: CPU-time ratios are "
+                         "meaningful on a loaded machine)")
+    ap.add_argument("--step-repeat", type=int, default=40, help="runs of the decoder-step timing per folder")
     args = ap.parse_args()
     shape = {"marian": (512, 6, 8, 2048, 58101), "t5": (768, 12, 12, 3072, 32128)}[args.arch]
     for key, default in zip(("d_model", "layers", "heads", "ffn", "vocab"), shape):
@@ -163,11 +238,12 @@ def main():
                 runs[name].append(r)
                 print(f"[{i + 1}/{args.repeat}] {name:<16} {r['wall_s']:8.2f} s  "
                       f"{r['maxrss_bytes'] / 2**20:9.1f} MB", file=sys.stderr, flush=True)
-        decode = None
+        decode = steps = None
         if not args.skip_optimum and not args.skip_decode:
             print("decode speed ...", file=sys.stderr, flush=True)
-            decode = decode_speed({"trex folder": out_root / "trex", "optimum folder": out_root / "optimum-cli"},
-                                  ckpt, args.decode_repeat, args.vocab)
+            folders = {"trex folder": out_root / "trex", "optimum folder": out_root / "optimum-cli"}
+            decode = decode_speed(folders, ckpt, args.decode_repeat, args.vocab, args.decode_threads)
+            steps = {b: decoder_step_time(folders, args.step_repeat, b, args.vocab) for b in (8, 32)}
         shutil.rmtree(out_root, ignore_errors=True)
 
         summary = {name: {"wall_s": statistics.median(r["wall_s"] for r in rs),
@@ -186,13 +262,24 @@ def main():
                   f"{s['peak_rss_bytes'] / wbytes:.2f} | {s['folder_bytes'] / 2**20:.1f} | "
                   f"{s['folder_bytes'] / wbytes:.2f} | {sp} |")
         if decode:
-            base = decode["optimum folder"]
-            print("\n| runtime (generate, batch 8, 32 new tokens) | greedy tok/s | beam 4 tok/s | vs optimum folder |")
-            print("|---|---:|---:|---:|")
+            def ratio(d):
+                return f"{d['median']:.2f}x ({d['min']:.2f}-{d['max']:.2f})"
+
+            print(f"\n| runtime (generate, batch 8, 32 new tokens; {args.decode_threads} thread(s), "
+                  f"{args.decode_repeat} interleaved rounds) | greedy tok/s | beam 4 tok/s | greedy vs optimum folder, "
+                  "paired median (min-max) | beam 4 vs optimum folder | same on CPU time: greedy | beam 4 |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
             for name, d in decode.items():
                 print(f"| {name} | {d['beam1_tokens_per_s']:.1f} | {d['beam4_tokens_per_s']:.1f} | "
-                      f"{d['beam1_tokens_per_s'] / base['beam1_tokens_per_s']:.2f}x / "
-                      f"{d['beam4_tokens_per_s'] / base['beam4_tokens_per_s']:.2f}x |")
+                      f"{ratio(d['beam1_vs_optimum'])} | {ratio(d['beam4_vs_optimum'])} | "
+                      f"{ratio(d['beam1_cpu_vs_optimum'])} | {ratio(d['beam4_cpu_vs_optimum'])} |")
+            print(f"\n| decoder step with a cache (ONNX Runtime, 1 thread, CPU ms; {args.step_repeat} interleaved runs) | "
+                  "batch 8 ms | batch 32 ms | speed vs optimum folder, batch 8 | batch 32 |")
+            print("|---|---:|---:|---:|---:|")
+            for name in steps[8]:
+                a, b = steps[8][name], steps[32][name]
+                print(f"| {name} | {a['step_ms']['median']:.2f} | {b['step_ms']['median']:.2f} | "
+                      f"{ratio(a['speed_vs_optimum'])} | {ratio(b['speed_vs_optimum'])} |")
         if not args.smoke:
             args.results.mkdir(parents=True, exist_ok=True)
             out_json = args.results / f"seq2seq_bench-{args.arch}-D{args.d_model}-L{args.layers}.json"
@@ -200,6 +287,7 @@ def main():
                 "checkpoint": {"arch": args.arch, "d_model": args.d_model, "layers": args.layers, "heads": args.heads, "ffn": args.ffn,
                                "vocab": args.vocab, "weights_bytes": wbytes},
                 "repeat": args.repeat, "cpus": os.cpu_count(), "results": summary, "decode": decode,
+                "decoder_step": steps, "decode_threads": args.decode_threads, "load_average": os.getloadavg(),
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
             print(f"\nJSON: {out_json}", file=sys.stderr)
     finally:

@@ -554,39 +554,32 @@ Value project_heads(GraphBuilder& g, Weights& w, const Value& x, const std::stri
                      a.head_dim);
 }
 
-// Where an attention's keys and values come from: projections of its input (self-attention), or already projected
-// and split into heads [B, heads, T, d] (cross-attention over the encoder states or their cache).
-struct KeyValues {
-  std::string k, v;
-  Value keys, values;
-};
-
-// Attention of queries from x, then the output projection `o`. Plain: the projections and attention_core. Fused:
-// one com.microsoft MultiHeadAttention node (past ++ new inside, additive bias for the causal mask and the
-// relative positions, the padding as key_padding_mask):
+// Attention of queries from x, then the output projection `o` (the encoder's self-attention, the decoder's
+// self-attention with its past; cross-attention is split_cross_attention). Plain: the projections and
+// attention_core. Fused: one com.microsoft MultiHeadAttention node (past ++ new inside, additive bias for the
+// causal mask and the relative positions, the padding as key_padding_mask):
 //
-//   x ─MatMul(W_q)(+b)────────────────────────┐
-//   x ─MatMul(W_k)(+b) │ cross K [B,H,T,d] ───┼─► MultiHeadAttention ─MatMul(W_o)(+b)─► out
-//   x ─MatMul(W_v)(+b) │ cross V [B,H,T,d] ───┘    ▲   ▲            └─► present K/V (self-attention with a past)
+//   x ─MatMul(W_q)(+b)─┐
+//   x ─MatMul(W_k)(+b)─┼─► MultiHeadAttention ─MatMul(W_o)(+b)─► out
+//   x ─MatMul(W_v)(+b)─┘    ▲   ▲            └─► present K/V (self-attention with a past)
 //        key_padding_mask (int32), bias [1|B, 1|H, S, T], past K/V ───┘
 AttentionOutputs seq2seq_attention(GraphBuilder& g, Weights& w, const Value& x, const std::string& q,
-                                   const KeyValues& kv, const std::string& o, const BlockSpec& b,
-                                   const AttentionInputs& in) {
+                                   const std::string& k, const std::string& v, const std::string& o,
+                                   const BlockSpec& b, const AttentionInputs& in) {
   const AttentionSpec& a = b.attention;
   const int64_t width = a.num_heads * a.head_dim;
   AttentionOutputs out;
   if (!g.fused()) {
-    Value keys = kv.keys.empty() ? project_heads(g, w, x, kv.k, b) : kv.keys;
-    Value values = kv.values.empty() ? project_heads(g, w, x, kv.v, b) : kv.values;
-    out = attention_core(g, project_heads(g, w, x, q, b), keys, values, a, in);
+    out = attention_core(g, project_heads(g, w, x, q, b), project_heads(g, w, x, k, b), project_heads(g, w, x, v, b),
+                         a, in);
   } else {
     auto proj = [&](const std::string& name) { return project(g, w, x, name, b.hidden, width, a.qkv_bias, b.conv1d); };
     const bool past = !in.past_key.empty();
     double scale = 1.0;
     if (a.scaling != ScoreScaling::kNone) scale = 1.0 / std::sqrt(static_cast<double>(a.head_dim));
     auto outs = g.node("MultiHeadAttention",
-                       {proj(q), kv.keys.empty() ? proj(kv.k) : kv.keys, kv.values.empty() ? proj(kv.v) : kv.values,
-                        /*bias=*/"", in.key_padding_mask, in.mask_bias, in.past_key, in.past_value},
+                       {proj(q), proj(k), proj(v), /*bias=*/"", in.key_padding_mask, in.mask_bias, in.past_key,
+                        in.past_value},
                        {GraphBuilder::Attr::Int("num_heads", a.num_heads),
                         GraphBuilder::Attr::Float("scale", static_cast<float>(scale))},
                        past ? 3 : 1, GraphBuilder::kMsDomain);
@@ -598,6 +591,39 @@ AttentionOutputs seq2seq_attention(GraphBuilder& g, Weights& w, const Value& x, 
   }
   out.context = project(g, w, out.context, o, width, b.hidden, a.o_bias, b.conv1d);
   return out;
+}
+
+// Cross-attention over the cached encoder K/V and the encoder rows projected at this step, without joining the
+// two (one of them is empty: the past on the first step, the new rows on the steps with a cache). The scores of
+// each part are joined on the key axis — [B, heads, S, T], small next to K/V — for one softmax, whose
+// probabilities are split again: context = P_past·V_past + P_new·V_new (a part with no keys contributes exact
+// zeros). The same arithmetic as attention_core over past ++ new, element by element, but the large cross K/V
+// are never copied at a decode step:
+//
+//   q ─MatMul(K_pastᵀ)─┐                              ┌─Slice[:P]─MatMul(V_past)─┐
+//   q ─MatMul(K_newᵀ)──┴─Concat(-1)─scale─+bias─Softmax┴─Slice[P:]─MatMul(V_new)──┴─Add─► context
+Value split_cross_attention(GraphBuilder& g, Weights& w, const Value& x, const std::string& q_name,
+                            const Value& past_k, const Value& past_v, const Value& new_k, const Value& new_v,
+                            const std::string& o, const BlockSpec& b, const Value& mask_bias) {
+  const AttentionSpec& a = b.attention;
+  const double d = static_cast<double>(a.head_dim);
+  Value q = project_heads(g, w, x, q_name, b);
+  if (a.scaling == ScoreScaling::kDivideQuery) q = g.div(q, g.const_f32(static_cast<float>(std::sqrt(d))));
+  Value scores = g.concat(
+      {g.matmul(q, g.transpose(past_k, {0, 1, 3, 2})), g.matmul(q, g.transpose(new_k, {0, 1, 3, 2}))}, 3);
+  if (a.scaling == ScoreScaling::kDivideScores)
+    scores = g.div(scores, g.const_f32(static_cast<float>(std::sqrt(d))));
+  else if (a.scaling == ScoreScaling::kMultiplyScores)
+    scores = g.mul(scores, g.const_f32(static_cast<float>(std::pow(d, -0.5))));
+  if (a.inverse_layer_scale != 1) scores = g.div(scores, g.const_f32(static_cast<float>(a.inverse_layer_scale)));
+  if (!mask_bias.empty()) scores = g.add(scores, mask_bias);
+  Value probs = g.softmax(scores, -1);
+  Value axis = g.const_i64({3}), split = g.dim(past_k, 2);
+  Value p_past = g.slice(probs, g.const_i64({0}), split, axis);
+  Value p_new = g.slice(probs, split, g.const_i64({std::numeric_limits<int64_t>::max()}), axis);
+  Value ctx = g.add(g.matmul(p_past, past_v), g.matmul(p_new, new_v));  // [B, heads, S, d]
+  ctx = g.reshape(g.transpose(ctx, {0, 2, 1, 3}), {0, 0, a.num_heads * a.head_dim});
+  return project(g, w, ctx, o, a.num_heads * a.head_dim, b.hidden, a.o_bias, b.conv1d);
 }
 
 // Token embeddings (scaled) + positions at `positions` [S] (+ the embedding norm).
@@ -674,7 +700,7 @@ std::vector<GraphOutput> build_encoder_graph(BuildContext& ctx, Weights& w, cons
     auto layer = g.scope("layers." + std::to_string(i));
     r.sublayer(b, n.attn_norm, [&](const Value& h) {
       auto a = g.scope("attention");
-      return seq2seq_attention(g, w, h, n.q, {n.k, n.v, "", ""}, n.o, b, in).context;
+      return seq2seq_attention(g, w, h, n.q, n.k, n.v, n.o, b, in).context;
     });
     r.sublayer(b, n.mlp_norm, [&](const Value& h) { return mlp(g, w, h, b, n, cfg); });
   }
@@ -686,7 +712,7 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
                                              const Seq2SeqNames& names) {
   auto& g = ctx.graph;
   const Dim enc_seq("encoder_sequence_length"), past("past_sequence_length"), total("total_sequence_length"),
-      enc_past("past_encoder_sequence_length");
+      enc_past("past_encoder_sequence_length"), enc_present("present_encoder_sequence_length");
   Value ids = g.input("input_ids", DType::kI64, {ctx.batch, ctx.seq}, InputSample::Ids(spec.decoder_vocab));
   Value enc_mask = g.input("encoder_attention_mask", DType::kI64, {ctx.batch, enc_seq}, InputSample::Mask(false));
   Value enc = g.input("encoder_hidden_states", DType::kF32, {ctx.batch, enc_seq, spec.hidden}, InputSample::State(""));
@@ -720,7 +746,7 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
   const std::string& dec_table = names.decoder_embed_tokens.empty() ? names.embed_tokens : names.decoder_embed_tokens;
   Value x = seq2seq_embeddings(g, w, spec, names.decoder, dec_table, spec.decoder_vocab, ids, q_pos);
 
-  AttentionInputs self_in, cross_in;
+  AttentionInputs self_in;
   {
     auto m = g.scope("mask");
     Value allowed = g.less_or_equal(g.unsqueeze(k_pos, {0}), g.unsqueeze(q_pos, {1}));  // [S, T]
@@ -732,13 +758,14 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
                                                      spec.decoder_layers.front().attention.num_heads, q_pos, k_pos,
                                                      /*bidirectional=*/false),
                               self_in.mask_bias);
-  if (g.fused())
-    cross_in.key_padding_mask = g.cast(enc_mask, DType::kI32);
-  else
-    cross_in.mask_bias = padding_bias(g, enc_mask);
+  // Cross-attention (split_cross_attention, plain ops in both lowerings: com.microsoft MultiHeadAttention would
+  // need past ++ new joined, a copy of the whole cross cache at every step) masks the encoder padding additively.
+  Value cross_bias = padding_bias(g, enc_mask);
   // Cross-attention K/V: projected from the encoder states on the first step, the cached ones afterwards. The
-  // encoder states are cut to 0 rows when use_cache_branch is set, so past ++ new is the cache then, and the new
-  // projection on the first step (whose past is empty).
+  // encoder states are cut to 0 rows when use_cache_branch is set, so the new projection is empty then, and the
+  // past is empty on the first step. present.{i}.encoder.* is the new projection only: the cross cache on the
+  // first step, 0 rows on the steps with a cache (the caller keeps the first step's, as optimum's merged decoder
+  // expects: its cache branch returns empty cross-attention presents too).
   Value enc_rows;
   {
     auto c = g.scope("cross_kv_rows");
@@ -761,23 +788,24 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
       AttentionInputs in = self_in;
       in.past_key = p.key;
       in.past_value = p.value;
-      self_att = seq2seq_attention(g, w, h, n.q, {n.k, n.v, "", ""}, n.o, b, in);
+      self_att = seq2seq_attention(g, w, h, n.q, n.k, n.v, n.o, b, in);
       return self_att.context;
     });
     Value cross_k, cross_v;
     r.sublayer(b, n.cross_norm, [&](const Value& h) {
       auto a = g.scope("cross_attention");
-      cross_k = g.concat({p.enc_key, project_heads(g, w, enc_rows, n.cross_k, b)}, 2);
-      cross_v = g.concat({p.enc_value, project_heads(g, w, enc_rows, n.cross_v, b)}, 2);
-      return seq2seq_attention(g, w, h, n.cross_q, {"", "", cross_k, cross_v}, n.cross_o, b, cross_in).context;
+      cross_k = project_heads(g, w, enc_rows, n.cross_k, b);
+      cross_v = project_heads(g, w, enc_rows, n.cross_v, b);
+      return split_cross_attention(g, w, h, n.cross_q, p.enc_key, p.enc_value, cross_k, cross_v, n.cross_o, b,
+                                   cross_bias);
     });
     r.sublayer(b, n.mlp_norm, [&](const Value& h) { return mlp(g, w, h, b, n, cfg); });
     const AttentionSpec& a = b.attention;
     const std::string pr = "present." + std::to_string(i);
     self_presents.push_back({pr + ".decoder.key", self_att.present_key, {ctx.batch, a.num_heads, total, a.head_dim}});
     self_presents.push_back({pr + ".decoder.value", self_att.present_value, {ctx.batch, a.num_heads, total, a.head_dim}});
-    cross_presents.push_back({pr + ".encoder.key", cross_k, {ctx.batch, a.num_heads, enc_seq, a.head_dim}});
-    cross_presents.push_back({pr + ".encoder.value", cross_v, {ctx.batch, a.num_heads, enc_seq, a.head_dim}});
+    cross_presents.push_back({pr + ".encoder.key", cross_k, {ctx.batch, a.num_heads, enc_present, a.head_dim}});
+    cross_presents.push_back({pr + ".encoder.value", cross_v, {ctx.batch, a.num_heads, enc_present, a.head_dim}});
   }
   Value h = spec.final_norm ? r.normed(spec.decoder_layers.back(), names.decoder.final_norm) : r.flush();
 

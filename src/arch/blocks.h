@@ -86,7 +86,9 @@ std::vector<GraphOutput> build_decoder(BuildContext& ctx, Weights& w, const Deco
 //                         past_key_values.{i}.decoder|encoder.key|value, use_cache_branch (bool [1])
 //                         → logits [B, S, vocab], present.{i}.decoder|encoder.key|value
 // One decoder graph serves the first step (use_cache_branch false: cross-attention K/V projected from the encoder
-// states) and the steps with a past (true: the cached encoder K/V pass through), without an If node.
+// states, returned as present.{i}.encoder.*) and the steps with a past (true: attention reads the cached encoder
+// K/V in place, and present.{i}.encoder.* have 0 rows: the caller keeps the first step's, as with optimum's
+// merged decoder), without an If node.
 inline constexpr const char* kEncoderGraph = "encoder_model";
 inline constexpr const char* kDecoderMergedGraph = "decoder_model_merged";
 

@@ -210,19 +210,35 @@ void last_logits(const Ort::Value& logits, std::vector<float>& out, int64_t& voc
     std::memcpy(out.data() + r * vocab, p + (r * seq + seq - 1) * vocab, static_cast<size_t>(vocab) * sizeof(float));
 }
 
+// A tensor over the same float data as `v` (not owning it): an input that must stay where it is.
+Ort::Value float_view(Ort::Value& v) {
+  static const Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  auto info = v.GetTensorTypeAndShapeInfo();
+  auto shape = info.GetShape();
+  return Ort::Value::CreateTensor<float>(mem, v.GetTensorMutableData<float>(), info.GetElementCount(), shape.data(),
+                                         shape.size());
+}
+
 // One step of a decoder with a cache: the cache slots' past values go after the inputs already in `in`; the
 // logits of the last position land in `logits`, and the present values become the next step's past (moved, not
-// copied).
+// copied). Slots with `kept[i]` set (an encoder-decoder's cross-attention cache after its first step) are read in
+// place and keep their past: their present output is not fetched.
 void run_cached_step(Ort::Session& session, std::vector<const char*>& in_names, std::vector<Ort::Value>& in,
                      const std::vector<CacheSlot>& slots, std::vector<Ort::Value>& past,
                      const std::vector<std::string>& output_names, const std::string& file,
-                     std::vector<float>& logits, int64_t& vocab) {
+                     std::vector<float>& logits, int64_t& vocab, const std::vector<bool>& kept = {}) {
+  std::vector<const char*> out_names{output_names.at(0).c_str()};
+  std::vector<size_t> fetched;  // slot of each present output after the logits
   for (size_t i = 0; i < slots.size(); ++i) {
     in_names.push_back(slots[i].input.c_str());
-    in.push_back(std::move(past[i]));
+    if (i < kept.size() && kept[i]) {
+      in.push_back(float_view(past[i]));
+    } else {
+      in.push_back(std::move(past[i]));
+      out_names.push_back(output_names.at(i + 1).c_str());
+      fetched.push_back(i);
+    }
   }
-  std::vector<const char*> out_names;
-  for (const auto& n : output_names) out_names.push_back(n.c_str());
   std::vector<Ort::Value> out;
   try {
     out = session.Run(Ort::RunOptions{nullptr}, in_names.data(), in.data(), in.size(), out_names.data(),
@@ -231,7 +247,7 @@ void run_cached_step(Ort::Session& session, std::vector<const char*>& in_names, 
     throw InputError(file, std::string("ONNX Runtime failed at a generation step: ") + e.what());
   }
   last_logits(out[0], logits, vocab, file);
-  for (size_t i = 0; i < slots.size(); ++i) past[i] = std::move(out[i + 1]);  // fed back as they are
+  for (size_t k = 0; k < fetched.size(); ++k) past[fetched[k]] = std::move(out[k + 1]);  // fed back as they are
 }
 
 class DecoderOnlyModel : public StepModel {
@@ -345,6 +361,9 @@ class EncoderDecoderModel : public StepModel {
     has_flag_ = has_name(din, "use_cache_branch");
     slots_ = cache_slots(decoder_, dec_file_);
     if (slots_.empty()) throw InputError(dec_file_, "no past_key_values.* inputs (export the decoder with its cache)");
+    // The cross-attention cache is the first step's: later steps read it in place (their present.*.encoder.*
+    // are empty, in trex's merged decoder as in optimum's).
+    for (const auto& s : slots_) cross_.push_back(s.input.find(".encoder.") != std::string::npos);
     for (const auto& n : din)
       if (n != "input_ids" && n != "encoder_hidden_states" && n != "encoder_attention_mask" && n != "use_cache_branch" &&
           n.rfind("past_key_values.", 0) != 0)
@@ -434,7 +453,8 @@ class EncoderDecoderModel : public StepModel {
       in_names.push_back("use_cache_branch");
       in.push_back(Ort::Value::CreateTensor<bool>(mem, &flag, 1, flag_shape, 1));
     }
-    run_cached_step(decoder_, in_names, in, slots_, past_, out_names_, dec_file_, logits_, vocab);
+    run_cached_step(decoder_, in_names, in, slots_, past_, out_names_, dec_file_, logits_, vocab,
+                    has_past_ ? cross_ : std::vector<bool>{});
     has_past_ = true;
     return logits_;
   }
@@ -444,6 +464,7 @@ class EncoderDecoderModel : public StepModel {
   std::string enc_out_;
   bool has_enc_mask_ = false, has_flag_ = false, has_past_ = false;
   std::vector<CacheSlot> slots_;
+  std::vector<bool> cross_;  // per slot: a cross-attention cache, kept from the first step
   std::vector<std::string> out_names_;
   int64_t rows_ = 0, enc_len_ = 0;
   std::vector<int64_t> enc_ids_, enc_mask_;

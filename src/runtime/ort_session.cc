@@ -46,6 +46,8 @@ int64_t SampleShape::symbol(const std::string& name, size_t axis) const {
   if (name == "total_sequence_length") return past + seq;
   if (name == "encoder_sequence_length") return encoder < 0 ? seq : encoder;
   if (name == "past_encoder_sequence_length") return past == 0 ? 0 : (encoder < 0 ? seq : encoder);
+  // Encoder-decoders' present cross-attention K/V: projected on the first step, empty on the steps with a cache.
+  if (name == "present_encoder_sequence_length") return past == 0 ? (encoder < 0 ? seq : encoder) : 0;
   return axis == 0 ? batch : seq;
 }
 

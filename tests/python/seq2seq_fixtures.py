@@ -98,7 +98,9 @@ def padded_batch(seed: int = 5, lengths=(9, 6)):
 
 
 class OnnxSeq2Seq:
-    """trex's folder run by hand: the encoder once, then the merged decoder step by step with its caches."""
+    """trex's folder run by hand: the encoder once, then the merged decoder step by step with its caches, as
+    optimum's ORTModelForSeq2SeqLM does: the self-attention cache is each step's present.*.decoder.*, the
+    cross-attention cache the first step's present.*.encoder.* (later steps return them empty)."""
 
     def __init__(self, folder: Path, suffix: str = ""):
         import onnxruntime as ort
@@ -127,5 +129,10 @@ class OnnxSeq2Seq:
                 feed[n] = (self.past[n.replace("past_key_values.", "present.")] if self.past is not None
                            else np.zeros((b, i.shape[1], 0, i.shape[3]), dtype=np.float32))
         res = dict(zip(self.dec_outputs, self.dec.run(None, feed)))
+        if self.past is not None:
+            for n in self.dec_outputs:
+                if ".encoder." in n:
+                    assert res[n].shape[2] == 0, f"{n} has {res[n].shape[2]} rows at a step with a cache, expected 0"
+                    res[n] = self.past[n]
         self.past = res
         return res["logits"]

@@ -115,6 +115,39 @@ def test_output_folder_is_complete(tmp_path):
     assert outs[:5] == ["logits"] + [f"present.0.{w}.{kv}" for w in ("decoder", "encoder") for kv in ("key", "value")]
 
 
+@pytest.mark.parametrize("graph", ["plain", "optimized"])
+def test_cross_attention_cache_is_read_in_place(tmp_path, graph):
+    """A decode step does not copy the cross-attention cache: past_key_values.*.encoder.* feed only the attention
+    MatMuls (through a Transpose for the keys), never a Concat, and their present.* outputs are the projection of the
+    encoder rows alone, empty at a step with a cache (checked at every step of the step-by-step tests too)."""
+    import onnx
+
+    suffix = "" if graph == "plain" else "-optimized"
+    out = export(sfx.seq2seq_checkpoint("bart"), tmp_path / "out", *([] if graph == "plain" else ["--optimize"]))
+    dec = onnx.load(str(out / f"decoder_model_merged{suffix}.onnx"), load_external_data=False).graph
+    consumers: dict[str, list[str]] = {}
+    for n in dec.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    cross = [i.name for i in dec.input if ".encoder." in i.name]
+    assert cross
+    for name in cross:
+        assert consumers.get(name) and set(consumers[name]) <= {"MatMul", "Transpose", "Shape"}, (name, consumers.get(name))
+
+    onnx_model = sfx.OnnxSeq2Seq(out, suffix)
+    ids, mask = sfx.padded_batch()
+    onnx_model.encode(ids, mask)
+    first = np.array([[sfx.START], [sfx.START]], dtype=np.int64)
+    onnx_model.step(first)
+    res = onnx_model.dec.run(None, {**{"input_ids": first, "encoder_hidden_states": onnx_model.enc_out,
+                                       "encoder_attention_mask": mask, "use_cache_branch": np.array([True])},
+                                    **{n: onnx_model.past[n.replace("past_key_values.", "present.")]
+                                       for n in onnx_model.dec_inputs if n.startswith("past_key_values.")}})
+    for n, v in zip(onnx_model.dec_outputs, res):
+        if ".encoder." in n:
+            assert onnx_model.past[n].shape[2] == ids.shape[1] and v.shape[2] == 0, (n, v.shape)
+
+
 @pytest.mark.parametrize("name", sfx.OPTIMUM_CASES)
 def test_graphs_share_one_external_data_file(tmp_path, name):
     """The encoder and the decoder point into one weights.data that holds each tensor once (shared embeddings and
