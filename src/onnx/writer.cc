@@ -1,11 +1,14 @@
 #include "onnx/writer.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "util/error.h"
@@ -17,33 +20,63 @@ namespace {
 namespace fs = std::filesystem;
 
 // Buffered writer on a POSIX file descriptor; errors become OutputError naming the final path.
+// `direct`: large page-aligned writes go to the disk with O_DIRECT (no copy into the page cache, no dirty-page
+// throttling: on this project's VM, 1.2-2.0 GB/s against 0.3-0.5 GB/s buffered); everything else goes through an
+// aligned buffer flushed in whole 4 KiB blocks, and the last partial block is written buffered at close. Where the
+// file system refuses O_DIRECT the sink stays (or falls back to) buffered. TREX_DIRECT_IO=0 turns it off.
 class FileSink {
  public:
-  FileSink(const fs::path& tmp, const fs::path& shown) : shown_(shown.string()) {
+  FileSink(const fs::path& tmp, const fs::path& shown, bool direct = false) : shown_(shown.string()) {
     fd_ = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd_ < 0) throw OutputError(shown_, std::string("cannot write: ") + std::strerror(errno));
-    buf_.reserve(kBufSize);
+    buf_ = static_cast<char*>(std::aligned_alloc(kAlign, kBufSize));
+    if (!buf_) throw std::bad_alloc();
+#ifdef O_DIRECT
+    const char* env = std::getenv("TREX_DIRECT_IO");
+    if (direct && !(env && std::string(env) == "0")) {
+      const int flags = ::fcntl(fd_, F_GETFL);
+      direct_ = flags >= 0 && ::fcntl(fd_, F_SETFL, flags | O_DIRECT) == 0;
+    }
+#else
+    (void)direct;
+#endif
   }
+  FileSink(const FileSink&) = delete;
+  FileSink& operator=(const FileSink&) = delete;
   ~FileSink() {
     if (fd_ >= 0) ::close(fd_);
+    std::free(buf_);
   }
   void write(const void* data, size_t n) {
     auto* p = static_cast<const char*>(data);
-    if (n >= kBufSize) {
-      flush();
-      raw_write(p, n);
-      return;
+    // Large writes skip the buffer: aligned ones straight to the disk when direct, all of them when buffered.
+    if (n >= kDirectMin && (!direct_ || (reinterpret_cast<uintptr_t>(p) % kAlign == 0 && len_ % kAlign == 0))) {
+      flush();  // all of it: in direct mode len_ is whole blocks here
+      const size_t m = direct_ ? n / kAlign * kAlign : n;
+      raw_write(p, m);
+      p += m;
+      n -= m;
     }
-    if (buf_.size() + n > kBufSize) flush();
-    buf_.insert(buf_.end(), p, p + n);
+    while (n > 0) {
+      const size_t c = std::min(n, kBufSize - len_);
+      std::memcpy(buf_ + len_, p, c);
+      len_ += c;
+      p += c;
+      n -= c;
+      if (len_ == kBufSize) flush();
+    }
   }
   void pad_to(size_t alignment) {
     static const char zeros[4096] = {};
     while (offset() % alignment) write(zeros, std::min<size_t>(alignment - offset() % alignment, sizeof(zeros)));
   }
-  size_t offset() const { return written_ + buf_.size(); }
+  size_t offset() const { return written_ + len_; }
   void close() {
     flush();
+    if (len_ > 0) {  // direct: the last partial block, written buffered
+      set_buffered();
+      flush();
+    }
     if (::close(fd_) != 0) {
       fd_ = -1;
       throw OutputError(shown_, std::string("cannot write: ") + std::strerror(errno));
@@ -52,27 +85,79 @@ class FileSink {
   }
 
  private:
-  static constexpr size_t kBufSize = 1 << 20;
+  static constexpr size_t kBufSize = 1 << 20, kAlign = 4096, kDirectMin = 1 << 16;
+  // Writes the buffer (direct: its whole blocks, the rest moved to the front).
   void flush() {
-    raw_write(buf_.data(), buf_.size());
-    buf_.clear();
+    const size_t m = direct_ ? len_ / kAlign * kAlign : len_;
+    if (m == 0) return;
+    raw_write(buf_, m);
+    std::memmove(buf_, buf_ + m, len_ - m);
+    len_ -= m;
+  }
+  void set_buffered() {
+#ifdef O_DIRECT
+    if (!direct_) return;
+    direct_ = false;
+    const int flags = ::fcntl(fd_, F_GETFL);
+    if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) != 0)
+      throw OutputError(shown_, std::string("cannot write: ") + std::strerror(errno));
+#endif
   }
   void raw_write(const char* p, size_t n) {
     while (n > 0) {
       ssize_t w = ::write(fd_, p, std::min<size_t>(n, size_t{1} << 30));
       if (w < 0) {
         if (errno == EINTR) continue;
+        if (errno == EINVAL && direct_) {  // the file system takes the flag but not the write: go buffered
+          set_buffered();
+          continue;
+        }
         throw OutputError(shown_, std::string("cannot write: ") + std::strerror(errno));
       }
       p += w;
       n -= static_cast<size_t>(w);
       written_ += static_cast<size_t>(w);
+      if (direct_ && written_ % kAlign != 0) set_buffered();  // a short write broke the alignment
     }
   }
   int fd_ = -1;
   std::string shown_;
-  std::vector<char> buf_;
+  char* buf_ = nullptr;
+  size_t len_ = 0;
   size_t written_ = 0;
+  bool direct_ = false;
+};
+
+// One reusable buffer for produced tensors: mapped once (2 MB pages where the kernel gives them) and grown
+// when a larger tensor comes, so tensors after the first cost no page faults or zeroing, and the TLB covers it.
+class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    if (p_) ::munmap(p_, cap_);
+  }
+  std::byte* get(size_t n) {
+    if (n <= cap_) return static_cast<std::byte*>(p_);
+    if (p_) ::munmap(p_, cap_);
+    p_ = nullptr;
+    cap_ = 0;
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t cap = (n + kHuge - 1) / kHuge * kHuge;
+    void* p = ::mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    ::madvise(p, cap, MADV_HUGEPAGE);
+#endif
+    p_ = p;
+    cap_ = cap;
+    return static_cast<std::byte*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t cap_ = 0;
 };
 
 // Removes temporary files unless committed.
@@ -168,7 +253,7 @@ int64_t first_nonfinite(DType dtype, const std::byte* data, size_t n) {
 void check_initializers_finite(const Model& model, const std::string& source) {
   WriteOptions o;
   o.source_for_messages = source;
-  std::vector<std::byte> scratch;
+  Scratch scratch;
   for (const auto& init : model.initializers) {
     const DType t = init.data.dtype();
     if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kF64) continue;
@@ -176,9 +261,9 @@ void check_initializers_finite(const Model& model, const std::string& source) {
     if (const std::byte* p = init.data.direct()) {
       check_finite(init, p, n, o);
     } else {
-      scratch.resize(n);
-      init.data.copy_to(scratch.data());
-      check_finite(init, scratch.data(), n, o);
+      std::byte* buf = scratch.get(n);
+      init.data.copy_to(buf);
+      check_finite(init, buf, n, o);
     }
   }
 }
@@ -187,8 +272,9 @@ struct SharedExternalData::Impl {
   fs::path tmp;
   FileSink sink;
   std::map<std::string, std::pair<size_t, size_t>> placed;
+  Scratch scratch;
   bool committed = false;
-  Impl(const fs::path& t, const fs::path& shown) : tmp(t), sink(t, shown) {}
+  Impl(const fs::path& t, const fs::path& shown) : tmp(t), sink(t, shown, /*direct=*/true) {}
 };
 
 SharedExternalData::SharedExternalData(fs::path path) : path_(std::move(path)) {
@@ -217,10 +303,10 @@ SharedExternalData::Place SharedExternalData::place(const std::string& key, cons
     check_finite(init, p, n, options);
     data.write(p, n);
   } else {
-    std::vector<std::byte> scratch(n);
-    init.data.copy_to(scratch.data());
-    check_finite(init, scratch.data(), n, options);
-    data.write(scratch.data(), n);
+    std::byte* buf = impl_->scratch.get(n);
+    init.data.copy_to(buf);
+    check_finite(init, buf, n, options);
+    data.write(buf, n);
   }
   init.data.release_sources();
   impl_->placed[key] = {offset, n};
@@ -300,8 +386,8 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
     result.data_path = external_data_path(path);
     const fs::path tmp = temp_path_beside(result.data_path);
     temps.add(tmp);
-    FileSink data(tmp, result.data_path);
-    std::vector<std::byte> scratch;
+    FileSink data(tmp, result.data_path, /*direct=*/true);
+    Scratch scratch;
     for (size_t i = 0; i < model.initializers.size(); ++i) {
       const auto& init = model.initializers[i];
       headers.push_back(tensor_header(init));
@@ -314,10 +400,10 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
         check_finite(init, p, n, options);
         data.write(p, n);
       } else {
-        scratch.resize(n);
-        init.data.copy_to(scratch.data());
-        check_finite(init, scratch.data(), n, options);
-        data.write(scratch.data(), n);
+        std::byte* buf = scratch.get(n);
+        init.data.copy_to(buf);
+        check_finite(init, buf, n, options);
+        data.write(buf, n);
       }
       point_at(headers.back(), result.data_path, offset, n);
       init.data.release_sources();
@@ -352,7 +438,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
   put_varint(prefix, graph_len);
   prefix += graph_bytes;
   out.write(prefix.data(), prefix.size());
-  std::vector<std::byte> scratch;
+  Scratch scratch;
   for (size_t i = 0; i < headers.size(); ++i) {
     const auto& init = model.initializers[i];
     const size_t n = init.data.nbytes();
@@ -371,10 +457,10 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
       check_finite(init, p, n, options);
       out.write(p, n);
     } else {
-      scratch.resize(n);
-      init.data.copy_to(scratch.data());
-      check_finite(init, scratch.data(), n, options);
-      out.write(scratch.data(), n);
+      std::byte* buf = scratch.get(n);
+      init.data.copy_to(buf);
+      check_finite(init, buf, n, options);
+      out.write(buf, n);
     }
     init.data.release_sources();
     if (!external) {
