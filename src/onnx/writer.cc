@@ -432,7 +432,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
 
   const fs::path tmp = temp_path_beside(path);
   temps.add(tmp);
-  FileSink out(tmp, path);
+  FileSink out(tmp, path, /*direct=*/true);
   std::string prefix = head.SerializeAsString();
   prefix.push_back(static_cast<char>(kModelGraphTag));
   put_varint(prefix, graph_len);
