@@ -330,6 +330,27 @@ typedef int32_t V8i __attribute__((vector_size(32)));
 typedef uint8_t V8u8 __attribute__((vector_size(8)));
 constexpr int kVec = 16;
 constexpr V16i kIota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+typedef uint8_t V32u8 __attribute__((vector_size(32)));
+// Horizontal maximum / minimum by halving (order does not matter: no NaN, no -0 among the values reduced).
+inline float hmax(V16f v) {
+  typedef float V8f __attribute__((vector_size(32)));
+  typedef float V4f __attribute__((vector_size(16)));
+  const V8f a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const V8f m8 = a > b ? a : b;
+  const V4f c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+  const V4f m4 = c > d ? c : d;
+  const float e = m4[0] > m4[1] ? m4[0] : m4[1], f = m4[2] > m4[3] ? m4[2] : m4[3];
+  return e > f ? e : f;
+}
+inline int32_t hmin(V16i v) {
+  typedef int32_t V4i __attribute__((vector_size(16)));
+  const V8i a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const V8i m8 = a < b ? a : b;
+  const V4i c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+  const V4i m4 = c < d ? c : d;
+  const int32_t e = m4[0] < m4[1] ? m4[0] : m4[1], f = m4[2] < m4[3] ? m4[2] : m4[3];
+  return e < f ? e : f;
+}
 inline V16f load16f(const float* p) {
   V16f v;
   std::memcpy(&v, p, sizeof v);
@@ -357,8 +378,7 @@ TREX_CLONES void rtn_block(const float* x, int64_t bs, bool symmetric, uint8_t* 
       std::memcpy(&a, &bits, sizeof a);
       mv = a > mv ? a : mv;
     }
-    float mx = 0.0f;
-    for (int l = 0; l < kVec; ++l) mx = mv[l] > mx ? mv[l] : mx;
+    const float mx = hmax(mv);
     float m = 0.0f;
     if (mx > 0.0f) {  // the first index holding it (a vector minimum over matching indices)
       const V16f mxv = zero + mx;
@@ -373,9 +393,7 @@ TREX_CLONES void rtn_block(const float* x, int64_t bs, bool symmetric, uint8_t* 
         const V16i cand = a == mxv ? idx : first;
         first = cand < first ? cand : first;
       }
-      int32_t f = static_cast<int32_t>(bs);
-      for (int l = 0; l < kVec; ++l) f = first[l] < f ? first[l] : f;
-      m = x[f];
+      m = x[hmin(first)];
     }
     c.zero_point = kSymmetricZero;
     c.scale = m / -8.0f;
@@ -409,7 +427,10 @@ TREX_CLONES void rtn_block(const float* x, int64_t bs, bool symmetric, uint8_t* 
     const V16i q = __builtin_convertvector(v, V16i);
     const V8i even = __builtin_shufflevector(q, q, 0, 2, 4, 6, 8, 10, 12, 14);
     const V8i odd = __builtin_shufflevector(q, q, 1, 3, 5, 7, 9, 11, 13, 15);
-    const V8u8 b = __builtin_convertvector(even | (odd << 4), V8u8);  // element 2i low nibble, 2i+1 high
+    const V8i both = even | (odd << 4);  // element 2i in the low nibble, 2i + 1 in the high one
+    V32u8 bytes;
+    std::memcpy(&bytes, &both, sizeof bytes);
+    const V8u8 b = __builtin_shufflevector(bytes, bytes, 0, 4, 8, 12, 16, 20, 24, 28);  // the low byte of each
     std::memcpy(packed + (j >> 1), &b, sizeof b);
   }
 }
@@ -874,9 +895,14 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
           if (!raw.empty()) {
             std::lock_guard<std::mutex> lock(mu);
             if (!q) {
-              auto w = std::make_shared<Int4Weight>();
-              init_weight(k, n, params, w.get());
-              w->codes.clear();  // empty: the packed codes are in dst only
+              auto w = std::make_shared<Int4Weight>();  // scales and zero points; the packed codes go to dst only
+              w->k = k;
+              w->n = n;
+              w->block_size = params.block_size;
+              w->k_blocks = (k + params.block_size - 1) / params.block_size;
+              w->symmetric = params.symmetric;
+              w->scales.resize(static_cast<size_t>(n * w->k_blocks));
+              w->zero_points.resize(static_cast<size_t>(n * w->k_blocks));
               if (!quantize_int4_rows(raw, k, n, params, reinterpret_cast<uint8_t*>(dst), w->scales.data(),
                                       w->zero_points.data()))
                 throw InputError(name, "holds NaN or infinity; it cannot be quantized to int4");
