@@ -399,9 +399,9 @@ void check_initializers_finite(const Model& model, const std::string& source) {
 
 struct SharedExternalData::Impl {
   fs::path tmp;
+  TensorBuffers buffers;  // before the sink: destroyed after it, when its background write has finished
   FileSink sink;
   std::map<std::string, std::pair<size_t, size_t>> placed;
-  TensorBuffers buffers;
   bool committed = false;
   Impl(const fs::path& t, const fs::path& shown) : tmp(t), sink(t, shown, /*direct=*/true) {}
 };
@@ -507,8 +507,8 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
     result.data_path = external_data_path(path);
     const fs::path tmp = temp_path_beside(result.data_path);
     temps.add(tmp);
+    TensorBuffers buffers;  // declared first, destroyed last: a background write may read it until the sink ends
     FileSink data(tmp, result.data_path, /*direct=*/true);
-    TensorBuffers buffers;
     for (size_t i = 0; i < model.initializers.size(); ++i) {
       const auto& init = model.initializers[i];
       headers.push_back(tensor_header(init));
@@ -545,13 +545,13 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
 
   const fs::path tmp = temp_path_beside(path);
   temps.add(tmp);
+  TensorBuffers buffers;  // outlives the sink's background writes
   FileSink out(tmp, path, /*direct=*/true);
   std::string prefix = head.SerializeAsString();
   prefix.push_back(static_cast<char>(kModelGraphTag));
   put_varint(prefix, graph_len);
   prefix += graph_bytes;
   out.write(prefix.data(), prefix.size());
-  TensorBuffers buffers;
   for (size_t i = 0; i < headers.size(); ++i) {
     const auto& init = model.initializers[i];
     const size_t n = init.data.nbytes();
