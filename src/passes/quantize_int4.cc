@@ -181,6 +181,24 @@ inline void fast_codes(FastBlock& b, float scale, int zero_point) {
     for (int64_t j = 0; j < b.padded; ++j) b.code[j] = z;
     return;
   }
+  // x * (1 / scale) first: it differs from x / scale by a few units in the last place (|x / scale| < 1e6 here,
+  // so by far less than 1e-4 after adding z), which changes a code only for a value that close to a half-integer.
+  // A block holding such a value (or a reciprocal that overflows) is computed again with the division, so the
+  // codes are exactly the reference's, at the cost of a multiply for almost every block.
+  const float inv = 1.0f / scale;
+  if (std::fabs(inv) < 1.0e30f) {
+    int bad = 0;
+    for (int64_t j = 0; j < b.padded; ++j) {
+      float v = b.x[j] * inv + z;
+      const float r = (v + kRoundMagic) - kRoundMagic;
+      const float t = std::fabs(v - r);
+      bad |= (t > 0.4999f) | (std::fabs(v) > 1.0e6f);
+      v = v < 0.0f ? 0.0f : v;
+      v = v > 15.0f ? 15.0f : v;
+      b.code[j] = (v + kRoundMagic) - kRoundMagic;
+    }
+    if (!bad) return;
+  }
   for (int64_t j = 0; j < b.padded; ++j) {
     float v = b.x[j] / scale + z;
     v = v < 0.0f ? 0.0f : v;
