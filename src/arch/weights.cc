@@ -3,11 +3,22 @@
 #include <array>
 #include <cstring>
 
+#include "io/fast_convert.h"
 #include "util/error.h"
 
 namespace trex {
 
 namespace {
+// A view's byte count must cover its shape (the readers check it; this keeps the kernels safe on their own).
+void check_view_bytes(const TensorView& t, int64_t elements) {
+  size_t need = 0;
+  if (elements < 0 || __builtin_mul_overflow(static_cast<size_t>(elements), dtype_size(t.dtype), &need) ||
+      need > t.nbytes)
+    throw InputError(t.file.empty() ? t.name : t.file, "tensor '" + t.name + "': " + shape_str(t.shape) + " " +
+                                                           std::string(dtype_name(t.dtype)) + " needs more than its " +
+                                                           std::to_string(t.nbytes) + " bytes");
+}
+
 // Reads a float tensor as f32 values (any float dtype, any alignment).
 std::vector<float> read_f32(const TensorView& t) {
   std::vector<float> out(static_cast<size_t>(num_elements(t.shape)));
@@ -49,11 +60,17 @@ const TensorView* Weights::lookup(const std::string& name, const Shape& expected
 }
 
 TensorData Weights::as_f32(const TensorView& t) const {
-  if (t.dtype == DType::kF32) return TensorData::view(DType::kF32, t.shape, t.data);
-  TensorView copy = t;
-  return TensorData::produced(DType::kF32, t.shape,
-                              [copy](std::byte* dst) { convert_to_f32(copy, reinterpret_cast<float*>(dst)); })
-      .with_source(t.data, t.nbytes);
+  TensorData d;
+  if (t.dtype == DType::kF32) {
+    d = TensorData::view(DType::kF32, t.shape, t.data);
+  } else {
+    TensorView copy = t;
+    d = TensorData::produced(DType::kF32, t.shape,
+                             [copy](std::byte* dst) { convert_to_f32(copy, reinterpret_cast<float*>(dst)); });
+    d.with_source(t.data, t.nbytes);
+  }
+  if (t.shape.size() == 2 && fast_convertible(t.dtype)) d.with_raw_rows({{t}, false});
+  return d;
 }
 
 Value Weights::get(const std::string& name, const Shape& expected) {
@@ -74,22 +91,21 @@ Value Weights::get_transposed(const std::string& name, const Shape& expected) {
   if (graph_.has_initializer(out_name)) return out_name;
   const int64_t rows = expected[0], cols = expected[1];
   TensorView src = *t;
-  return graph_.initializer(out_name, TensorData::produced(DType::kF32, {cols, rows}, [src, rows, cols](std::byte* dst) {
-    // Convert (if needed) then transpose in cache-friendly tiles.
-    std::vector<float> tmp;
-    const float* in = reinterpret_cast<const float*>(src.data);
-    if (src.dtype != DType::kF32 || reinterpret_cast<uintptr_t>(src.data) % alignof(float) != 0) {
-      tmp.resize(static_cast<size_t>(rows * cols));
+  TensorData d = TensorData::produced(DType::kF32, {cols, rows}, [src, rows, cols](std::byte* dst) {
+    if (!fast_convertible(src.dtype)) {  // f64: convert, then transpose
+      std::vector<float> tmp(static_cast<size_t>(rows * cols));
       convert_to_f32(src, tmp.data());
-      in = tmp.data();
+      transpose_to_f32(DType::kF32, reinterpret_cast<const std::byte*>(tmp.data()), rows, cols,
+                       reinterpret_cast<float*>(dst));
+      return;
     }
-    float* out = reinterpret_cast<float*>(dst);
-    constexpr int64_t kTile = 32;
-    for (int64_t r0 = 0; r0 < rows; r0 += kTile)
-      for (int64_t c0 = 0; c0 < cols; c0 += kTile)
-        for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r)
-          for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c) out[c * rows + r] = in[r * cols + c];
-  }).with_source(src.data, src.nbytes));
+    check_view_bytes(src, rows * cols);
+    // Converted and transposed in one pass, in cache-sized tiles, straight from the mapped bytes.
+    transpose_to_f32(src.dtype, src.data, rows, cols, reinterpret_cast<float*>(dst));
+  });
+  d.with_source(src.data, src.nbytes);
+  if (fast_convertible(src.dtype)) d.with_raw_rows({{src}, true});
+  return graph_.initializer(out_name, std::move(d));
 }
 
 Value Weights::get_row(const std::string& name, const Shape& expected, int64_t row) {
@@ -164,8 +180,14 @@ Value Weights::get_packed(const std::string& name, const std::vector<std::pair<s
     float* out = reinterpret_cast<float*>(dst);
     int64_t col0 = 0;
     for (const TensorView& v : views) {
-      std::vector<float> src = read_f32(v);
       const int64_t cols = conv1d ? v.shape[1] : v.shape[0];
+      if (!conv1d && fast_convertible(v.dtype)) {  // the part's [cols, in] rows, transposed into its columns
+        check_view_bytes(v, cols * in);
+        transpose_to_f32(v.dtype, v.data, cols, in, out + col0, total);
+        col0 += cols;
+        continue;
+      }
+      std::vector<float> src = read_f32(v);
       for (int64_t i = 0; i < in; ++i)
         for (int64_t c = 0; c < cols; ++c)
           out[i * total + col0 + c] =
@@ -174,6 +196,9 @@ Value Weights::get_packed(const std::string& name, const std::vector<std::pair<s
     }
   });
   for (const TensorView& v : views) packed.with_source(v.data, v.nbytes);
+  bool raw = !conv1d;
+  for (const TensorView& v : views) raw = raw && fast_convertible(v.dtype);
+  if (raw) packed.with_raw_rows({views, true});  // the parts' [out, in] rows, stacked, are the packed weight's columns
   return graph_.initializer(name, std::move(packed));
 }
 

@@ -74,6 +74,11 @@ TensorData& TensorData::with_sources_of(const TensorData& other) {
   return *this;
 }
 
+TensorData& TensorData::with_raw_rows(RawRows rows) {
+  raw_rows_ = std::make_shared<const RawRows>(std::move(rows));
+  return *this;
+}
+
 void TensorData::release_sources() const {
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   std::vector<std::pair<const std::byte*, size_t>> all = sources_;

@@ -52,6 +52,18 @@ class TensorData {
   // the page cache: touching them again costs a minor fault, never wrong data.
   void release_sources() const;
 
+  // Float rows in the mapped checkpoint (f32 / f16 / bf16 TensorViews, each [rows, cols], read in order) that
+  // hold this tensor's values, so that a consumer can read them a row at a time instead of materializing the
+  // whole tensor. `transposed` false: the rows of this [R, C] tensor; true: the rows of its transpose (a K×N
+  // `<name>.T` MatMul weight whose checkpoint rows [N, K] are its columns; a packed QKV weight's parts).
+  struct RawRows {
+    std::vector<TensorView> parts;
+    bool transposed = false;
+  };
+  TensorData& with_raw_rows(RawRows rows);
+  // nullptr when this tensor has no raw rows.
+  const RawRows* raw_rows() const { return raw_rows_ ? raw_rows_.get() : nullptr; }
+
  private:
   DType dtype_ = DType::kF32;
   Shape dims_;
@@ -60,6 +72,7 @@ class TensorData {
   std::shared_ptr<const std::vector<std::byte>> owned_;
   std::function<void(std::byte*)> produce_;
   std::vector<std::pair<const std::byte*, size_t>> sources_;
+  std::shared_ptr<const RawRows> raw_rows_;
 };
 
 }  // namespace trex

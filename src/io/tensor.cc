@@ -1,5 +1,7 @@
 #include "io/tensor.h"
 
+#include "io/fast_convert.h"
+
 #include <bit>
 #include <cstring>
 
@@ -61,8 +63,6 @@ std::string shape_str(const Shape& shape) {
   return s + "]";
 }
 
-namespace {
-
 float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1Fu;
@@ -87,8 +87,6 @@ float half_to_float(uint16_t h) {
   return std::bit_cast<float>(bits);
 }
 
-}  // namespace
-
 void convert_to_f32(const TensorView& t, float* dst) {
   const int64_t n64 = num_elements(t.shape);
   const size_t n = static_cast<size_t>(n64);
@@ -112,11 +110,7 @@ void convert_to_f32(const TensorView& t, float* dst) {
       }
       return;
     case DType::kBF16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
-      }
+      convert_span_to_f32(DType::kBF16, src, n, dst);  // vectorized (a 16-bit shift)
       return;
     case DType::kF64:
       for (size_t i = 0; i < n; ++i) {

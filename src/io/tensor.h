@@ -31,6 +31,9 @@ struct TensorView {
   std::string file;  // file the bytes come from, for error messages
 };
 
+// IEEE half bits to float (exact; NaN payloads kept).
+float half_to_float(uint16_t h);
+
 // Converts a floating tensor (f32/f16/bf16/f64) to f32 into `dst` (num_elements floats).
 void convert_to_f32(const TensorView& t, float* dst);
 

@@ -12,7 +12,16 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "io/fast_convert.h"
 #include "util/error.h"
+
+// Kernels built for several instruction sets (chosen at load time). This file is compiled with
+// -ffp-contract=off (CMakeLists.txt), so no variant fuses a multiply-add and all of them give the reference's bits.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__SANITIZE_ADDRESS__)
+#define TREX_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define TREX_CLONES
+#endif
 
 namespace trex {
 
@@ -172,6 +181,24 @@ inline void fast_codes(FastBlock& b, float scale, int zero_point) {
     for (int64_t j = 0; j < b.padded; ++j) b.code[j] = z;
     return;
   }
+  // x * (1 / scale) first: it differs from x / scale by a few units in the last place (|x / scale| < 1e6 here,
+  // so by far less than 1e-4 after adding z), which changes a code only for a value that close to a half-integer.
+  // A block holding such a value (or a reciprocal that overflows) is computed again with the division, so the
+  // codes are exactly the reference's, at the cost of a multiply for almost every block.
+  const float inv = 1.0f / scale;
+  if (std::fabs(inv) < 1.0e30f) {
+    int bad = 0;
+    for (int64_t j = 0; j < b.padded; ++j) {
+      float v = b.x[j] * inv + z;
+      const float r = (v + kRoundMagic) - kRoundMagic;
+      const float t = std::fabs(v - r);
+      bad |= (t > 0.4999f) | (std::fabs(v) > 1.0e6f);
+      v = v < 0.0f ? 0.0f : v;
+      v = v > 15.0f ? 15.0f : v;
+      b.code[j] = (v + kRoundMagic) - kRoundMagic;
+    }
+    if (!bad) return;
+  }
   for (int64_t j = 0; j < b.padded; ++j) {
     float v = b.x[j] / scale + z;
     v = v < 0.0f ? 0.0f : v;
@@ -308,6 +335,179 @@ void fast_columns(const float* w, int64_t k, int64_t n, bool transposed, const I
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The streamed path: an N×K weight read a row (= one output column's K values) at a time from the mapped
+// checkpoint, converted into a small buffer, quantized and packed straight into the output. Same results as the
+// fast path (and so the reference): round-to-nearest has its own one-pass kernel, the search uses fast_block.
+
+// 16 floats (one AVX-512 register; two or four narrower ones on other targets): GCC / Clang vector extensions,
+// element-wise IEEE operations, the same as the scalar code's.
+typedef float V16f __attribute__((vector_size(64)));
+typedef int32_t V16i __attribute__((vector_size(64)));
+typedef int32_t V8i __attribute__((vector_size(32)));
+typedef uint8_t V8u8 __attribute__((vector_size(8)));
+constexpr int kVec = 16;
+constexpr V16i kIota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+typedef uint8_t V32u8 __attribute__((vector_size(32)));
+// Horizontal maximum / minimum by halving (order does not matter: no NaN, no -0 among the values reduced).
+inline float hmax(V16f v) {
+  typedef float V8f __attribute__((vector_size(32)));
+  typedef float V4f __attribute__((vector_size(16)));
+  const V8f a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const V8f m8 = a > b ? a : b;
+  const V4f c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+  const V4f m4 = c > d ? c : d;
+  const float e = m4[0] > m4[1] ? m4[0] : m4[1], f = m4[2] > m4[3] ? m4[2] : m4[3];
+  return e > f ? e : f;
+}
+inline int32_t hmin(V16i v) {
+  typedef int32_t V4i __attribute__((vector_size(16)));
+  const V8i a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const V8i m8 = a < b ? a : b;
+  const V4i c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+  const V4i m4 = c < d ? c : d;
+  const int32_t e = m4[0] < m4[1] ? m4[0] : m4[1], f = m4[2] < m4[3] ? m4[2] : m4[3];
+  return e < f ? e : f;
+}
+inline V16f load16f(const float* p) {
+  V16f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// RTN of one block of `bs` values (a multiple of 16; a partial last block is zero-padded: 0 maps exactly to the
+// zero point, as the padding must), codes packed two per byte into `packed` (bs / 2 bytes). The reference's
+// choice (reference_block without search) and codes (reference_code), in one pass for the range and one for
+// the codes.
+TREX_CLONES void rtn_block(const float* x, int64_t bs, bool symmetric, uint8_t* packed, float* scale_out,
+                           uint8_t* zp_out) {
+  const V16f zero = {};
+  const V16i zeroi = {};
+  Choice c;
+  if (symmetric) {
+    // The value of largest magnitude, the first one on ties (the reference's strict >); 0 when all are zero.
+    V16f mv = zero;
+    for (int64_t j = 0; j < bs; j += kVec) {
+      V16i bits;
+      const V16f v = load16f(x + j);
+      std::memcpy(&bits, &v, sizeof bits);
+      bits &= 0x7FFFFFFF;
+      V16f a;
+      std::memcpy(&a, &bits, sizeof a);
+      mv = a > mv ? a : mv;
+    }
+    const float mx = hmax(mv);
+    float m = 0.0f;
+    if (mx > 0.0f) {  // the first index holding it (a vector minimum over matching indices)
+      const V16f mxv = zero + mx;
+      V16i first = zeroi + static_cast<int32_t>(bs), idx = kIota;
+      for (int64_t j = 0; j < bs; j += kVec, idx += kVec) {
+        V16i bits;
+        const V16f v = load16f(x + j);
+        std::memcpy(&bits, &v, sizeof bits);
+        bits &= 0x7FFFFFFF;
+        V16f a;
+        std::memcpy(&a, &bits, sizeof a);
+        const V16i cand = a == mxv ? idx : first;
+        first = cand < first ? cand : first;
+      }
+      m = x[hmin(first)];
+    }
+    c.zero_point = kSymmetricZero;
+    c.scale = m / -8.0f;
+  } else {
+    V16f lov = zero, hiv = zero;
+    for (int64_t j = 0; j < bs; j += kVec) {
+      const V16f v = load16f(x + j);
+      lov = v < lov ? v : lov;
+      hiv = v > hiv ? v : hiv;
+    }
+    float lo = 0.0f, hi = 0.0f;
+    for (int l = 0; l < kVec; ++l) {
+      lo = lov[l] < lo ? lov[l] : lo;
+      hi = hiv[l] > hi ? hiv[l] : hi;
+    }
+    c = asymmetric_choice(lo, hi);
+  }
+  *scale_out = c.scale;
+  *zp_out = static_cast<uint8_t>(c.zero_point);
+  if (c.scale == 0.0f) {
+    std::memset(packed, c.zero_point | (c.zero_point << 4), static_cast<size_t>(bs / 2));
+    return;
+  }
+  const V16f scale = zero + c.scale, z = zero + static_cast<float>(c.zero_point), hi15 = zero + 15.0f,
+             magic = zero + kRoundMagic;
+  for (int64_t j = 0; j < bs; j += kVec) {
+    V16f v = load16f(x + j) / scale + z;
+    v = v < zero ? zero : v;
+    v = v > hi15 ? hi15 : v;
+    v = (v + magic) - magic;  // round half to even (|v| <= 15)
+    const V16i q = __builtin_convertvector(v, V16i);
+    const V8i even = __builtin_shufflevector(q, q, 0, 2, 4, 6, 8, 10, 12, 14);
+    const V8i odd = __builtin_shufflevector(q, q, 1, 3, 5, 7, 9, 11, 13, 15);
+    const V8i both = even | (odd << 4);  // element 2i in the low nibble, 2i + 1 in the high one
+    V32u8 bytes;
+    std::memcpy(&bytes, &both, sizeof bytes);
+    const V8u8 b = __builtin_shufflevector(bytes, bytes, 0, 4, 8, 12, 16, 20, 24, 28);  // the low byte of each
+    std::memcpy(packed + (j >> 1), &b, sizeof b);
+  }
+}
+
+// True when every one of the n floats is finite.
+TREX_CLONES bool finite_span(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, x + i, 4);
+    bad |= static_cast<uint32_t>((b & 0x7F800000u) == 0x7F800000u);
+  }
+  return bad == 0;
+}
+
+// Output columns [c0, c1) of the weight whose N rows of K values are `parts`' rows, in order. False on a
+// non-finite value.
+bool raw_columns(const std::vector<TensorView>& parts, int64_t k, const Int4Params& p, int64_t c0, int64_t c1,
+                 uint8_t* codes, float* scales, uint8_t* zps) {
+  const int64_t bs = p.block_size, kb = (k + bs - 1) / bs;
+  // The column, zero-padded to whole blocks (+ kLanes for fast_block's padded reads).
+  std::vector<float> col(static_cast<size_t>(kb * bs + kLanes), 0.0f);
+  static const std::vector<float> ones(static_cast<size_t>(kMaxBlock + kLanes), 1.0f);
+  FastBlock b;
+  b.h = ones.data();
+  int64_t row0 = 0;
+  size_t part = 0;
+  for (int64_t c = c0; c < c1; ++c) {
+    while (c >= row0 + parts[part].shape[0]) row0 += parts[part++].shape[0];
+    const TensorView& v = parts[part];
+    convert_span_to_f32(v.dtype, v.data + static_cast<size_t>((c - row0) * k) * dtype_size(v.dtype),
+                        static_cast<size_t>(k), col.data());
+    if (!finite_span(col.data(), k)) return false;
+    for (int64_t blk = 0; blk < kb; ++blk) {
+      const size_t g = static_cast<size_t>(c * kb + blk);
+      uint8_t* packed = codes + g * static_cast<size_t>(bs / 2);
+      const float* x = col.data() + blk * bs;
+      if (!p.search) {
+        rtn_block(x, bs, p.symmetric, packed, scales + g, zps + g);
+        continue;
+      }
+      const int64_t len = std::min(bs, k - blk * bs);
+      b.x = x;
+      b.len = len;
+      b.padded = (len + kLanes - 1) / kLanes * kLanes;
+      const Choice ch = fast_block(b, p);
+      scales[g] = ch.scale;
+      zps[g] = static_cast<uint8_t>(ch.zero_point);
+      fast_codes(b, ch.scale, ch.zero_point);
+      for (int64_t j = 0; j < bs; j += 2) {
+        const int q0 = j < len ? static_cast<int>(b.code[j]) : ch.zero_point;
+        const int q1 = j + 1 < len ? static_cast<int>(b.code[j + 1]) : ch.zero_point;
+        packed[j / 2] = static_cast<uint8_t>(q0 | (q1 << 4));
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 float int4_block_error(const float* x, int64_t len, float scale, int zero_point, const float* h) {
@@ -386,6 +586,41 @@ bool quantize_int4(const float* w, int64_t k, int64_t n, bool transposed, const 
   }
   for (auto& th : pool) th.join();
   return true;
+}
+
+bool quantize_int4_rows(const std::vector<TensorView>& parts, int64_t k, int64_t n, const Int4Params& p,
+                        uint8_t* codes, float* scales, uint8_t* zero_points, int threads) {
+  check_int4_params(p);
+  int64_t rows = 0;
+  for (const TensorView& v : parts) {
+    size_t need = 0;
+    if (v.shape.size() != 2 || v.shape[1] != k || !fast_convertible(v.dtype) || v.shape[0] < 0 ||
+        __builtin_mul_overflow(static_cast<size_t>(v.shape[0] * k), dtype_size(v.dtype), &need) || need > v.nbytes)
+      throw InputError(v.file.empty() ? v.name : v.file,
+                       "tensor '" + v.name + "': " + shape_str(v.shape) + " cannot give rows of " + std::to_string(k));
+    rows += v.shape[0];
+  }
+  if (rows != n) throw std::logic_error("quantize_int4_rows: the parts hold " + std::to_string(rows) + " rows, want " + std::to_string(n));
+  int t = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  t = static_cast<int>(std::min<int64_t>(t, std::max<int64_t>(1, n / 64)));
+  if (t <= 1) return raw_columns(parts, k, p, 0, n, codes, scales, zero_points);
+  std::vector<std::thread> pool;
+  std::vector<char> ok(static_cast<size_t>(t), 1);
+  for (int i = 1; i < t; ++i)
+    pool.emplace_back([&, i] { ok[static_cast<size_t>(i)] = raw_columns(parts, k, p, n * i / t, n * (i + 1) / t, codes, scales, zero_points); });
+  ok[0] = raw_columns(parts, k, p, 0, n / t, codes, scales, zero_points);
+  for (auto& th : pool) th.join();
+  return std::all_of(ok.begin(), ok.end(), [](char c) { return c != 0; });
+}
+
+void pack_int4_zero_points(const uint8_t* zero_points, int64_t n, int64_t k_blocks, uint8_t* out) {
+  const int64_t per_row = (k_blocks + 1) / 2;
+  std::memset(out, 0, static_cast<size_t>(n * per_row));
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t b = 0; b < k_blocks; ++b) {
+      const uint8_t z = zero_points[static_cast<size_t>(c * k_blocks + b)] & 0x0F;
+      out[static_cast<size_t>(c * per_row + b / 2)] |= static_cast<uint8_t>(b % 2 ? z << 4 : z);
+    }
 }
 
 namespace {
@@ -646,6 +881,9 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
         bool transposed;
         Int4Params params;
         std::string name;
+        // The weight's N rows of K values in the mapped checkpoint, when it has them: quantized a row at a time,
+        // the codes packed straight into the writer's buffer.
+        std::vector<TensorView> raw;
         std::mutex mu;
         std::shared_ptr<Int4Weight> q;
         int left;
@@ -653,7 +891,12 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
           std::lock_guard<std::mutex> lock(mu);
           if (!q) {
             auto w = std::make_shared<Int4Weight>();
-            {
+            if (!raw.empty()) {
+              init_weight(k, n, params, w.get());
+              w->codes.assign(static_cast<size_t>(n * w->k_blocks * params.block_size / 2), 0);  // packed
+              if (!quantize_int4_rows(raw, k, n, params, w->codes.data(), w->scales.data(), w->zero_points.data()))
+                throw InputError(name, "holds NaN or infinity; it cannot be quantized to int4");
+            } else {
               Floats f = floats_of(src);
               if (!quantize_int4(f.p, k, n, transposed, params, w.get()))
                 throw InputError(name, "holds NaN or infinity; it cannot be quantized to int4");
@@ -664,13 +907,57 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
           if (--left == 0) q.reset();
           return r;
         }
+        // MatMulNBits' B into dst: from raw rows, quantized straight into dst (codes kept packed for a second
+        // ask); else packed from get().
+        void codes(std::byte* dst) {
+          if (!raw.empty()) {
+            std::lock_guard<std::mutex> lock(mu);
+            if (!q) {
+              auto w = std::make_shared<Int4Weight>();  // scales and zero points; the packed codes go to dst only
+              w->k = k;
+              w->n = n;
+              w->block_size = params.block_size;
+              w->k_blocks = (k + params.block_size - 1) / params.block_size;
+              w->symmetric = params.symmetric;
+              w->scales.resize(static_cast<size_t>(n * w->k_blocks));
+              w->zero_points.resize(static_cast<size_t>(n * w->k_blocks));
+              if (!quantize_int4_rows(raw, k, n, params, reinterpret_cast<uint8_t*>(dst), w->scales.data(),
+                                      w->zero_points.data()))
+                throw InputError(name, "holds NaN or infinity; it cannot be quantized to int4");
+              q = w;
+              if (--left == 0) q.reset();
+              return;
+            }
+            if (!q->codes.empty()) {  // quantized before (scales asked first): codes kept packed
+              std::memcpy(dst, q->codes.data(), q->codes.size());
+              if (--left == 0) q.reset();
+              return;
+            }
+            // Asked a second time after a direct write: quantize again.
+            q.reset();
+            ++left;
+          }
+          if (!raw.empty()) return codes(dst);
+          const std::vector<uint8_t> packed = pack_int4_codes(*get());
+          std::memcpy(dst, packed.data(), packed.size());
+        }
       };
       auto pend = std::make_shared<Pending>();
       pend->src = src;
       pend->k = k;
       pend->n = n;
       pend->transposed = transposed;
-      if (!transposed && policy.row_source)
+      // N×K rows: a Gemm transB weight's own rows, or a K×N weight's transpose (`<name>.T`, packed QKV).
+      if (const TensorData::RawRows* rr = src.raw_rows(); rr && rr->transposed != transposed) {
+        int64_t rows = 0;
+        bool fits = true;
+        for (const TensorView& v : rr->parts) {
+          fits = fits && v.shape.size() == 2 && v.shape[1] == k;
+          rows += v.shape.size() == 2 ? v.shape[0] : 0;
+        }
+        if (fits && rows == n) pend->raw = rr->parts;
+      }
+      if (pend->raw.empty() && !transposed && policy.row_source)
         if (std::optional<TensorData> rows = policy.row_source(weight, src.dims())) {
           pend->src = *rows;
           pend->transposed = true;
@@ -684,10 +971,7 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
       qn.n = n;
       qn.b = fresh(weight + "_Q4");
       qn.scales = fresh(weight + "_scales");
-      TensorData b = TensorData::produced(DType::kU8, {n, kb, bs / 2}, [pend](std::byte* dst) {
-        const std::vector<uint8_t> packed = pack_int4_codes(*pend->get());
-        std::memcpy(dst, packed.data(), packed.size());
-      });
+      TensorData b = TensorData::produced(DType::kU8, {n, kb, bs / 2}, [pend](std::byte* dst) { pend->codes(dst); });
       b.with_sources_of(pend->src);
       new_inits.push_back({qn.b, std::move(b)});
       new_inits.push_back({qn.scales, TensorData::produced(DType::kF32, {n * kb}, [pend](std::byte* dst) {
@@ -697,8 +981,9 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
       if (!policy.params.symmetric) {
         qn.zp = fresh(weight + "_zero_points");
         new_inits.push_back({qn.zp, TensorData::produced(DType::kU8, {n * ((kb + 1) / 2)}, [pend](std::byte* dst) {
-                               const std::vector<uint8_t> zp = pack_int4_zero_points(*pend->get());
-                               std::memcpy(dst, zp.data(), zp.size());
+                               const auto q = pend->get();
+                               pack_int4_zero_points(q->zero_points.data(), q->n, q->k_blocks,
+                                                     reinterpret_cast<uint8_t*>(dst));
                              })});
       }
     }

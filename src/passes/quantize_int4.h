@@ -65,6 +65,16 @@ bool quantize_int4_reference(const float* w, int64_t k, int64_t n, const Int4Par
 bool quantize_int4(const float* w, int64_t k, int64_t n, bool transposed, const Int4Params& p, Int4Weight* out,
                    int threads = 0, const float* importance = nullptr);
 
+// The streamed quantizer: the N×K weight's rows (one output column's K values each) are read from `parts`
+// (f32 / f16 / bf16 views [rows_i, K], in order, rows_i summing to N) one at a time, converted to f32 in a small
+// buffer and quantized, the codes packed straight into `codes` (N·k_blocks·block_size/2 bytes, MatMulNBits' B),
+// `scales` and `zero_points` (N·k_blocks each, unpacked; 8 when symmetric). No K×N float copy exists. Bit-identical
+// to quantize_int4 (round-to-nearest has a one-pass kernel). False on NaN / infinity (outputs then partial).
+bool quantize_int4_rows(const std::vector<TensorView>& parts, int64_t k, int64_t n, const Int4Params& p,
+                        uint8_t* codes, float* scales, uint8_t* zero_points, int threads = 0);
+// MatMulNBits' packed zero points [N, ceil(k_blocks/2)] from unpacked ones [N, k_blocks].
+void pack_int4_zero_points(const uint8_t* zero_points, int64_t n, int64_t k_blocks, uint8_t* out);
+
 // GPTQ-style quantization with error feedback: rows (input channels) are quantized in order and each row's
 // rounding error is spread over the rows not yet quantized, weighted by the inverse of `gram` (K×K, the mean of
 // x xᵀ over calibration activations), which minimizes the layer's output error ||X (W - Ŵ)||² rather than the

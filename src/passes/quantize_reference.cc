@@ -15,7 +15,10 @@ constexpr int32_t kU8MaxReduced = 127;  // 7-bit u8
 }  // namespace
 
 float round_half_even(float x) {
-  // Nearest integer; exact halves go to the even neighbour.
+  // Nearest integer; exact halves go to the even neighbour. Below 2^22 in magnitude, adding 1.5 * 2^23 lands
+  // where the float spacing is 1, so the addition itself rounds to nearest-even, and subtracting it back is exact
+  // (no floor/fmod calls: this runs once per quantized value). The same value as below (a zero may lose its sign).
+  if (std::fabs(x) < 4194304.0f) return (x + 12582912.0f) - 12582912.0f;
   const float lower = std::floor(x);
   const float diff = x - lower;
   if (diff < 0.5f) return lower;
