@@ -22,8 +22,13 @@ output MB = all files the tool wrote.
 Decode: tokens/s of each int4 folder in onnxruntime-genai (tests/python/genai_run.py --timing, a fresh process
 per run): 128-token random prompt, greedy, 64 new tokens (EOS suppressed), --threads 2, runs interleaved
 (folder A, B, A, B, ...) so that load on this shared machine hits both alike; median of --decode-repeat (default
-3, smoke 1) with min-max. Goals (issue 11): export >= 10x faster than the builder, peak RSS <= 1 GB; decode
->= 1.0x the builder's folder.
+3, smoke 1) with min-max, and the paired ratio (run i against the builder's run i). `--interleave steps`: all
+folders in one genai process (bench/_genai_steps.py), one decode step of each in turn (the order rotating), a
+tighter pairing on a loaded machine: per round tokens/s = 1 / median step, ratios per round (median, min-max)
+and per step (median, interquartile range). --smoke runs both modes. Goals (issue 11): export >= 10x faster
+than the builder, peak RSS <= 1 GB; decode >= 1.0x the builder's folder.
+Tool trex-int4-rtn-b128 (not in the default set): the rtn row with --block-size 128 (4x fewer scales to read
+per decode step; less accurate than block 32).
 
 --shape llama2-7b: a Llama-2-7B-shaped random bf16 checkpoint (hidden 4096, 32 layers, 32 heads, FFN 11008,
 vocab 32000; 13.5 GB in 6 shards, written tensor by tensor by bench/_llama_checkpoint.py, peak memory one
@@ -45,6 +50,7 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +66,14 @@ TOOLS = {
                                                        "--accuracy-level", "4", "--int4-search", "rtn", "--symmetric",
                                                        "--no-check"]),
     "genai-int4": ("genai builder int4", None),
+    # Not in the default set: the block size trades accuracy for decode speed (fewer scales to read per step).
+    "trex-int4-rtn-b128": ("trex int4 rtn sym block 128 --no-check",
+                           ["--quantize", "int4", "--optimize", "--quantized-only", "--accuracy-level", "4",
+                            "--int4-search", "rtn", "--symmetric", "--no-check", "--block-size", "128"]),
 }
+DEFAULT_TOOLS = ["trex-int4", "trex-int4-rtn", "genai-int4"]
+STEPS_PY = Path(__file__).resolve().parent / "_genai_steps.py"
+BUILDER = "genai builder int4"
 
 
 def command(tool: str, ckpt: Path, out: Path, cache: Path):
@@ -107,10 +120,44 @@ def run_exports(tools, ckpt, work, repeat, env):
     return rows
 
 
+def step_interleaved_decode(folders: dict, prompt: list[int], new_tokens: int, threads: int, rounds: int,
+                            env: dict) -> list[dict]:
+    """--interleave steps: bench/_genai_steps.py runs every folder in one genai process, decode steps alternating.
+    Per round and folder: tokens/s = 1 / median step time; per round, each folder's ratio to the builder's folder;
+    printed: the median over rounds with min-max, and the median (interquartile range) of the per-step ratios
+    (step i of a folder / step i of the builder's folder, adjacent in time)."""
+    names = list(folders)
+    cmd = [str(db.GENAI_PY), str(STEPS_PY), *[str(folders[n]) for n in names], "--prompt-ids",
+           ",".join(map(str, prompt)), "--new-tokens", str(new_tokens), "--threads", str(threads),
+           "--rounds", str(rounds)]
+    load_before = os.getloadavg()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    load_after = os.getloadavg()
+    if r.returncode != 0:
+        err = (r.stderr.strip().splitlines() or ["?"])[-1][:300]
+        return [{"folder": n, "tok_s": [], "note": f"genai failed: {err}"} for n in names]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    paths = [str(folders[n]) for n in names]
+    ref = paths[names.index(BUILDER)] if BUILDER in names else None
+    rows = []
+    for n, p in zip(names, paths):
+        per_round = [1.0 / statistics.median(rd[p]) for rd in out["rounds"]]
+        row = {"folder": n, "tok_s": per_round, "note": None, "tokens": out["tokens"][p],
+               "load_avg_before_after": [load_before[0], load_after[0]]}
+        if ref:
+            row["round_ratio"] = [1.0 / statistics.median(rd[p]) * statistics.median(rd[ref]) for rd in out["rounds"]]
+            steps = sorted(b / a for rd in out["rounds"] for a, b in zip(rd[p], rd[ref]))
+            q = lambda x: steps[int(x * (len(steps) - 1))]  # noqa: E731
+            row["step_ratio"] = {"median": statistics.median(steps), "q25": q(0.25), "q75": q(0.75), "n": len(steps)}
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny Llama, one run each, seconds")
-    ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    ap.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                    help=f"comma-separated subset of {','.join(TOOLS)} (default {','.join(DEFAULT_TOOLS)})")
     ap.add_argument("--repeat", type=int, default=None, help="export runs per tool (default 3; smoke 1)")
     ap.add_argument("--decode-repeat", type=int, default=None, help="decode runs per folder (default 3; smoke 1)")
     ap.add_argument("--prompt-len", type=int, default=128)
@@ -119,6 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=db.REPO / "bench" / "results")
     ap.add_argument("--shape", choices=["tinyllama", "llama2-7b"], default="tinyllama")
     ap.add_argument("--no-decode", action="store_true", help="exports only")
+    ap.add_argument("--interleave", choices=["runs", "steps"], default="runs",
+                    help="decode: a fresh genai process per run, runs alternating (runs), or all folders in one "
+                         "process, decode steps alternating (steps; --decode-repeat rounds)")
     ap.add_argument("--delete-checkpoint", action="store_true", help="--shape llama2-7b: remove the checkpoint afterwards")
     a = ap.parse_args(argv)
     tools = [t.strip() for t in a.tools.split(",") if t.strip()]
@@ -149,37 +199,55 @@ def main(argv=None) -> int:
 
         folders = {r["label"]: Path(r["out"]) for r in rows if r["out"]}
         decode = []
-        if folders and db.GENAI_PY.exists() and not a.no_decode:
+        # --smoke runs both decode modes (seconds on the tiny model), so that neither rots.
+        modes = ["runs", "steps"] if a.smoke else [a.interleave]
+        decodes = {}
+        for mode in (modes if folders and db.GENAI_PY.exists() and not a.no_decode else []):
             rng = random.Random(0)
             prompt = [llama_checkpoint.BOS] + [rng.randrange(3, shape["vocab_size"]) for _ in range(a.prompt_len - 1)]
-            per = {name: {"folder": name, "tok_s": [], "note": None} for name in folders}
-            for _ in range(decode_repeat):  # interleaved
-                for name, folder in folders.items():
-                    if per[name]["note"]:
-                        continue
-                    _, timing, err = db.genai_generate(folder, prompt, a.new_tokens, a.threads, True, True, env)
-                    if timing is None:
-                        per[name]["note"] = f"genai failed: {err}"
-                    else:
-                        per[name]["tok_s"].append(timing["decode_tok_s"])
-            decode = list(per.values())
-            ref = next((statistics.median(d["tok_s"]) for d in decode
-                        if d["folder"] == "genai builder int4" and d["tok_s"]), None)
+            if mode == "steps":
+                decode = step_interleaved_decode(folders, prompt, a.new_tokens, a.threads, decode_repeat, env)
+            else:
+                per = {name: {"folder": name, "tok_s": [], "note": None} for name in folders}
+                for _ in range(decode_repeat):  # interleaved
+                    for name, folder in folders.items():
+                        if per[name]["note"]:
+                            continue
+                        _, timing, err = db.genai_generate(folder, prompt, a.new_tokens, a.threads, True, True, env)
+                        if timing is None:
+                            per[name]["note"] = f"genai failed: {err}"
+                        else:
+                            per[name]["tok_s"].append(timing["decode_tok_s"])
+                decode = list(per.values())
+                ref = next((d["tok_s"] for d in decode if d["folder"] == BUILDER and d["tok_s"]), None)
+                for d in decode:  # run i of a folder against run i of the builder's folder (adjacent in time)
+                    if ref and len(d["tok_s"]) == len(ref):
+                        d["round_ratio"] = [x / y for x, y in zip(d["tok_s"], ref)]
+            how = ("all folders in one process, decode steps interleaved (order rotating), tokens/s = 1 / median "
+                   f"step per round, {decode_repeat} rounds" if mode == "steps" else
+                   f"a fresh process per run, runs interleaved, median of {decode_repeat}")
             print(f"\n## Decode in onnxruntime-genai: prompt {a.prompt_len}, {a.new_tokens} new tokens (greedy, EOS "
-                  f"suppressed), {a.threads} threads, median of {decode_repeat}, runs interleaved\n")
-            print("| folder | tokens/s (median) | min-max | vs builder int4 | note |")
-            print("|---|---:|---:|---:|---|")
+                  f"suppressed), {a.threads} threads, {how}; load average {os.getloadavg()[0]:.1f}\n")
+            print("| folder | tokens/s (median) | min-max | vs builder int4, paired (median, min-max) | "
+                  "per-step ratio (median, IQR) | note |")
+            print("|---|---:|---:|---:|---:|---|")
             for d in decode:
                 med = statistics.median(d["tok_s"]) if d["tok_s"] else None
                 d["median"] = med
                 spread = f"{min(d['tok_s']):.1f}-{max(d['tok_s']):.1f}" if d["tok_s"] else "-"
-                ratio = f"{med / ref:.2f}x" if med and ref else "-"
-                print(f"| {d['folder']} | {db.fmt(med, '.1f')} | {spread} | {ratio} | {d['note'] or ''} |")
+                rr = d.get("round_ratio")
+                ratio = f"{statistics.median(rr):.2f}x ({min(rr):.2f}-{max(rr):.2f})" if rr else "-"
+                sr = d.get("step_ratio")
+                step = f"{sr['median']:.2f}x ({sr['q25']:.2f}-{sr['q75']:.2f})" if sr else "-"
+                print(f"| {d['folder']} | {db.fmt(med, '.1f')} | {spread} | {ratio} | {step} | {d['note'] or ''} |")
+            decodes[mode] = decode
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_json = a.results / f"decoder_int4_bench{'-smoke' if a.smoke else ''}-{stamp}.json"
         out_json.write_text(json.dumps({"checkpoint": str(ckpt), "weights_gb": weights_gb, "shape": shape,
-                                        "smoke": a.smoke, "exports": rows, "decode": decode,
+                                        "smoke": a.smoke, "exports": rows, "decode": decodes.get(a.interleave, []),
+                                        "decode_by_mode": decodes,
                                         "settings": {"repeat": repeat, "decode_repeat": decode_repeat,
+                                                     "interleave": a.interleave, "load_avg": os.getloadavg(),
                                                      "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
                                                      "threads": a.threads}}, indent=2, default=str) + "\n")
         print(f"\nresults: {out_json}")

@@ -149,9 +149,13 @@ namespace {
 //                                └─ v ───────────────────────────────────────────┘    ▲                  └─► present K/V
 //      past K/V, seqlens_k = T - 1 and T (int32), the additive mask bias ─────────────┘
 //
-// Rotary runs in com.microsoft RotaryEmbedding at position_ids (transformers' positions, which skip left padding)
-// from cos/sin caches computed at export, so cached keys equal the plain graph's. Padding, the causal mask and
-// sliding windows come from the additive bias the plain graph uses.
+// Most models (standard, linear or Llama-3 rotary, no per-head norms) skip the two RotaryEmbedding nodes and the
+// slices: GroupQueryAttention takes the packed QKV and rotates q and k itself (do_rotary, the same cos/sin caches
+// computed at export), at positions counted from seqlens_k — for a left-padded row, transformers' positions
+// shifted by its padding, so its cached keys differ from the plain graph's while its attention (which depends
+// only on position differences) does not. The others (Qwen3, LongRoPE, rotary widths the kernel refuses) run
+// com.microsoft RotaryEmbedding at position_ids (transformers' positions, which skip left padding), as drawn.
+// Padding, the causal mask and sliding windows come from the additive bias the plain graph uses.
 AttentionOutputs fused_self_attention(GraphBuilder& g, Weights& w, const Value& x, const BlockSpec& b,
                                       const LayerNames& n, const AttentionInputs& in) {
   const AttentionSpec& a = b.attention;
@@ -168,8 +172,16 @@ AttentionOutputs fused_self_attention(GraphBuilder& g, Weights& w, const Value& 
       qkv = g.add(qkv, w.get_concat(base + ".bias", {{n.q + ".bias", q_dim}, {n.k + ".bias", kv_dim},
                                                    {n.v + ".bias", kv_dim}}));
   }
+  // Rotary inside GroupQueryAttention (do_rotary, on the packed QKV: no Slice / RotaryEmbedding nodes, as the
+  // builder's graphs). Its positions come from seqlens_k (T - 1 here, left padding counted), i.e. transformers'
+  // positions shifted by each row's padding, the same shift for the row's queries and cached keys: attention
+  // depends only on position differences, so the outputs are transformers' (tests/python/test_decoders.py, left-
+  // padded batches). Not for Qwen3's per-head norms (between projection and rotary), LongRoPE (its tables switch
+  // on the largest position id), nor rotary widths the kernel refuses (half of it a multiple of 8).
+  const bool inner_rotary = a.rotary && !a.qk_norm && a.rotary->scaling != RotarySpec::Scaling::kLongRope &&
+                            a.rotary->dim % 16 == 0 && a.rotary->dim <= hd;
   std::vector<Value> qkv_in{qkv, "", ""};
-  if (a.qk_norm || a.rotary) {
+  if (!inner_rotary && (a.qk_norm || a.rotary)) {
     Value q = g.slice_axis(qkv, -1, 0, q_dim), k = g.slice_axis(qkv, -1, q_dim, q_dim + kv_dim);
     auto per_head_norm = [&](const Value& t, int64_t heads, const std::string& name, int64_t width) {
       return g.reshape(norm(g, w, g.reshape(t, {0, 0, heads, hd}), NormKind::kRMSNorm, name, hd, b.eps), {0, 0, width});
@@ -193,12 +205,13 @@ AttentionOutputs fused_self_attention(GraphBuilder& g, Weights& w, const Value& 
   double scale = a.scaling == ScoreScaling::kNone ? 1.0 : 1.0 / std::sqrt(static_cast<double>(hd));
   scale /= a.inverse_layer_scale;
   std::vector<Value> inputs = {qkv_in[0], qkv_in[1], qkv_in[2], in.past_key, in.past_value, in.seqlens_k,
-                               in.total_length, /*cos_cache=*/"", /*sin_cache=*/"", /*position_ids=*/"", in.mask_bias};
-  auto outs = g.node("GroupQueryAttention", inputs,
-                     {GraphBuilder::Attr::Int("num_heads", a.num_heads),
-                      GraphBuilder::Attr::Int("kv_num_heads", a.num_kv_heads),
-                      GraphBuilder::Attr::Float("scale", static_cast<float>(scale))},
-                     3, GraphBuilder::kMsDomain);
+                               in.total_length, /*cos_cache=*/inner_rotary ? in.cos : "",
+                               /*sin_cache=*/inner_rotary ? in.sin : "", /*position_ids=*/"", in.mask_bias};
+  std::vector<GraphBuilder::Attr> attrs = {GraphBuilder::Attr::Int("num_heads", a.num_heads),
+                                           GraphBuilder::Attr::Int("kv_num_heads", a.num_kv_heads),
+                                           GraphBuilder::Attr::Float("scale", static_cast<float>(scale))};
+  if (inner_rotary) attrs.push_back(GraphBuilder::Attr::Int("do_rotary", 1));
+  auto outs = g.node("GroupQueryAttention", inputs, attrs, 3, GraphBuilder::kMsDomain);
   AttentionOutputs out;
   out.context = project(g, w, outs[0], n.o, q_dim, b.hidden, a.o_bias, b.conv1d);
   out.present_key = outs[1];

@@ -1,5 +1,7 @@
 #include "export/companions.h"
 
+#include <cstring>
+#include <map>
 #include <system_error>
 
 #include <nlohmann/json.hpp>
@@ -71,11 +73,12 @@ json genai_config(const ModelConfig& c, const json& generation, const CompanionO
       {"type", genai_type(c.model_type)},
       {"vocab_size", o.vocab},
   };
-  // The cache grows by concatenation (present = past ++ new), so genai must not share past/present buffers.
+  // A graph whose GroupQueryAttention nodes own the cache writes each step's keys/values into genai's max-length
+  // buffers in place; any other grows it by concatenation (present = past ++ new), where the buffers must differ.
   json search = {{"diversity_penalty", 0.0},   {"do_sample", false},         {"early_stopping", true},
                  {"length_penalty", 1.0},      {"max_length", context},      {"min_length", 0},
                  {"no_repeat_ngram_size", 0},  {"num_beams", 1},             {"num_return_sequences", 1},
-                 {"past_present_share_buffer", false}, {"repetition_penalty", 1.0}, {"temperature", 1.0},
+                 {"past_present_share_buffer", o.share_cache_buffer}, {"repetition_penalty", 1.0}, {"temperature", 1.0},
                  {"top_k", 1},                 {"top_p", 1.0}};
   return {{"model", model}, {"search", search}};
 }
@@ -103,6 +106,49 @@ std::vector<fs::path> sentence_transformers_files(const fs::path& model_dir) {
 }
 
 }  // namespace
+
+bool kv_cache_updated_in_place(const onnx::GraphProto& graph) {
+  auto starts_with = [](const std::string& s, const char* p) { return s.rfind(p, 0) == 0; };
+  auto ends_with = [](const std::string& s, const std::string& t) {
+    return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+  };
+  auto is_gqa = [](const onnx::NodeProto& n) {
+    return n.op_type() == "GroupQueryAttention" && n.domain() == "com.microsoft";
+  };
+  // past name -> the node (index) that reads it, present name -> the node that writes it
+  std::map<std::string, int> past_reader, present_writer;
+  size_t pasts = 0, presents = 0;
+  for (const auto& in : graph.input())
+    if (starts_with(in.name(), "past_key_values.")) ++pasts, past_reader[in.name()] = -1;
+  for (const auto& out : graph.output())
+    if (starts_with(out.name(), "present.")) ++presents, present_writer[out.name()] = -1;
+  if (pasts == 0 || pasts != presents) return false;
+  for (int i = 0; i < graph.node_size(); ++i) {
+    const onnx::NodeProto& n = graph.node(i);
+    for (int j = 0; j < n.input_size(); ++j) {
+      auto it = past_reader.find(n.input(j));
+      if (it == past_reader.end()) continue;
+      const bool key = ends_with(n.input(j), ".key");
+      if (!is_gqa(n) || j != (key ? 3 : 4) || it->second != -1) return false;  // read elsewhere, or twice
+      it->second = i;
+    }
+    for (int j = 0; j < n.output_size(); ++j) {
+      auto it = present_writer.find(n.output(j));
+      if (it == present_writer.end()) continue;
+      const bool key = ends_with(n.output(j), ".key");
+      if (!is_gqa(n) || j != (key ? 1 : 2)) return false;
+      it->second = i;
+    }
+  }
+  // Each layer's present comes from the node that read the same layer's past.
+  for (const auto& [past, reader] : past_reader) {
+    if (reader < 0) return false;
+    const std::string present = "present." + past.substr(std::strlen("past_key_values."));
+    auto w = present_writer.find(present);
+    if (w == present_writer.end() || w->second != reader) return false;
+  }
+  return true;
+}
 
 std::vector<fs::path> write_companion_files(const ModelConfig& config, const CompanionOptions& o) {
   std::error_code ec;

@@ -323,6 +323,9 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
     throw UsageError("--int8-accurate applies to encoders (decoders and encoder-decoders are quantized while they "
                      "are written, per channel, without calibration)");
   std::vector<LoadCheckSpec> quant_specs(parts.size());
+  // Whether the graph genai_config.json names (the quantized one, else the optimized one, else the plain one:
+  // assigned in that order below, the last wins) updates its KV cache in place.
+  bool genai_cache_in_place = false;
   // The graphs of a set share their weights (embeddings, tied heads): one external-data file per lowering holds
   // each tensor once, unless --external-data never asks for self-contained files.
   // The quantized set shares weights-quantized.data: the embedding table the encoder and the decoder both read
@@ -374,6 +377,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
         }
         Model q = quantize_built(built.model, options, &gr, weights);
         built.model = Model{};
+        genai_cache_in_place = kv_cache_updated_in_place(q.proto.graph());
         result.num_nodes += static_cast<size_t>(q.proto.graph().node_size());
         result.num_initializers += q.initializers.size();
         log("built " + (parts[p].empty() ? task_name(built.task) : parts[p]) + " graph, quantized (" +
@@ -405,6 +409,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
           std::to_string(built.model.proto.graph().node_size()) + " nodes, " +
           std::to_string(built.model.initializers.size()) + " initializers, opset " + std::to_string(options.opset));
       folders.create_parents_of(paths[p]);
+      genai_cache_in_place = kv_cache_updated_in_place(built.model.proto.graph());
       gr.written = write_model(built.model, paths[p], wo_plain);
       result.graphs.push_back(gr);
       plain_specs[p] = built.check_spec;
@@ -414,6 +419,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
         log("built optimized graph: " + std::to_string(fused.model.proto.graph().node_size()) +
             " nodes (ONNX Runtime fused ops)");
         folders.create_parents_of(variant(paths[p], Variant::kOptimized));
+        genai_cache_in_place = kv_cache_updated_in_place(fused.model.proto.graph());
         result.graphs.back().optimized = write_model(fused.model, variant(paths[p], Variant::kOptimized), wo_fused);
         fused_specs[p] = fused.check_spec;
       }
@@ -424,6 +430,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
         ExportedGraph& g = result.graphs.back();
         Model q = quantize_built(source.model, options, &g, weights);
         source.model = Model{};
+        genai_cache_in_place = kv_cache_updated_in_place(q.proto.graph());
         log("quantized " + g.name + (options.optimize ? " (optimized)" : "") + " (" +
             (options.quantize_bits == 4 ? "int4" : "int8") + "): " + std::to_string(g.quantized_layers) +
             " weights quantized, " + std::to_string(g.kept_layers) + " kept float, " +
@@ -503,8 +510,11 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
   // Files that make the output folder loadable as it is (generative models always; encoders when OUTPUT is a
   // folder). A Triton repository holds models only.
   if ((task == Task::kCausalLM || task == Task::kSeq2SeqLM || options.write_companions || layout != Layout::kTrex) &&
-      layout != Layout::kTriton)
-    result.companions = write_companion_files(config, companion_options(options, config, plain_spec, task));
+      layout != Layout::kTriton) {
+    CompanionOptions co = companion_options(options, config, plain_spec, task);
+    co.share_cache_buffer = task == Task::kCausalLM && genai_cache_in_place;
+    result.companions = write_companion_files(config, co);
+  }
 
   if (options.quantize && !quantize_now) {
     QuantizeFileOptions qo;

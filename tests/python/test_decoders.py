@@ -279,6 +279,26 @@ def test_optimized_graph_uses_fused_ops(trex_bin, tmp_path):
     assert "Softmax" not in ops  # no plain attention left
 
 
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+def test_optimized_graph_rotates_inside_group_query_attention(trex_bin, tmp_path, name):
+    """Plain rotary: GroupQueryAttention takes the packed QKV and rotates q and k itself (do_rotary), with no
+    Slice / RotaryEmbedding nodes; test_decoder_matches_transformers_step_by_step checks its outputs against
+    transformers on left-padded batches (its positions are shifted by the padding, its attention is not)."""
+    import onnx
+    from onnx import helper
+
+    ckpt = dfx.decoder_checkpoint(name)
+    path = export(trex_bin, ckpt, tmp_path / "out", "--optimize").with_name("model-optimized.onnx")
+    nodes = onnx.load(str(path)).graph.node
+    gqa = [n for n in nodes if n.op_type == "GroupQueryAttention"]
+    assert len(gqa) == 2 and not [n for n in nodes if n.op_type == "RotaryEmbedding"]
+    for n in gqa:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs.get("do_rotary") == 1
+        assert n.input[1] == "" and n.input[2] == ""  # packed QKV
+        assert n.input[7] and n.input[8]  # cos / sin caches
+
+
 @pytest.mark.parametrize("flag", ["--static-shape=1,8"])
 def test_unsupported_options_refused_up_front(trex_bin, tmp_path, flag):
     ckpt = dfx.decoder_checkpoint("llama")

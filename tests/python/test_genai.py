@@ -50,5 +50,13 @@ def test_genai_runs_trex_folder(trex_bin, tmp_path, name, graph):
     genai = json.loads((out / "genai_config.json").read_text())
     want_file = "model-optimized.onnx" if graph == "optimized" else "model.onnx"
     assert genai["model"]["decoder"]["filename"] == want_file
+    # A fused graph's GroupQueryAttention writes the cache in place: genai keeps one max-length buffer per layer
+    # (no copy of the past at every step); the plain graph (and a fused one whose heads GroupQueryAttention's CPU
+    # kernel does not take, e.g. qwen2's here) concatenates, so its buffers must stay apart.
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / want_file), load_external_data=False).graph.node}
+    assert genai["search"]["past_present_share_buffer"] is ("GroupQueryAttention" in ops)
+    assert ("GroupQueryAttention" in ops) is (graph == "optimized" and name != "qwen2")
     prompt = [int(t) for t in np.random.default_rng(3).integers(3, dfx.VOCAB, size=9)]
     assert genai_tokens(out, prompt) == transformers_tokens(ckpt, prompt)
