@@ -161,7 +161,7 @@ std::string latency_table(const std::vector<VariantLatency>& rows) {
 }
 
 // --report: what was written, how each variant compares, how long it took (JSON).
-void write_export_report(const std::string& path, const trex::ExportResult& r, double seconds,
+void write_export_report(const std::string& path, const trex::ExportResult& r, int quantize_bits, double seconds,
                          const std::vector<VariantLatency>& latency) {
   using nlohmann::json;
   auto files = [&latency](const trex::WriteResult& w) {
@@ -212,8 +212,15 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, d
   if (r.quantized) {
     const auto& q = *r.quantized;
     j["quantized"] = files(q.written);
-    j["quantized"]["layers_int8"] = q.report.quantized.size();
-    j["quantized"]["layers_fp32"] = q.report.skipped.size();
+    // Named as for decoders' graphs (layers_quantized / layers_float, whatever the bits); int8 reports keep their
+    // earlier names too.
+    j["quantized"]["bits"] = quantize_bits;
+    j["quantized"]["layers_quantized"] = q.report.quantized.size();
+    j["quantized"]["layers_float"] = q.report.skipped.size();
+    if (quantize_bits == 8) {
+      j["quantized"]["layers_int8"] = q.report.quantized.size();
+      j["quantized"]["layers_fp32"] = q.report.skipped.size();
+    }
     j["quantized"]["fallback_fp32"] = q.fallback;
     if (q.comparison) {
       const auto& c = *q.comparison;
@@ -389,7 +396,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
   if (!a.report.empty()) {
     try {
       if (a.latency_repeats > 0) latency = measure_variants(r, o, a);
-      write_export_report(a.report, r, secs, latency);
+      write_export_report(a.report, r, o.quantize_bits, secs, latency);
     } catch (const trex::Error&) {  // no half-finished run: the models go with the report
       for (const auto& gr : r.graphs) {
         remove_written(gr.written);

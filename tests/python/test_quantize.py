@@ -287,6 +287,7 @@ def test_export_quantize(trex_bin, tmp_path, model_type, head, optimize):
     if optimize:
         assert rep["optimized"]["vs_plain"]["ok"] and all(o["max_abs_diff"] <= 1e-4 for o in rep["optimized"]["vs_plain"]["outputs"])
     assert rep["quantized"]["layers_int8"] > 0 and rep["quantized"]["vs_fp32"]["mean_cosine"] >= COSINE_MIN
+    assert rep["quantized"]["bits"] == 8 and rep["quantized"]["layers_quantized"] == rep["quantized"]["layers_int8"]
     q = tmp_path / "model-quantized.onnx"
     assert q.exists() and (tmp_path / "model-optimized.onnx").exists() == optimize
     ops = {n.op_type for n in onnx.load(str(q)).graph.node}

@@ -322,6 +322,8 @@ def test_encoder_int4_export(tmp_path, model_type, head):
     export(fx.checkpoint(model_type, head), out, "--pipeline", head, *mode_args("int4"), "--report", report)
     rep = json.loads(report.read_text())
     assert rep["quantized"]["vs_fp32"]["mean_cosine"] >= 0.95, rep["quantized"]
+    assert rep["quantized"]["bits"] == 4 and rep["quantized"]["layers_quantized"] > 0, rep["quantized"]
+    assert "layers_int8" not in rep["quantized"], rep["quantized"]
     ops = [n.op_type for n in onnx.load(str(tmp_path / "model-quantized.onnx")).graph.node]
     assert "MatMulNBits" in ops and "MatMulIntegerToFloat" not in ops
     r = fx.run_trex("export", "--model", fx.checkpoint(model_type, head), "--quantize", "int4", "--quantized-only",
