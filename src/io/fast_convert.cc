@@ -5,13 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 
-// Variants for wider vector units where the compiler can make them (x86-64, GCC / Clang); the loops are plain
-// C++ either way.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__SANITIZE_ADDRESS__)
-#define TREX_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
-#else
-#define TREX_CLONES
-#endif
+#include "util/simd.h"
 
 namespace trex {
 namespace {

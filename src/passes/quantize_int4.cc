@@ -14,14 +14,10 @@
 
 #include "io/fast_convert.h"
 #include "util/error.h"
+#include "util/simd.h"
 
-// Kernels built for several instruction sets (chosen at load time). This file is compiled with
-// -ffp-contract=off (CMakeLists.txt), so no variant fuses a multiply-add and all of them give the reference's bits.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__SANITIZE_ADDRESS__)
-#define TREX_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
-#else
-#define TREX_CLONES
-#endif
+// Kernels built for several instruction sets (TREX_CLONES). This file is compiled with -ffp-contract=off
+// (CMakeLists.txt), so no variant fuses a multiply-add and all of them give the reference's bits.
 
 namespace trex {
 
@@ -375,6 +371,17 @@ inline V16f load16f(const float* p) {
   return v;
 }
 
+// |x| of 16 floats (the sign bit cleared).
+inline V16f abs16f(const float* p) {
+  const V16f v = load16f(p);
+  V16i bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= 0x7FFFFFFF;
+  V16f a;
+  std::memcpy(&a, &bits, sizeof a);
+  return a;
+}
+
 // RTN of one block of `bs` values (a multiple of 16; a partial last block is zero-padded: 0 maps exactly to the
 // zero point, as the padding must), codes packed two per byte into `packed` (bs / 2 bytes). The reference's
 // choice (reference_block without search) and codes (reference_code), in one pass for the range and one for
@@ -388,12 +395,7 @@ TREX_CLONES void rtn_block(const float* x, int64_t bs, bool symmetric, uint8_t* 
     // The value of largest magnitude, the first one on ties (the reference's strict >); 0 when all are zero.
     V16f mv = zero;
     for (int64_t j = 0; j < bs; j += kVec) {
-      V16i bits;
-      const V16f v = load16f(x + j);
-      std::memcpy(&bits, &v, sizeof bits);
-      bits &= 0x7FFFFFFF;
-      V16f a;
-      std::memcpy(&a, &bits, sizeof a);
+      const V16f a = abs16f(x + j);
       mv = a > mv ? a : mv;
     }
     const float mx = hmax(mv);
@@ -402,12 +404,7 @@ TREX_CLONES void rtn_block(const float* x, int64_t bs, bool symmetric, uint8_t* 
       const V16f mxv = zero + mx;
       V16i first = zeroi + static_cast<int32_t>(bs), idx = kIota;
       for (int64_t j = 0; j < bs; j += kVec, idx += kVec) {
-        V16i bits;
-        const V16f v = load16f(x + j);
-        std::memcpy(&bits, &v, sizeof bits);
-        bits &= 0x7FFFFFFF;
-        V16f a;
-        std::memcpy(&a, &bits, sizeof a);
+        const V16f a = abs16f(x + j);
         const V16i cand = a == mxv ? idx : first;
         first = cand < first ? cand : first;
       }
