@@ -14,6 +14,13 @@ inline std::string mib(size_t bytes) {
   return buf;
 }
 
+// "0.42 s" from milliseconds
+inline std::string seconds(double ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f s", ms / 1000.0);
+  return buf;
+}
+
 // A threshold as the user would write it: "1e-07", "0.99".
 inline std::string number(double v) {
   char buf[32];

@@ -39,6 +39,7 @@ int fail(ExitCode code, const std::string& message) {
 namespace fs = std::filesystem;
 
 using trex::cli::mib;
+using trex::cli::seconds;
 
 struct ExportArgs {
   std::string model, revision, output, pipeline, static_shape, external = "auto", format, report, layout = "trex",
@@ -192,7 +193,7 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, i
   if (r.check) {
     json outs = json::object();
     for (const auto& [name, shape] : r.check->outputs) outs[name] = shape;
-    j["load_check"] = {{"ok", true}, {"load_ms", r.check->load_ms}, {"run_ms", r.check->run_ms}, {"outputs", outs}};
+    j["load_check"] = {{"ok", true}, {"load_ms", r.check->load_ms}, {"run_ms", r.check->run_ms}, {"total_ms", r.check->total_ms}, {"outputs", outs}};
   }
   if (r.optimized) {
     j["optimized"] = files(*r.optimized);
@@ -205,7 +206,7 @@ void write_export_report(const std::string& path, const trex::ExportResult& r, i
     q["layers_quantized"] = gr.quantized_layers;
     q["layers_float"] = gr.kept_layers;
     q["embedding_tables_quantized"] = gr.quantized_tables;
-    if (gr.quantized_check) q["load_check"] = {{"ok", true}, {"run_ms", gr.quantized_check->run_ms}};
+    if (gr.quantized_check) q["load_check"] = {{"ok", true}, {"run_ms", gr.quantized_check->run_ms}, {"total_ms", gr.quantized_check->total_ms}};
     if (r.graphs.size() > 1) j["graphs"][i]["quantized"] = q;
     else j["quantized"] = q;
   }
@@ -437,7 +438,7 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
     for (const auto& gr : r.graphs) {
       const std::string which = r.graphs.size() > 1 ? " " + gr.name : "";
       if (gr.check)
-        std::cout << "load check" << which << ": ok (ONNX Runtime ran batch "
+        std::cout << "load check" << which << ": ok in " << seconds(gr.check->total_ms) << " (ONNX Runtime ran batch "
                   << o.static_shape.value_or(std::make_pair(2L, 8L)).first << ": " << gr.check->summary() << ")\n";
       else
         std::cout << "load check" << which << ": skipped (--no-check)\n";
@@ -447,7 +448,9 @@ int run_export(const ExportArgs& a, const CLI::App& cmd) {
                   << (o.quantize_bits == 4 ? "int4 MatMulNBits" : "int8") << ": " << gr.quantized_layers
                   << " weights quantized, " << gr.kept_layers << " kept float, " << gr.quantized_tables
                   << " embedding table(s) quantized)\n";
-        if (gr.quantized_check) std::cout << "load check" << which << " quantized: ok (" << gr.quantized_check->summary() << ")\n";
+        if (gr.quantized_check)
+          std::cout << "load check" << which << " quantized: ok in " << seconds(gr.quantized_check->total_ms) << " ("
+                    << gr.quantized_check->summary() << ")\n";
       }
       if (gr.optimized) {
         std::cout << "wrote " << gr.optimized->model_path.string() << " (" << mib(gr.optimized->model_bytes) << ")\n";

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 #include <set>
+#include <thread>
 
 #include "export/companions.h"
 #include "util/checkpoint_buffers.h"
@@ -17,6 +18,12 @@ namespace trex {
 namespace fs = std::filesystem;
 
 namespace {
+
+// Intra-op threads of the export's optimized-vs-plain comparison: its sample runs are compute-bound (a 1B decoder
+// runs 64 prefill tokens), so it uses the cores there are, up to 4.
+int check_threads() {
+  return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+}
 
 
 void add_meta(onnx::ModelProto& m, const std::string& k, const std::string& v) {
@@ -475,14 +482,15 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       // both, then cached as the padding's K/V, which later steps mask out). The comparison runs unpadded rows;
       // left-padded batches are checked against transformers by the step-by-step oracle tests.
       if (task == Task::kCausalLM) vo.padded = false;
-      gr.optimized_verify = verify_models(paths[p], opt_path, vo);
+      // Decoders: first steps (empty cache), then decode steps over a random 7-token cache, in the same two
+      // sessions. Without prepacking: it would hold a second copy of every weight for a few sample runs.
       const bool stateful = task == Task::kCausalLM || (task == Task::kSeq2SeqLM && p > 0);
-      if (stateful && gr.optimized_verify->ok()) {
-        // Decoders: the first step above (empty cache), then a decode step over a random 7-token cache.
-        vo.seq = 1;
-        vo.past = 7;
-        gr.optimized_verify = verify_models(paths[p], opt_path, vo);
-      }
+      if (stateful) vo.decode_past = 7;
+      vo.prepack = false;
+      vo.threads = check_threads();
+      // One sample batch of each kind for models over 1 GiB of weights (a 1B decoder's run is seconds), two below.
+      if (gr.written.model_bytes + gr.written.data_bytes > (size_t{1} << 30)) vo.batches = 1;
+      gr.optimized_verify = verify_models(paths[p], opt_path, vo);
       if (!gr.optimized_verify->ok()) {
         std::string worst;
         for (const auto& o : gr.optimized_verify->outputs)

@@ -60,6 +60,11 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
     Ort::SessionOptions so;
     so.SetIntraOpNumThreads(o.threads);
     so.SetInterOpNumThreads(1);
+    if (!o.prepack) {
+      so.AddConfigEntry("session.disable_prepacking", "1");
+      so.DisableCpuMemArena();
+      so.DisableMemPattern();
+    }
     // One session at a time: the reference runs every sample batch and its outputs are kept, then it is closed
     // before the candidate opens, so comparing two large models never holds both sets of weights.
     struct Kept {
@@ -83,9 +88,13 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
       std::vector<const char*> in_c, out_c;
       for (auto& n : in_names) in_c.push_back(n.c_str());
       for (auto& n : out_names) out_c.push_back(n.c_str());
-      for (int b = 0; b < o.batches; ++b) {
-        feeds.push_back(make_step_inputs(ref, SampleShape{o.batch, o.seq, o.past, o.padded}, o.input_limits, rng,
-                                         reference.string()));
+      std::vector<SampleShape> shapes(static_cast<size_t>(std::max(o.batches, 0)),
+                                      SampleShape{o.batch, o.seq, o.past, o.padded});
+      if (o.decode_past >= 0)
+        shapes.insert(shapes.end(), static_cast<size_t>(std::max(o.batches, 0)),
+                      SampleShape{o.batch, 1, o.decode_past, o.padded});
+      for (const SampleShape& shape : shapes) {
+        feeds.push_back(make_step_inputs(ref, shape, o.input_limits, rng, reference.string()));
         const auto t0 = std::chrono::steady_clock::now();
         auto ra = ref.Run(Ort::RunOptions{nullptr}, in_c.data(), feeds.back().values.data(), feeds.back().values.size(),
                           out_c.data(), out_c.size());
@@ -120,13 +129,13 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
     std::vector<size_t> rows(out_names.size(), 0), elems(out_names.size(), 0), agree(out_names.size(), 0);
     for (size_t i = 0; i < out_names.size(); ++i) result.outputs[i].name = out_names[i];
 
-    for (int b = 0; b < o.batches; ++b) {
-      const SampleInputs& feed = feeds[static_cast<size_t>(b)];
+    for (size_t b = 0; b < feeds.size(); ++b) {
+      const SampleInputs& feed = feeds[b];
       const auto t1 = std::chrono::steady_clock::now();
       auto ca = cand.Run(Ort::RunOptions{nullptr}, in_c.data(), feed.values.data(), feed.values.size(), out_c.data(),
                          out_c.size());
       cand_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
-      const std::vector<Kept>& ra = ref_outputs[static_cast<size_t>(b)];
+      const std::vector<Kept>& ra = ref_outputs[b];
 
       for (size_t k = 0; k < out_names.size(); ++k) {
         auto ci = ca[k].GetTensorTypeAndShapeInfo();
@@ -179,8 +188,8 @@ CompareResult compare_models(const std::filesystem::path& reference, const std::
         result.label_agreement = result.label_agreement < 0 ? oc.label_agreement
                                                             : std::min(result.label_agreement, oc.label_agreement);
     }
-    result.reference_ms = ref_ms / std::max(o.batches, 1);
-    result.candidate_ms = cand_ms / std::max(o.batches, 1);
+    result.reference_ms = ref_ms / static_cast<double>(std::max<size_t>(feeds.size(), 1));
+    result.candidate_ms = cand_ms / static_cast<double>(std::max<size_t>(feeds.size(), 1));
   } catch (const Ort::Exception& e) {
     throw VerificationError("comparing " + candidate.string() + " with " + reference.string() + ": ONNX Runtime: " + e.what());
   }

@@ -18,6 +18,12 @@ struct CompareOptions {
   int64_t batch = 2;     // symbolic first dimension
   int64_t seq = 16;      // other symbolic dimensions (sequence_length)
   int64_t past = 0;      // past_sequence_length of models with a KV cache (random cache contents)
+  // Models with a KV cache: also compare `batches` decode steps (one new token over a random cache of this many
+  // positions) in the same sessions; -1: none. The result covers both kinds of sample.
+  int64_t decode_past = -1;
+  // ONNX Runtime's weight prepacking and memory arena. Off for checks of large models: prepacking holds a second
+  // copy of every weight (and takes time to make) that a few sample runs do not pay back.
+  bool prepack = true;
   bool padded = true;    // pad half of the last row of attention masks
   int threads = 2;
   uint64_t seed = 1234;

@@ -107,6 +107,7 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
       previous = std::move(inputs);
       previous_outputs = std::move(outputs);
     }
+    result.total_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
   } catch (const Ort::Exception& e) {
     throw VerificationError(model.string() + ": load check: ONNX Runtime: " + e.what());
   }

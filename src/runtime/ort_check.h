@@ -24,7 +24,8 @@ struct LoadCheckSpec {
 struct LoadCheckResult {
   std::vector<std::pair<std::string, std::vector<int64_t>>> outputs;  // name, shape
   double load_ms = 0;
-  double run_ms = 0;
+  double run_ms = 0;    // the first step
+  double total_ms = 0;  // opening the session and every step
   std::string summary() const;  // "last_hidden_state [2, 8, 32], pooler_output [2, 32]"
 };
 

@@ -102,6 +102,8 @@ VerifyReport verify_models(const std::filesystem::path& model, const std::filesy
   co.batch = o.batch;
   co.seq = o.seq;
   co.past = o.past;
+  co.decode_past = o.decode_past;
+  co.prepack = o.prepack;
   co.padded = o.padded;
   co.batches = o.batches;
   co.threads = o.threads;

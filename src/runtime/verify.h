@@ -16,6 +16,8 @@ struct VerifyOptions {
   int64_t batch = 2;
   int64_t seq = 16;
   int64_t past = 0;  // past_sequence_length for models with a KV cache
+  int64_t decode_past = -1;  // also compare decode steps over a cache this long (CompareOptions::decode_past)
+  bool prepack = true;       // CompareOptions::prepack
   bool padded = true;
   int batches = 2;
   double atol = 1e-4;

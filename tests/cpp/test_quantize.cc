@@ -517,3 +517,43 @@ TEST(QuantizeLarge, AboveTwoGigabytes) {
   EXPECT_GE(c.mean_cosine, 0.98);
   fs::remove_all(dir);
 }
+
+namespace {
+
+// y[b, s, 4] = x + sum over the cache's positions of past[b, 0, p, :] * past_scale: a model whose outputs depend
+// on its cache only when the cache is not empty.
+Model cache_model(float past_scale) {
+  GraphBuilder g(17);
+  Value x = g.input("x", DType::kF32, {"batch_size", "sequence_length", 4});
+  Value past = g.input("past_key_values.0.key", DType::kF32, {"batch_size", 1, "past_sequence_length", 4},
+                       InputSample::State("present.0.key"));
+  Value summed = g.op("ReduceSum", {past, g.const_i64({2})}, {GraphBuilder::Attr::Int("keepdims", 0)});  // [b, 1, 4]
+  Value y = g.add(x, g.mul(summed, g.const_f32(past_scale)));
+  g.output(y, "y", DType::kF32, {"batch_size", "sequence_length", 4});
+  g.output(g.op("Identity", {past}), "present.0.key", DType::kF32, {"batch_size", 1, "past_sequence_length", 4});
+  return g.finish("cache");
+}
+
+}  // namespace
+
+// CompareOptions::decode_past: the decode samples (a non-empty cache) are compared too, in the same sessions, and
+// catch a difference the first-step samples (empty cache) cannot see; without prepacking as with it.
+TEST(CompareModels, DecodeStepsOverARandomCache) {
+  const fs::path dir = temp_dir("decode");
+  write_model(cache_model(1.0f), dir / "a.onnx");
+  write_model(cache_model(1.5f), dir / "b.onnx");
+  for (bool prepack : {true, false}) {
+    SCOPED_TRACE(prepack ? "prepack" : "no prepack");
+    CompareOptions co;
+    co.prepack = prepack;
+    co.batches = 2;
+    const CompareResult first = compare_models(dir / "a.onnx", dir / "b.onnx", co);
+    EXPECT_EQ(first.max_abs_diff, 0.0);
+    co.decode_past = 7;
+    const CompareResult both = compare_models(dir / "a.onnx", dir / "b.onnx", co);
+    EXPECT_GT(both.max_abs_diff, 0.1);
+    const CompareResult same = compare_models(dir / "a.onnx", dir / "a.onnx", co);
+    EXPECT_EQ(same.max_abs_diff, 0.0);
+  }
+  fs::remove_all(dir);
+}
