@@ -9,7 +9,10 @@ Checkpoint (cached under bench/results/ckpt/, gitignored):
   --smoke   a tiny random Llama made by transformers (seconds).
 
 Export rows (one run each, `--repeat N` for more; each run in a fresh process, output in a fresh folder):
-  trex            build/trex export --model CKPT --pipeline text-generation OUT
+  trex --no-check build/trex export --model CKPT --pipeline text-generation --no-check OUT  (no model run, as
+                  the builder: the like-for-like row for the builder)
+  trex            build/trex export --model CKPT --pipeline text-generation OUT  (with the load check: ONNX
+                  Runtime runs a prefill and a decode step, reading the written weights back from disk)
   genai fp32      .venv-genai/bin/python -m onnxruntime_genai.models.builder -i CKPT -o OUT -p fp32 -e cpu
   genai int4      the same with -p int4
   optimum-cli     .venv/bin/optimum-cli export onnx --model CKPT --task text-generation-with-past OUT
@@ -60,10 +63,10 @@ TREX_BIN = Path(os.environ.get("TREX_BIN", str(REPO / "build" / "trex")))
 GENAI_PY = REPO / ".venv-genai" / "bin" / "python"
 OPTIMUM_CLI = REPO / ".venv" / "bin" / "optimum-cli"
 GENAI_RUN = REPO / "tests" / "python" / "genai_run.py"
-TOOLS = ["trex", "trex-optimized", "genai-fp32", "genai-int4", "optimum"]
+TOOLS = ["trex-no-check", "trex", "trex-optimized", "genai-fp32", "genai-int4", "optimum"]
 # The smoke run (scripts/test) keeps to the tools that prove the folders: trex's two and the builder's fp32.
 SMOKE_TOOLS = ["trex", "trex-optimized", "genai-fp32"]
-LABELS = {"trex": "trex", "trex-optimized": "trex --optimize", "genai-fp32": "genai builder fp32",
+LABELS = {"trex-no-check": "trex --no-check", "trex": "trex", "trex-optimized": "trex --optimize", "genai-fp32": "genai builder fp32",
           "genai-int4": "genai builder int4", "optimum": "optimum-cli"}
 
 # Runs argv[1:] as a child, then prints {"rc", "wall_s", "maxrss_kb", "tree_peak_b"} as the last line.
@@ -135,10 +138,10 @@ def last_lines(log: Path, n: int = 3) -> str:
 
 def tool_command(tool: str, ckpt: Path, out: Path, cache: Path) -> list[str] | str:
     """The command for a tool, or a string saying why it cannot run here."""
-    if tool in ("trex", "trex-optimized"):
+    if tool in ("trex", "trex-optimized", "trex-no-check"):
         if not TREX_BIN.exists():
             return f"not built ({TREX_BIN.relative_to(REPO) if TREX_BIN.is_relative_to(REPO) else TREX_BIN} missing)"
-        extra = ["--optimize"] if tool == "trex-optimized" else []
+        extra = {"trex-optimized": ["--optimize"], "trex-no-check": ["--no-check"]}.get(tool, [])
         return [str(TREX_BIN), "export", "--model", str(ckpt), "--pipeline", "text-generation", *extra, str(out)]
     if tool.startswith("genai-"):
         if not GENAI_PY.exists():
@@ -290,6 +293,13 @@ def main(argv=None) -> int:
         for r in rows:
             if r["tool"] == "trex" and r["note"]:
                 print(f"\ntrex: {r['note']}")
+        # Wall-time ratios of each trex row to each peer row of this run (peer wall / trex wall).
+        peers = [r for r in rows if not r["tool"].startswith("trex") and r.get("wall_s")]
+        for r in rows:
+            if r["tool"].startswith("trex") and r.get("wall_s") and peers:
+                print(f"\n{r['label']}: wall-time ratio (peer / trex) " +
+                      ", ".join(f"{p['wall_s'] / r['wall_s']:.1f}x vs {p['label']}" for p in peers), end="")
+        print()
 
         # Decode speed in onnxruntime-genai.
         by_tool = {r["tool"]: r for r in rows}
