@@ -26,6 +26,9 @@ Method
                process per run: the largest single process's high-water mark (1 GB = 1e9 bytes).
   tree GB      psutil polling (every 20 ms) of the summed RSS of the tool and all its descendants (may miss
                short peaks); "-" without psutil.
+  anon GB      the same polling of RSS minus shared (file-backed) pages: memory the tools allocated. trex's
+               load check maps the written weights (ONNX Runtime mmaps external data), which counts in RSS as
+               page cache the kernel can drop, not as allocated memory.
   output MB    size of all files the tool wrote in OUT (1 MB = 1e6 bytes).
 
 Decode (when trex wrote a folder that has genai_config.json and genai runs it): tokens/s of trex's folder
@@ -78,6 +81,7 @@ try:
 except ImportError:
     psutil = None
 peak = [0]
+anon = [0]
 def poll(pid, stop):
     try:
         root = psutil.Process(pid)
@@ -86,13 +90,16 @@ def poll(pid, stop):
     while not stop.is_set():
         try:
             procs = [root] + root.children(recursive=True)
-            s = 0
+            s = a = 0
             for p in procs:
                 try:
-                    s += p.memory_info().rss
+                    mi = p.memory_info()
+                    s += mi.rss
+                    a += mi.rss - mi.shared  # RssAnon: what the process allocated, not mapped file pages
                 except Exception:
                     pass
             peak[0] = max(peak[0], s)
+            anon[0] = max(anon[0], a)
         except Exception:
             pass
         stop.wait(0.02)
@@ -109,7 +116,8 @@ stop.set()
 if th is not None:
     th.join()
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"rc": rc, "wall_s": wall, "maxrss_kb": ru.ru_maxrss, "tree_peak_b": peak[0] or None}))
+print(json.dumps({"rc": rc, "wall_s": wall, "maxrss_kb": ru.ru_maxrss, "tree_peak_b": peak[0] or None,
+                  "anon_peak_b": anon[0] or None}))
 """
 
 
@@ -120,7 +128,7 @@ def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
                            env=env, cwd=log.parent)
     lines = r.stdout.strip().splitlines()
     if r.returncode != 0 or not lines:
-        return {"rc": r.returncode or 1, "wall_s": None, "maxrss_kb": None, "tree_peak_b": None}
+        return {"rc": r.returncode or 1, "wall_s": None, "maxrss_kb": None, "tree_peak_b": None, "anon_peak_b": None}
     return json.loads(lines[-1])
 
 
@@ -195,6 +203,8 @@ def run_exports(tools, ckpt: Path, work: Path, repeat: int, env: dict) -> list[d
             row["peak_rss_gb"] = max(r["maxrss_kb"] for r in row["runs"]) * 1024 / 1e9
             trees = [r["tree_peak_b"] for r in row["runs"] if r["tree_peak_b"]]
             row["tree_gb"] = max(trees) / 1e9 if trees else None
+            anons = [r.get("anon_peak_b") for r in row["runs"] if r.get("anon_peak_b")]
+            row["anon_gb"] = max(anons) / 1e9 if anons else None
             row["out_mb"] = row["runs"][-1]["out_bytes"] / 1e6
     return rows
 
@@ -285,11 +295,11 @@ def main(argv=None) -> int:
 
         print(f"\n## Decoder export: {ckpt.name} ({weights_gb:.2f} GB of safetensors), "
               f"{platform.machine()}, {os.cpu_count()} CPUs\n")
-        print("| tool | wall s | peak RSS GB | tree GB | output MB | note |")
-        print("|---|---:|---:|---:|---:|---|")
+        print("| tool | wall s | peak RSS GB | tree GB | anon GB | output MB | note |")
+        print("|---|---:|---:|---:|---:|---:|---|")
         for r in rows:
             print(f"| {r['label']} | {fmt(r.get('wall_s'), '.1f')} | {fmt(r.get('peak_rss_gb'), '.2f')} | "
-                  f"{fmt(r.get('tree_gb'), '.2f')} | {fmt(r.get('out_mb'), '.1f' if (r.get('out_mb') or 0) < 10 else '.0f')} | {r['note'] or ''} |")
+                  f"{fmt(r.get('tree_gb'), '.2f')} | {fmt(r.get('anon_gb'), '.2f')} | {fmt(r.get('out_mb'), '.1f' if (r.get('out_mb') or 0) < 10 else '.0f')} | {r['note'] or ''} |")
         for r in rows:
             if r["tool"] == "trex" and r["note"]:
                 print(f"\ntrex: {r['note']}")
