@@ -835,13 +835,17 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
   Value logits;
   {
     auto lm = g.scope("lm_head");
+    // final_logits_bias is a buffer of zeros unless the model was trained with it (Marian and BART checkpoints
+    // hold zeros): adding zeros changes no logit, so the Add over [B, S, vocab] is left out.
+    const bool logits_bias =
+        spec.final_logits_bias && !w.all_zero(names.final_logits_bias, {1, spec.decoder_vocab});
     if (spec.tie_word_embeddings) {
       if (spec.tied_head_scale != 0) h = g.mul(h, g.const_f32(static_cast<float>(spec.tied_head_scale)));
       logits = tied_head(g, w, h, dec_table, spec.decoder_vocab, spec.hidden,
-                         spec.final_logits_bias ? names.final_logits_bias : "", !g.quantization_source());
+                         logits_bias ? names.final_logits_bias : "", !g.quantization_source());
     } else {
       logits = g.matmul(h, w.get_transposed(names.lm_head, {spec.decoder_vocab, spec.hidden}));
-      if (spec.final_logits_bias) logits = g.add(logits, w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
+      if (logits_bias) logits = g.add(logits, w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
     }
   }
   // optimum pairs present.{i}.decoder.* with past_key_values.{i}.decoder.* by position: self-attention outputs
