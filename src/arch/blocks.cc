@@ -363,7 +363,7 @@ namespace {
 //    as a tied head (the N×K table read in place), and what decoder-only LMs keep.
 //  - MatMul(h, Transpose(table)) (+ Add bias) (`matmul` true, encoder-decoders): ONNX Runtime folds the
 //    Transpose at session load and prepacks the MatMul's constant B, then frees the folded copy (a loaded
-//    session's anonymous memory is the same as Gemm's; the load peaks once at one more table). The MatMul
+//    session's anonymous memory is the same as Gemm's; the load may peak at one more table). The MatMul
 //    writes [B, S, vocab] itself (no Reshape copy of the logits), ONNX Runtime folds T5's d_model^-0.5 into it
 //    (FusedMatMul alpha), and its kernel time per decode step was 1-13 % below Gemm's (README, seq2seq rows).
 Value tied_head(GraphBuilder& g, Weights& w, const Value& h, const std::string& table, int64_t vocab, int64_t hidden,

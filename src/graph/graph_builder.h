@@ -61,8 +61,9 @@ class GraphBuilder {
   // With the ORT lowering: replace exact GELU by FastGelu's tanh approximation (changes results slightly).
   void set_gelu_approximation(bool on) { gelu_approximation_ = on; }
   bool gelu_approximation() const { return gelu_approximation_; }
-  // The graph is built to be quantized (export --quantize): weights keep the forms the quantizers recognize
-  // (a tied head read by Gemm transB rather than MatMul over a Transpose of the table).
+  // The graph is built to be quantized (export --quantize): an encoder-decoder's tied head stays Gemm transB
+  // rather than MatMul over a Transpose of the table (the quantizers read both forms alike; the quantized
+  // graphs keep the form they were proven with).
   void set_quantization_source(bool on) { quantization_source_ = on; }
   bool quantization_source() const { return quantization_source_; }
   static constexpr const char* kMsDomain = "com.microsoft";
