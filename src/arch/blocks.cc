@@ -357,11 +357,21 @@ std::pair<Value, Value> rotary_caches(GraphBuilder& g, const RotarySpec& r, int6
 
 namespace {
 
-// logits [B, S, vocab] = h [B, S, hidden] @ table^T (+ bias [1, vocab]) with the embedding table itself, read
-// transposed by Gemm (transB): neither a second copy in the file nor a transposed copy made by ONNX Runtime
-// (constant folding of a Transpose, or a Transpose at every step).
+// logits [B, S, vocab] = h [B, S, hidden] @ table^T (+ bias [1, vocab]) with the embedding table itself: no
+// second copy of the table in the file. Two forms:
+//  - Gemm(h, table, transB=1) on h flattened to [B*S, hidden] (`matmul` false): what the quantizers recognize
+//    as a tied head (the N×K table read in place), and what decoder-only LMs keep.
+//  - MatMul(h, Transpose(table)) (+ Add bias) (`matmul` true, encoder-decoders): ONNX Runtime folds the
+//    Transpose at session load and prepacks the MatMul's constant B, then frees the folded copy (a loaded
+//    session's anonymous memory is the same as Gemm's; the load may peak at one more table). The MatMul
+//    writes [B, S, vocab] itself (no Reshape copy of the logits), ONNX Runtime folds T5's d_model^-0.5 into it
+//    (FusedMatMul alpha), and its kernel time per decode step was 1-13 % below Gemm's (README, seq2seq rows).
 Value tied_head(GraphBuilder& g, Weights& w, const Value& h, const std::string& table, int64_t vocab, int64_t hidden,
-                const std::string& bias) {
+                const std::string& bias, bool matmul) {
+  if (matmul) {
+    Value logits = g.matmul(h, g.transpose(w.get(table, {vocab, hidden}), {1, 0}));
+    return bias.empty() ? logits : g.add(logits, w.get(bias, {1, vocab}));
+  }
   std::vector<Value> in{g.reshape(h, {-1, hidden}), w.get(table, {vocab, hidden})};
   if (!bias.empty()) in.push_back(w.get(bias, {1, vocab}));
   Value flat = g.op("Gemm", in, {GraphBuilder::Attr::Int("transB", 1)});
@@ -458,7 +468,7 @@ std::vector<GraphOutput> build_decoder(BuildContext& ctx, Weights& w, const Deco
     auto s = g.scope("lm_head");
     // Tied heads read the embedding table itself (tied_head); an untied head must be in the checkpoint.
     if (spec.tie_word_embeddings)
-      logits = tied_head(g, w, h, names.embed_tokens, spec.vocab, spec.hidden, "");
+      logits = tied_head(g, w, h, names.embed_tokens, spec.vocab, spec.hidden, "", false);
     else
       logits = g.matmul(h, w.get_transposed(names.lm_head, {spec.vocab, spec.hidden}));
   }
@@ -825,13 +835,17 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
   Value logits;
   {
     auto lm = g.scope("lm_head");
+    // final_logits_bias is a buffer of zeros unless the model was trained with it (Marian and BART checkpoints
+    // hold zeros): adding zeros changes no logit, so the Add over [B, S, vocab] is left out.
+    const bool logits_bias =
+        spec.final_logits_bias && !w.all_zero(names.final_logits_bias, {1, spec.decoder_vocab});
     if (spec.tie_word_embeddings) {
       if (spec.tied_head_scale != 0) h = g.mul(h, g.const_f32(static_cast<float>(spec.tied_head_scale)));
       logits = tied_head(g, w, h, dec_table, spec.decoder_vocab, spec.hidden,
-                         spec.final_logits_bias ? names.final_logits_bias : "");
+                         logits_bias ? names.final_logits_bias : "", !g.quantization_source());
     } else {
       logits = g.matmul(h, w.get_transposed(names.lm_head, {spec.decoder_vocab, spec.hidden}));
-      if (spec.final_logits_bias) logits = g.add(logits, w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
+      if (logits_bias) logits = g.add(logits, w.get(names.final_logits_bias, {1, spec.decoder_vocab}));
     }
   }
   // optimum pairs present.{i}.decoder.* with past_key_values.{i}.decoder.* by position: self-attention outputs

@@ -1,5 +1,6 @@
 #include "arch/weights.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -71,6 +72,16 @@ TensorData Weights::as_f32(const TensorView& t) const {
   }
   if (t.shape.size() == 2 && fast_convertible(t.dtype)) d.with_raw_rows({{t}, false});
   return d;
+}
+
+bool Weights::all_zero(const std::string& name, const Shape& expected) const {
+  const TensorView* t = store_.find(name);
+  if (!t || t->shape != expected || !is_float(t->dtype)) return false;
+  size_t count = 1;
+  for (int64_t d : t->shape) count *= static_cast<size_t>(d);
+  std::vector<float> v(count);
+  convert_to_f32(*t, v.data());
+  return std::all_of(v.begin(), v.end(), [](float x) { return x == 0.0f; });
 }
 
 Value Weights::get(const std::string& name, const Shape& expected) {

@@ -47,6 +47,10 @@ class Weights {
   // A 1-D tensor with 1 added to every element (Gemma's RMSNorm scales by 1 + weight), named `<name>+1`.
   Value get_plus_one(const std::string& full_name, const Shape& expected);
 
+  // True when the tensor is present, float, of the expected shape and every value is 0 (then a bias of zeros
+  // can be left out of the graph). False otherwise, without recording a problem: get() reports it.
+  bool all_zero(const std::string& full_name, const Shape& expected) const;
+
   // Throws InputError listing every missing / mis-shaped tensor, naming the checkpoint files.
   void check() const;
 

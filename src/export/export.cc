@@ -147,7 +147,7 @@ fs::path quantized_path(const fs::path& output) {
 }
 
 BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
-                       Lowering lowering, const std::string& part) {
+                       Lowering lowering, const std::string& part, bool quantization_source) {
   Task task;
   const Architecture* arch = &resolve(config, options, &task);
   if (part.empty() && !arch->graphs.empty())
@@ -155,6 +155,7 @@ BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, co
 
   GraphBuilder g(options.opset, config.model_type + "_" + (part.empty() ? task_name(task) : part), lowering);
   g.set_gelu_approximation(options.gelu_approximation);
+  g.set_quantization_source(quantization_source);
   Dim batch("batch_size"), seq("sequence_length");
   if (options.static_shape) {
     batch = Dim(options.static_shape->first);
@@ -369,7 +370,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       if (options.quantized_only) {
         // Quantized from the plain graph (the fused one with --optimize), which is never written: the plain
         // graph's initializer names tell which checkpoint tensors were used.
-        BuiltModel built = build_model(config, weights, options, Lowering::kPlain, parts[p]);
+        BuiltModel built = build_model(config, weights, options, Lowering::kPlain, parts[p], true);
         result.task = built.task;
         for (const auto& i : built.model.initializers) {
           std::string n = i.name;
@@ -379,7 +380,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
         }
         if (options.optimize) {
           built.model = Model{};
-          BuiltModel fused = build_model(config, weights, options, Lowering::kOrt, parts[p]);
+          BuiltModel fused = build_model(config, weights, options, Lowering::kOrt, parts[p], true);
           built.model = std::move(fused.model);
         }
         Model q = quantize_built(built.model, options, &gr, weights);
@@ -433,7 +434,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
       if (quantize_now) {
         built.model = Model{};
         BuiltModel source = build_model(config, weights, options, options.optimize ? Lowering::kOrt : Lowering::kPlain,
-                                        parts[p]);
+                                        parts[p], true);
         ExportedGraph& g = result.graphs.back();
         Model q = quantize_built(source.model, options, &g, weights);
         source.model = Model{};

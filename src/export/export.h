@@ -115,8 +115,10 @@ struct BuiltModel {
   LoadCheckSpec check_spec;
 };
 // `part`: the graph of the architecture's set to build (Architecture::graphs); empty for single-graph models.
+// `quantization_source`: the graph is built for quantize_built (GraphBuilder::set_quantization_source).
 BuiltModel build_model(const ModelConfig& config, const WeightStore& weights, const ExportOptions& options,
-                       Lowering lowering = Lowering::kPlain, const std::string& part = "");
+                       Lowering lowering = Lowering::kPlain, const std::string& part = "",
+                       bool quantization_source = false);
 
 // OUTPUT as given (a .onnx / .pt / .pth path, or an existing file) or OUTPUT/model.onnx when it names a folder.
 std::filesystem::path resolve_output_file(const std::filesystem::path& output);

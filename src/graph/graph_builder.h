@@ -61,6 +61,11 @@ class GraphBuilder {
   // With the ORT lowering: replace exact GELU by FastGelu's tanh approximation (changes results slightly).
   void set_gelu_approximation(bool on) { gelu_approximation_ = on; }
   bool gelu_approximation() const { return gelu_approximation_; }
+  // The graph is built to be quantized (export --quantize): an encoder-decoder's tied head stays Gemm transB
+  // rather than MatMul over a Transpose of the table (the quantizers read both forms alike; the quantized
+  // graphs keep the form they were proven with).
+  void set_quantization_source(bool on) { quantization_source_ = on; }
+  bool quantization_source() const { return quantization_source_; }
   static constexpr const char* kMsDomain = "com.microsoft";
 
   // Hierarchical naming: `auto s = g.scope("encoder");` makes following nodes `/encoder/...` until s dies.
@@ -152,6 +157,7 @@ class GraphBuilder {
   int opset_;
   Lowering lowering_;
   bool gelu_approximation_ = false;
+  bool quantization_source_ = false;
   bool uses_ms_domain_ = false;
   Model model_;
   std::vector<std::string> scopes_;

@@ -290,6 +290,7 @@ struct Plan {
   std::string bias;          // 1-D [N] initializer fused into MatMulIntegerToFloat
   int fused_add = -1;        // index of the Add node the bias came from (removed)
   std::string extra_add;     // Gemm C that cannot be fused: added after
+  int transpose_node = -1;   // MatMul(x, Transpose(W)): the Transpose's index (removed; W is read N×K)
   std::string output;        // final output value name
   bool attention = false;    // com.microsoft Attention → QAttention (packed QKV weight [K, 3H])
   std::vector<int64_t> outliers;  // input channels computed in fp32 (sorted, unique, < k)
@@ -317,6 +318,39 @@ bool is_normalization(const std::string& op) {
 }
 
 }  // namespace
+
+std::unordered_map<std::string, TransposedWeight> transposed_weights(const onnx::GraphProto& g, const Model& m) {
+  std::unordered_set<std::string> f32_2d, elsewhere;
+  for (const auto& init : m.initializers)
+    if (init.data.dtype() == DType::kF32 && init.data.dims().size() == 2) f32_2d.insert(init.name);
+  for (const auto& o : g.output()) elsewhere.insert(o.name());
+  std::unordered_map<std::string, TransposedWeight> found;
+  for (int i = 0; i < g.node_size(); ++i) {
+    const onnx::NodeProto& n = g.node(i);
+    for (const auto& a : n.attribute()) {
+      if (a.has_g()) collect_subgraph_inputs(a.g(), &elsewhere);
+      for (const auto& sg : a.graphs()) collect_subgraph_inputs(sg, &elsewhere);
+    }
+    const bool std_domain = n.domain().empty() || n.domain() == "ai.onnx";
+    if (!std_domain || n.op_type() != "Transpose" || n.input_size() != 1 || n.output_size() != 1 ||
+        !f32_2d.count(n.input(0)))
+      continue;
+    bool swap = true;  // no perm: reversed axes, [1, 0] for a 2-D input
+    for (const auto& a : n.attribute())
+      if (a.name() == "perm") swap = a.ints_size() == 2 && a.ints(0) == 1 && a.ints(1) == 0;
+    if (swap) found[n.output(0)] = {i, n.input(0)};
+  }
+  std::unordered_map<std::string, int> matmul_reads;
+  for (const auto& n : g.node()) {  // any other reader than one MatMul's B keeps the Transpose
+    const bool matmul = (n.domain().empty() || n.domain() == "ai.onnx") && n.op_type() == "MatMul";
+    for (int j = 0; j < n.input_size(); ++j)
+      if (matmul && j == 1) ++matmul_reads[n.input(j)];
+      else elsewhere.insert(n.input(j));
+  }
+  for (auto it = found.begin(); it != found.end();)
+    it = elsewhere.count(it->first) || matmul_reads[it->first] != 1 ? found.erase(it) : std::next(it);
+  return found;
+}
 
 Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeReport* report_out) {
   QuantizeReport report;
@@ -373,6 +407,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     return false;
   };
 
+  const std::unordered_map<std::string, TransposedWeight> transposed = transposed_weights(g, in);
   std::vector<Plan> plans;
   std::vector<int> plan_of(static_cast<size_t>(g.node_size()), -1);
   std::vector<bool> removed(static_cast<size_t>(g.node_size()), false);
@@ -386,7 +421,13 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
                                  node.output_size() == 1;
     if (!fused_attention && (!std_domain || (node.op_type() != "MatMul" && node.op_type() != "Gemm"))) continue;
     const std::string node_name = node.name().empty() ? node.output(0) : node.name();
-    const std::string weight = node.input_size() > 1 ? node.input(1) : "";
+    std::string weight = node.input_size() > 1 ? node.input(1) : "";
+    const TransposedWeight* folded = nullptr;  // MatMul(x, Transpose(W)): W read N×K, the Transpose dropped
+    if (node.op_type() == "MatMul")
+      if (auto t = transposed.find(weight); t != transposed.end()) {
+        folded = &t->second;
+        weight = folded->weight;
+      }
     auto skip = [&](const std::string& why) { report.skipped.push_back({node_name, node.op_type(), weight, why}); };
     if (std::find(policy.exclude_op_types.begin(), policy.exclude_op_types.end(), node.op_type()) !=
         policy.exclude_op_types.end()) {
@@ -411,6 +452,10 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
     plan.weight = weight;
     plan.output = node.output(0);
     plan.attention = fused_attention;
+    if (folded) {
+      plan.transposed = true;
+      plan.transpose_node = folded->node;
+    }
     if (node.op_type() == "Gemm") {
       if (int_attr(node, "transA", 0) != 0) {
         skip("Gemm with transA=1");
@@ -481,6 +526,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
       }
     }
     if (plan.fused_add >= 0) removed[static_cast<size_t>(plan.fused_add)] = true;
+    if (plan.transpose_node >= 0) removed[static_cast<size_t>(plan.transpose_node)] = true;
     plan_of[static_cast<size_t>(i)] = static_cast<int>(plans.size());
     plans.push_back(std::move(plan));
   }
@@ -588,6 +634,7 @@ Model quantize_model(const Model& in, const QuantizePolicy& policy, QuantizeRepo
       else {
         report.skipped.push_back({node.name(), node.op_type(), plan.weight, "weight holds NaN or infinity"});
         if (plan.fused_add >= 0) removed[static_cast<size_t>(plan.fused_add)] = false;
+        if (plan.transpose_node >= 0) *og->add_node() = g.node(plan.transpose_node);  // skipped above: back
       }
     }
     if (!qwn) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -115,6 +116,16 @@ class UniqueNames {
  private:
   std::unordered_set<std::string> used_;
 };
+
+// MatMul(x, Transpose(W, perm=[1,0])) with W a 2-D float32 initializer (trex's tied head of encoder-decoders,
+// which ONNX Runtime folds at load): per Transpose output read as B by one MatMul and by nothing else (no graph
+// output, no subgraph), the Transpose node's index and W. The quantizers read W as an N×K weight, as for
+// Gemm transB, and drop the Transpose.
+struct TransposedWeight {
+  int node = -1;
+  std::string weight;
+};
+std::unordered_map<std::string, TransposedWeight> transposed_weights(const onnx::GraphProto& g, const Model& m);
 
 // Glob match with `*` and `?`.
 bool glob_match(const std::string& pattern, const std::string& text);

@@ -814,16 +814,27 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
   onnx::GraphProto* og = out.proto.mutable_graph();
   og->clear_node();
 
-  for (const auto& node : g.node()) {
+  // MatMul(x, Transpose(W)): W is quantized N×K (as for Gemm transB); its Transpose is written only if the MatMul
+  // stays float (just before it).
+  const std::unordered_map<std::string, TransposedWeight> folded_weights = transposed_weights(g, in);
+  std::unordered_set<int> folded_nodes;
+  for (const auto& [out_name, t] : folded_weights) folded_nodes.insert(t.node);
+  for (int node_index = 0; node_index < g.node_size(); ++node_index) {
+    const onnx::NodeProto& node = g.node(node_index);
+    if (folded_nodes.count(node_index)) continue;
     const bool std_domain = node.domain().empty() || node.domain() == "ai.onnx";
+    const TransposedWeight* folded = nullptr;
+    if (std_domain && node.op_type() == "MatMul" && node.input_size() > 1)
+      if (auto t = folded_weights.find(node.input(1)); t != folded_weights.end()) folded = &t->second;
     if (!std_domain || (node.op_type() != "MatMul" && node.op_type() != "Gemm")) {
       *og->add_node() = node;
       continue;
     }
     const std::string node_name = node.name().empty() ? node.output(0) : node.name();
-    const std::string weight = node.input_size() > 1 ? node.input(1) : "";
+    const std::string weight = folded ? folded->weight : node.input_size() > 1 ? node.input(1) : "";
     auto keep = [&](const std::string& why) {
       report.skipped.push_back({node_name, node.op_type(), weight, why});
+      if (folded) *og->add_node() = g.node(folded->node);
       *og->add_node() = node;
     };
     if (std::find(policy.exclude_op_types.begin(), policy.exclude_op_types.end(), node.op_type()) !=
@@ -847,7 +858,7 @@ Model quantize_int4_model(const Model& in, const Int4Policy& policy, QuantizeRep
       keep("both inputs are constant");
       continue;
     }
-    bool transposed = false;
+    bool transposed = folded != nullptr;
     std::string bias;
     if (node.op_type() == "Gemm") {
       if (int_attr(node, "transA", 0) != 0 || float_attr(node, "alpha", 1.0f) != 1.0f ||

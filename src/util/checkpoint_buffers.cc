@@ -12,6 +12,7 @@ bool is_known_buffer(std::string_view name) {
       ".masked_bias",         // GPT-2: attn.masked_bias (the -1e4 fill value)
       ".attn.bias",           // GPT-2: attn.bias (the causal mask, not a learned bias)
       "rotary_emb.inv_freq",  // rotary models: the frequencies, recomputed from the config
+      "final_logits_bias",    // BART family: zeros unless trained; an all-zero one is left out of the graph
   };
   for (std::string_view suffix : kBufferSuffixes)
     if (ends_with(name, suffix)) return true;

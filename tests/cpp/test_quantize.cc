@@ -534,6 +534,29 @@ Model cache_model(float past_scale) {
   return g.finish("cache");
 }
 
+// A tied head in two equivalent forms: Gemm(h, table, transB=1) (+ bias) and MatMul(h, Transpose(table)) + bias,
+// the table [96, 64] also gathered by an embedding lookup (tied) when `gather` is set.
+Model tied_head_model(bool matmul, bool gather) {
+  GraphBuilder g(17);
+  Value h = g.input("h", DType::kF32, {"batch_size", 64});
+  Value table = g.initializer("table", TensorData::from_vector(DType::kF32, {96, 64}, normal_matrix(96, 64, 31)));
+  Value bias = g.initializer("bias", TensorData::from_vector(DType::kF32, {1, 96}, std::vector<float>(96, 0.02f)));
+  Value y = matmul ? g.add(g.matmul(h, g.transpose(table, {1, 0})), bias)
+                   : g.op("Gemm", {h, table, bias}, {GraphBuilder::Attr::Int("transB", 1)});
+  g.output(y, "y", DType::kF32, {"batch_size", 96});
+  if (gather) {
+    Value ids = g.input("ids", DType::kI64, {"batch_size"});
+    g.output(g.op("Gather", {table, ids}), "e", DType::kF32, {"batch_size", 64});
+  }
+  return g.finish(matmul ? "tied_matmul" : "tied_gemm");
+}
+
+const TensorData* initializer_of(const Model& m, const std::string& name) {
+  for (const auto& i : m.initializers)
+    if (i.name == name) return &i.data;
+  return nullptr;
+}
+
 }  // namespace
 
 // CompareOptions::decode_past: the decode samples (a non-empty cache) are compared too, in the same sessions, and
@@ -556,4 +579,38 @@ TEST(CompareModels, DecodeStepsOverARandomCache) {
     EXPECT_EQ(same.max_abs_diff, 0.0);
   }
   fs::remove_all(dir);
+}
+
+// MatMul(h, Transpose(table)) is quantized as Gemm transB is: the same int8 weight (the table read N×K), the
+// Transpose dropped, the table kept only while something else (the embedding Gather) reads it.
+TEST(QuantizePass, TiedHeadMatMulOverTransposeAsGemmTransB) {
+  for (bool gather : {false, true}) {
+    SCOPED_TRACE(gather ? "with Gather" : "head only");
+    QuantizeReport rg, rm;
+    const Model qg = quantize_model(tied_head_model(false, gather), {}, &rg);
+    const Model qm = quantize_model(tied_head_model(true, gather), {}, &rm);
+    ASSERT_EQ(rg.quantized.size(), 1u);
+    ASSERT_EQ(rm.quantized.size(), 1u);
+    EXPECT_EQ(rm.quantized[0].weight, "table");
+    EXPECT_EQ(rm.quantized[0].k, 64);
+    EXPECT_EQ(rm.quantized[0].n, 96);
+    EXPECT_EQ(count_ops(qm, "Transpose"), 0);
+    EXPECT_EQ(count_ops(qm, "MatMulIntegerToFloat"), 1);
+    EXPECT_EQ(initializer_of(qm, "table") != nullptr, gather);
+    const TensorData* a = initializer_of(qg, "table_quantized");
+    const TensorData* b = initializer_of(qm, "table_quantized");
+    ASSERT_TRUE(a && b);
+    EXPECT_EQ(a->dims(), b->dims());
+    EXPECT_EQ(a->to_bytes(), b->to_bytes());
+  }
+  // The Transpose stays when its output has another reader than the MatMul (here: a graph output).
+  GraphBuilder g(17);
+  Value h = g.input("h", DType::kF32, {"batch_size", 64});
+  Value t = g.transpose(g.initializer("table", TensorData::from_vector(DType::kF32, {96, 64}, normal_matrix(96, 64, 31))), {1, 0});
+  g.output(g.matmul(h, t), "y", DType::kF32, {"batch_size", 96});
+  g.output(t, "t", DType::kF32, {64, 96});
+  QuantizeReport r;
+  const Model q = quantize_model(g.finish("shared_transpose"), {}, &r);
+  EXPECT_EQ(r.quantized.size(), 0u);
+  EXPECT_EQ(count_ops(q, "Transpose"), 1);
 }

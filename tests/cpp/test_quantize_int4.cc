@@ -6,8 +6,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <random>
 
+#include "graph/graph_builder.h"
 #include "passes/quantize_embeddings.h"
 #include "passes/quantize_int4.h"
 #include "util/error.h"
@@ -290,4 +292,42 @@ TEST(QuantizeInt4, CoarseSearchAndTiledTransposeEqualReference) {
   Int4Params bad{32, true, true};
   bad.clip_stride = 0;
   EXPECT_THROW(check_int4_params(bad), UsageError);
+}
+
+// MatMul(h, Transpose(table)) + bias (trex's encoder-decoder tied head) becomes the same MatMulNBits as
+// Gemm(h, table, bias, transB=1): the same codes and scales (the table read N×K), the Transpose dropped, the table
+// kept for the embedding Gather that also reads it.
+TEST(QuantizeInt4, TiedHeadMatMulOverTransposeAsGemmTransB) {
+  auto build = [](bool matmul) {
+    GraphBuilder g(17);
+    Value h = g.input("h", DType::kF32, {"batch_size", 64});
+    Value ids = g.input("ids", DType::kI64, {"batch_size"});
+    Value table = g.initializer("table", TensorData::from_vector(DType::kF32, {96, 64}, int4_matrix(96, 64, 41)));
+    Value bias = g.initializer("bias", TensorData::from_vector(DType::kF32, {1, 96}, std::vector<float>(96, 0.02f)));
+    Value y = matmul ? g.add(g.matmul(h, g.transpose(table, {1, 0})), bias)
+                     : g.op("Gemm", {h, table, bias}, {GraphBuilder::Attr::Int("transB", 1)});
+    g.output(y, "y", DType::kF32, {"batch_size", 96});
+    g.output(g.op("Gather", {table, ids}), "e", DType::kF32, {"batch_size", 64});
+    return g.finish("tied");
+  };
+  Int4Policy policy;
+  QuantizeReport rg, rm;
+  const Model qg = quantize_int4_model(build(false), policy, &rg);
+  const Model qm = quantize_int4_model(build(true), policy, &rm);
+  ASSERT_EQ(rg.quantized.size(), 1u);
+  ASSERT_EQ(rm.quantized.size(), 1u);
+  EXPECT_EQ(rm.quantized[0].k, 64);
+  EXPECT_EQ(rm.quantized[0].n, 96);
+  int transposes = 0, nbits = 0;
+  for (const auto& n : qm.proto.graph().node()) {
+    transposes += n.op_type() == "Transpose";
+    nbits += n.op_type() == "MatMulNBits";
+  }
+  EXPECT_EQ(transposes, 0);
+  EXPECT_EQ(nbits, 1);
+  std::map<std::string, std::vector<std::byte>> a, b;
+  for (const auto& i : qg.initializers) a[i.name] = i.data.to_bytes();
+  for (const auto& i : qm.initializers) b[i.name] = i.data.to_bytes();
+  EXPECT_EQ(a, b);  // table (for the Gather), bias, table_Q4, table_scales, table_zero_points
+  EXPECT_TRUE(b.count("table") && b.count("table_Q4"));
 }

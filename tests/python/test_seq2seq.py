@@ -148,6 +148,42 @@ def test_cross_attention_cache_is_read_in_place(tmp_path, graph):
             assert onnx_model.past[n].shape[2] == ids.shape[1] and v.shape[2] == 0, (n, v.shape)
 
 
+@pytest.mark.parametrize("bias", ["zero", "random"])
+def test_tied_head_and_final_logits_bias(tmp_path, record_diff, bias):
+    """The tied head reads the shared table through MatMul(h, Transpose(table)) (no second copy in the file); a
+    final_logits_bias of zeros (what Marian and BART checkpoints hold) is left out of the graph, a non-zero one is
+    added. Logits vs transformers either way."""
+    import onnx
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(sfx.seq2seq_checkpoint("marian"), ckpt)
+    model = sfx.reference_model(ckpt)
+    if bias == "zero":
+        with torch.no_grad():
+            model.final_logits_bias.zero_()
+        model.save_pretrained(ckpt, safe_serialization=True)
+        model = sfx.reference_model(ckpt)
+    assert bool((model.final_logits_bias == 0).all()) == (bias == "zero")
+    out = export(ckpt, tmp_path / "out")
+    dec = onnx.load(str(out / "decoder_model_merged.onnx"), load_external_data=False).graph
+    head = [n for n in dec.node if n.name.startswith("/decoder/lm_head/")]
+    assert [n.op_type for n in head] == ["Transpose", "MatMul"] + (["Add"] if bias == "random" else [])
+    assert head[0].input[0] == "model.shared.weight"
+    assert any("final_logits_bias" in i for n in dec.node for i in n.input) == (bias == "random")
+
+    ids, mask = sfx.padded_batch()
+    first = np.array([[sfx.START, 5, 7], [sfx.START, 9, 4]], dtype=np.int64)
+    _, want_logits, tokens = reference_steps(model, ids, mask, first, 3)
+    onnx_model = sfx.OnnxSeq2Seq(out)
+    onnx_model.encode(ids, mask)
+    worst = float(np.abs(onnx_model.step(first) - want_logits[0]).max())
+    for step in range(3):
+        worst = max(worst, float(np.abs(onnx_model.step(tokens[step].astype(np.int64)) - want_logits[step + 1]).max()))
+    record_diff(f"seq2seq-marian final_logits_bias {bias} (3 + 3 steps)", "logits", worst, TOL)
+    assert worst <= TOL
+
+
 @pytest.mark.parametrize("name", sfx.OPTIMUM_CASES)
 def test_graphs_share_one_external_data_file(tmp_path, name):
     """The encoder and the decoder point into one weights.data that holds each tensor once (shared embeddings and
