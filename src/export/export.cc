@@ -20,11 +20,10 @@ namespace fs = std::filesystem;
 namespace {
 
 // Intra-op threads of the export's optimized-vs-plain comparison: its sample runs are compute-bound (a 1B decoder
-// runs 64 prefill tokens), so it uses the cores there are, up to 4.
+// runs 32 prefill tokens), so it uses the cores there are, up to 4.
 int check_threads() {
   return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
 }
-
 
 void add_meta(onnx::ModelProto& m, const std::string& k, const std::string& v) {
   auto* p = m.add_metadata_props();
