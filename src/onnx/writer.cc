@@ -67,6 +67,12 @@ class FileSink {
     while (offset() % alignment) write(zeros, std::min<size_t>(alignment - offset() % alignment, sizeof(zeros)));
   }
   size_t offset() const { return written_ + len_; }
+  // Buffered writes from now on (the pending ones finished first).
+  void use_page_cache() {
+    wait_async();
+    flush();
+    set_buffered();
+  }
   void close() {
     wait_async();
     stop_worker();
@@ -411,6 +417,8 @@ SharedExternalData::SharedExternalData(fs::path path) : path_(std::move(path)) {
   impl_ = std::make_unique<Impl>(temp_path_beside(path_), path_);
 }
 
+void SharedExternalData::use_page_cache() { impl_->sink.use_page_cache(); }
+
 SharedExternalData::~SharedExternalData() {
   if (impl_ && !impl_->committed) {
     std::error_code ec;
@@ -508,7 +516,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
     const fs::path tmp = temp_path_beside(result.data_path);
     temps.add(tmp);
     TensorBuffers buffers;  // declared first, destroyed last: a background write may read it until the sink ends
-    FileSink data(tmp, result.data_path, /*direct=*/true);
+    FileSink data(tmp, result.data_path, options.direct_io);
     for (size_t i = 0; i < model.initializers.size(); ++i) {
       const auto& init = model.initializers[i];
       headers.push_back(tensor_header(init));
@@ -546,7 +554,7 @@ WriteResult write_model(const Model& model, const fs::path& path, const WriteOpt
   const fs::path tmp = temp_path_beside(path);
   temps.add(tmp);
   TensorBuffers buffers;  // outlives the sink's background writes
-  FileSink out(tmp, path, /*direct=*/true);
+  FileSink out(tmp, path, options.direct_io);
   std::string prefix = head.SerializeAsString();
   prefix.push_back(static_cast<char>(kModelGraphTag));
   put_varint(prefix, graph_len);

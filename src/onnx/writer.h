@@ -32,6 +32,8 @@ class SharedExternalData {
 
   const std::filesystem::path& path() const { return path_; }
   size_t bytes() const;
+  // Writes through the page cache from now on instead of O_DIRECT (WriteOptions::direct_io).
+  void use_page_cache();
   // Where `init` lives in the file, and whether this call wrote it.
   struct Place {
     size_t offset = 0, length = 0;
@@ -62,6 +64,9 @@ struct WriteOptions {
   std::function<void(size_t, size_t)> progress;
   // When set, the weights go to this shared file (whatever `external` says) instead of <model>.data.
   SharedExternalData* shared = nullptr;
+  // Large aligned writes bypass the page cache (O_DIRECT): faster to write on a large model, but whatever reads
+  // the file next (the load check) reads it back from disk. Off: buffered writes, the file stays cached.
+  bool direct_io = true;
 };
 
 struct WriteResult {

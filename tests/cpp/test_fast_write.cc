@@ -176,8 +176,8 @@ TEST(QuantizeInt4, RowsFromCheckpointEqualReference) {
 }
 
 // Tensors of awkward sizes (odd byte counts, big produced ones that take the direct path, a big unaligned view
-// that goes through the buffer), written with O_DIRECT and with TREX_DIRECT_IO=0: the same files, and every
-// tensor's bytes where its header says.
+// that goes through the buffer), written with O_DIRECT, with TREX_DIRECT_IO=0 and with WriteOptions::direct_io
+// off: the same files, and every tensor's bytes where its header says.
 TEST(Writer, DirectIoSameBytesAsBuffered) {
   const fs::path dir = temp_dir("direct_io");
   std::mt19937 rng(7);
@@ -218,15 +218,17 @@ TEST(Writer, DirectIoSameBytesAsBuffered) {
     return g.finish("t");
   };
   for (bool external : {true, false}) {
-    std::vector<char> files[2];
-    for (int direct = 0; direct < 2; ++direct) {
-      if (direct) ::unsetenv("TREX_DIRECT_IO");
-      else ::setenv("TREX_DIRECT_IO", "0", 1);
-      const fs::path out = dir / (std::to_string(direct) + (external ? "e" : "s")) / "m.onnx";
+    std::vector<char> files[3];
+    for (int mode = 0; mode < 3; ++mode) {
+      const bool direct = mode == 1;  // 0: TREX_DIRECT_IO=0, 2: WriteOptions::direct_io = false
+      if (mode == 0) ::setenv("TREX_DIRECT_IO", "0", 1);
+      else ::unsetenv("TREX_DIRECT_IO");
+      const fs::path out = dir / (std::to_string(mode) + (external ? "e" : "s")) / "m.onnx";
       fs::create_directories(out.parent_path());
       WriteOptions o;
       o.external = external ? ExternalData::kAlways : ExternalData::kNever;
       o.external_min_bytes = 16;
+      o.direct_io = mode != 2;
       write_model(build(), out, o);
       std::ifstream f(out, std::ios::binary);
       onnx::ModelProto back;
@@ -253,17 +255,42 @@ TEST(Writer, DirectIoSameBytesAsBuffered) {
         ++seen;
       }
       EXPECT_EQ(seen, static_cast<int>(values.size()));
-      files[direct] = slurp(out);
+      files[mode] = slurp(out);
       if (external) {
         const std::vector<char> d = slurp(out.string() + ".data");
-        files[direct].insert(files[direct].end(), d.begin(), d.end());
+        files[mode].insert(files[mode].end(), d.begin(), d.end());
       }
       int n = 0;  // no temporary file left
       for (auto& e : fs::directory_iterator(out.parent_path())) (void)e, ++n;
       EXPECT_EQ(n, external ? 2 : 1);
     }
     EXPECT_EQ(files[0], files[1]) << (external ? "external" : "single file");
+    EXPECT_EQ(files[0], files[2]) << (external ? "external" : "single file");
   }
+  // A shared external-data file switched to the page cache after its first model: the same bytes as one written
+  // buffered throughout.
+  std::vector<char> shared_files[2];
+  for (int switched = 0; switched < 2; ++switched) {
+    if (switched) ::unsetenv("TREX_DIRECT_IO");
+    else ::setenv("TREX_DIRECT_IO", "0", 1);
+    const fs::path sub = dir / ("shared" + std::to_string(switched));
+    fs::create_directories(sub);
+    SharedExternalData shared(sub / "weights.data");
+    WriteOptions o;
+    o.shared = &shared;
+    o.external_min_bytes = 16;
+    write_model(build(), sub / "a.onnx", o);
+    if (switched) shared.use_page_cache();
+    GraphBuilder g(17);
+    const std::vector<std::byte> extra(70001, std::byte{0x5a});
+    Value c = g.initializer("extra", TensorData::owned(DType::kU8, {70001}, extra));
+    g.output(g.add(g.input("x", DType::kU8, {1}), c), "y", DType::kU8, {1});
+    write_model(g.finish("b"), sub / "b.onnx", o);
+    shared.commit();
+    shared_files[switched] = slurp(sub / "weights.data");
+  }
+  EXPECT_EQ(shared_files[0], shared_files[1]);
+  EXPECT_GT(shared_files[0].size(), size_t{1} << 20);
   ::unsetenv("TREX_DIRECT_IO");
   ::munmap(map, values[4].size() + 1);
   fs::remove_all(dir);
