@@ -5,9 +5,9 @@
 #include <cstring>
 #include <memory>
 #include <set>
-#include <thread>
 
 #include "export/companions.h"
+#include "runtime/ort_session.h"
 #include "util/checkpoint_buffers.h"
 #include "util/error.h"
 #include "util/output_path.h"
@@ -19,15 +19,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Intra-op threads of the export's optimized-vs-plain comparison: its sample runs are compute-bound (a 1B decoder
-// runs 32 prefill tokens), so it uses the cores there are, up to 4.
-int check_threads() {
-  return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
-}
-
 // Written files the load check reads right after: up to this many bytes they go through the page cache, above
-// it with O_DIRECT (writer.cc). Measured here: a 282 MB Marian exports with its check in 0.80-1.11 s buffered vs
-// 1.19-1.46 s direct (the check read the file back from disk); an 850 MB t5-base in 1.84-2.92 s vs 1.79-2.08 s.
+// it with O_DIRECT (writer.cc). Measured here (docs/fast_export.md): a 282 MB Marian exports with its check in
+// 1.11 s buffered vs 1.50 s direct (the check read the file back from disk), BERT-base in 1.41 s vs 1.87 s; an
+// 850 MB t5-base in 2.06-3.10 s vs 2.11-2.27 s.
 constexpr size_t kPageCacheWriteMax = size_t{512} << 20;
 
 // The checkpoint's weights as float32 (what the plain graphs hold).

@@ -2,12 +2,10 @@
 
 #include <onnxruntime_cxx_api.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
 #include <random>
-#include <thread>
 
 #include "onnx/reader.h"
 #include "runtime/ort_session.h"
@@ -42,8 +40,7 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
   validate_external_data(model);
   try {
     Ort::SessionOptions opts;
-    // The runs are compute-bound on large models (a 1B decoder's prefill): the cores there are, up to 4.
-    opts.SetIntraOpNumThreads(static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u)));
+    opts.SetIntraOpNumThreads(check_threads());
     // The check only needs to prove the model loads and runs: skip weight prepacking and the memory arena,
     // which would otherwise hold extra copies of the weights during the export.
     opts.AddConfigEntry("session.disable_prepacking", "1");

@@ -1,6 +1,7 @@
 #include "runtime/ort_session.h"
 
 #include <algorithm>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,8 @@ namespace {
 // comes back as an Ort::Exception, which trex turns into its one-line error.
 void drop_ort_log(void*, OrtLoggingLevel, const char*, const char*, const char*, const char*) {}
 }  // namespace
+
+int check_threads() { return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u)); }
 
 Ort::Env& ort_env() {
   static Ort::Env env(ORT_LOGGING_LEVEL_FATAL, "trex", drop_ort_log, nullptr);

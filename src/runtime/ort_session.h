@@ -16,6 +16,10 @@ namespace trex {
 // One Ort::Env for the whole process (ONNX Runtime wants a single environment).
 Ort::Env& ort_env();
 
+// Intra-op threads of the export's checks (load check, optimized-vs-plain comparison): their sample runs are
+// compute-bound on large models (a 1B decoder's prefill), so they use the cores there are, up to 4.
+int check_threads();
+
 std::vector<std::string> input_names(const Ort::Session& s);
 std::vector<std::string> output_names(const Ort::Session& s);
 
