@@ -40,7 +40,7 @@ LoadCheckResult load_check(const std::filesystem::path& model, const LoadCheckSp
   validate_external_data(model);
   try {
     Ort::SessionOptions opts;
-    opts.SetIntraOpNumThreads(check_threads());
+    opts.SetIntraOpNumThreads(spec.threads > 0 ? spec.threads : check_threads());
     // The check only needs to prove the model loads and runs: skip weight prepacking and the memory arena,
     // which would otherwise hold extra copies of the weights during the export.
     opts.AddConfigEntry("session.disable_prepacking", "1");

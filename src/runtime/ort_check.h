@@ -19,6 +19,8 @@ struct LoadCheckSpec {
   std::map<std::string, int64_t> input_limits;
   // Expected outputs, in order, with symbolic dims "batch_size" / "sequence_length".
   std::vector<std::pair<std::string, std::vector<Dim>>> outputs;
+  // ONNX Runtime intra-op threads; 0: check_threads().
+  int threads = 0;
 };
 
 struct LoadCheckResult {
