@@ -789,11 +789,27 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
   // past is empty on the first step. present.{i}.encoder.* is the new projection only: the cross cache on the
   // first step, 0 rows on the steps with a cache (the caller keeps the first step's, as optimum's merged decoder
   // expects: its cache branch returns empty cross-attention presents too).
-  Value enc_rows;
+  //
+  // The projection runs once per distinct encoder row. Beam search hands the decoder each input's encoder states
+  // repeated once per beam (transformers' generate() expands them after running the encoder once), so with 4 beams
+  // 3 of every 4 projected rows would repeat a row already projected: consecutive equal rows (compared exactly)
+  // are projected once and the result is gathered back to every row of the batch. Equal inputs give equal
+  // outputs, so this changes no number; a batch without repeats pays one comparison of the encoder states and a
+  // copy of each layer's cross K/V.
+  Value enc_rows, row_of;
   {
     auto c = g.scope("cross_kv_rows");
     Value rows = g.where(use_cache, g.const_i64({0}), g.dim(enc, 1));
-    enc_rows = g.slice(enc, g.const_i64({0}), rows, g.const_i64({1}));
+    Value states = g.slice(enc, g.const_i64({0}), rows, g.const_i64({1}));  // [B, S_enc or 0, hidden]
+    const Value zero = g.const_i64({0}), one = g.const_i64({1}), batch_axis = g.const_i64({0});
+    Value later = g.slice(states, one, g.const_i64({std::numeric_limits<int64_t>::max()}), batch_axis);
+    Value earlier = g.slice(states, zero, g.const_i64({-1}), batch_axis);
+    // differs[i] = 1 where row i + 1 is not row i (sum of unequal elements > 0; 0 for empty rows).
+    Value unequal = g.reduce_sum(g.cast(g.op("Not", {g.op("Equal", {later, earlier})}), DType::kF32), {1, 2}, false);
+    Value differs = g.cast(g.greater(unequal, g.const_f32(0.0f)), DType::kF32);
+    Value starts = g.concat({g.const_f32s({1.0f}, "cross_kv_rows.first"), differs}, 0);  // [B]: 1 where a run starts
+    row_of = g.sub(g.cast(g.op("CumSum", {starts, g.const_i64({0}, true)}), DType::kI64), one);  // [B] → run index
+    enc_rows = g.gather(states, g.squeeze(g.op("NonZero", {starts}), {0}), 0);  // one row per run
   }
 
   const std::string& cfg = ctx.config.file();
@@ -817,8 +833,8 @@ std::vector<GraphOutput> build_decoder_graph(BuildContext& ctx, Weights& w, cons
     Value cross_k, cross_v;
     r.sublayer(b, n.cross_norm, [&](const Value& h) {
       auto a = g.scope("cross_attention");
-      cross_k = project_heads(g, w, enc_rows, n.cross_k, b);
-      cross_v = project_heads(g, w, enc_rows, n.cross_v, b);
+      cross_k = g.gather(project_heads(g, w, enc_rows, n.cross_k, b), row_of, 0);
+      cross_v = g.gather(project_heads(g, w, enc_rows, n.cross_v, b), row_of, 0);
       return split_cross_attention(g, w, h, n.cross_q, p.enc_key, p.enc_value, cross_k, cross_v, n.cross_o, b,
                                    cross_bias);
     });

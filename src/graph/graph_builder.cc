@@ -223,6 +223,11 @@ Value GraphBuilder::reduce_mean(const Value& x, const std::vector<int64_t>& axes
   return op("ReduceMean", {x}, {Attr::Ints("axes", axes), Attr::Int("keepdims", keepdims ? 1 : 0)});
 }
 
+Value GraphBuilder::reduce_sum(const Value& x, const std::vector<int64_t>& axes, bool keepdims) {
+  if (opset_ >= 13) return op("ReduceSum", {x, const_i64(axes)}, {Attr::Int("keepdims", keepdims ? 1 : 0)});
+  return op("ReduceSum", {x}, {Attr::Ints("axes", axes), Attr::Int("keepdims", keepdims ? 1 : 0)});
+}
+
 Value GraphBuilder::slice(const Value& x, const Value& starts, const Value& ends, const Value& axes) {
   return op("Slice", {x, starts, ends, axes});
 }

@@ -133,6 +133,7 @@ class GraphBuilder {
   Value unsqueeze(const Value& x, const std::vector<int64_t>& axes);
   Value squeeze(const Value& x, const std::vector<int64_t>& axes);
   Value reduce_mean(const Value& x, const std::vector<int64_t>& axes, bool keepdims = true);
+  Value reduce_sum(const Value& x, const std::vector<int64_t>& axes, bool keepdims = true);
   Value slice(const Value& x, const Value& starts, const Value& ends, const Value& axes);
   Value concat(const std::vector<Value>& xs, int64_t axis);
   Value where(const Value& cond, const Value& a, const Value& b) { return op("Where", {cond, a, b}); }

@@ -148,6 +148,53 @@ def test_cross_attention_cache_is_read_in_place(tmp_path, graph):
             assert onnx_model.past[n].shape[2] == ids.shape[1] and v.shape[2] == 0, (n, v.shape)
 
 
+@pytest.mark.parametrize("graph", ["plain", "optimized"])
+@pytest.mark.parametrize("name", ["t5", "marian"])
+def test_repeated_encoder_rows(tmp_path, record_diff, name, graph):
+    """Beam search feeds the decoder each input's encoder states once per beam. The first step projects the
+    cross-attention K/V once per run of equal rows and gathers them back to every row: runs of different lengths,
+    and a row equal to a row that is not its neighbour (projected again), give transformers' logits at every step
+    and its cross cache rows, bit-equal within each run. The graph detects the runs (NonZero over the row starts)."""
+    import onnx
+    import torch
+
+    suffix = "" if graph == "plain" else "-optimized"
+    ckpt = sfx.seq2seq_checkpoint(name)
+    out = export(ckpt, tmp_path / "out", *([] if graph == "plain" else ["--optimize"]))
+    dec = onnx.load(str(out / f"decoder_model_merged{suffix}.onnx"), load_external_data=False).graph
+    assert any(n.op_type == "NonZero" for n in dec.node)
+    ref = sfx.reference_model(ckpt)
+    ids2, mask2 = sfx.padded_batch()
+    order = [0, 0, 1, 1, 1, 0]
+    mask = mask2[order]
+    onnx_model = sfx.OnnxSeq2Seq(out, suffix)
+    enc2 = onnx_model.encode(ids2, mask2)
+    onnx_model.enc_out, onnx_model.mask = enc2[order], mask  # exact copies, as generate() expands them
+    with torch.no_grad():
+        enc = ref.get_encoder()(input_ids=torch.from_numpy(ids2), attention_mask=torch.from_numpy(mask2))
+        enc.last_hidden_state = enc.last_hidden_state[order]
+        ids = torch.full((len(order), 1), sfx.START, dtype=torch.int64)
+        worst = 0.0
+        past = None
+        for step in range(4):
+            want = ref(encoder_outputs=enc, attention_mask=torch.from_numpy(mask), decoder_input_ids=ids,
+                       past_key_values=past, use_cache=True)
+            got = onnx_model.step(ids.numpy())
+            diff = float(np.abs(got - want.logits.numpy()).max())
+            assert diff <= TOL, f"step {step}: max abs diff {diff:.3e}"
+            worst = max(worst, diff)
+            if step == 0:
+                cross_key = want.past_key_values.cross_attention_cache.layers[0].keys
+                for n, v in onnx_model.past.items():
+                    if ".encoder." in n:
+                        assert all(np.array_equal(v[i], v[j]) for i, j in [(0, 1), (2, 3), (3, 4)]), n
+                key_diff = float(np.abs(onnx_model.past["present.0.encoder.key"] - cross_key.numpy()).max())
+                assert key_diff <= TOL, f"present.0.encoder.key: max abs diff {key_diff:.3e}"
+            past = want.past_key_values
+            ids = want.logits[:, -1, :].argmax(-1, keepdim=True)
+    record_diff(f"seq2seq-{name} {graph} repeated encoder rows (4 steps)", "logits", worst, TOL)
+
+
 @pytest.mark.parametrize("bias", ["zero", "random"])
 def test_tied_head_and_final_logits_bias(tmp_path, record_diff, bias):
     """The tied head reads the shared table through MatMul(h, Transpose(table)) (no second copy in the file); a
