@@ -14,7 +14,8 @@ bytes of the folder each one writes (every .onnx and external-data file).
 With optimum-cli included, the two folders are then run by optimum's ORTModelForSeq2SeqLM (use_cache=True,
 `--decode-threads`, default 2) and compared with transformers on torch: generate() of 32 new tokens for a batch
 of 8 random 32-token inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, median of `--decode-repeat` runs,
-and each folder's paired ratio to the optimum folder's run of the same round (median, min-max). Then the decoder
+and each folder's paired ratio to the optimum folder's run of the same round (median, min-max); once with ONNX
+Runtime's idle-thread spinning on (its default) and once off (`--decode-spin`). Then the decoder
 alone: CPU time of one step with a cache in ONNX Runtime (1 thread, batch 8 and 32 = 8 x 4 beams), interleaved,
 `--step-repeat` runs: generate() also spends much of its time in transformers' Python (logits processors, cache
 reordering), the same for both folders, which dilutes and blurs the folders' difference.
@@ -79,11 +80,16 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
-def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, threads: int = 2) -> dict:
+def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, threads: int = 2,
+                 spin: bool = True) -> dict:
     """tokens/s of generate() per runtime and beam count (see the module docstring). Runs alternate their order
     (A B C, C B A, ...); each folder's speed is also divided by the optimum folder's of the same round (paired
     ratio, median and min-max over rounds), on wall time and on the process's CPU time (with 1 thread, CPU time
-    is what the work costs, little disturbed by other processes on a loaded machine)."""
+    is what the work costs, little disturbed by other processes on a loaded machine). spin=False turns off ONNX
+    Runtime's spinning of idle intra-op threads (session.intra_op.allow_spinning=0; on by default): the encoder's
+    and the decoder's sessions each keep a thread pool, and with 2 cores a pool spinning after its run competes
+    with the other session and with transformers' Python (measured: greedy generate() of the Marian shape 1.09 s
+    with spinning, 0.73 s without, on either folder)."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -93,6 +99,7 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, 
     torch.set_num_threads(threads)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     models = {name: ORTModelForSeq2SeqLM.from_pretrained(f, use_cache=True, session_options=so)
               for name, f in folders.items()}
     models["transformers (torch)"] = AutoModelForSeq2SeqLM.from_pretrained(ckpt).eval()
@@ -197,6 +204,9 @@ def main():
     ap.add_argument("--decode-threads", type=int, default=2,
                     help="ONNX Runtime intra-op and torch threads of the generate() runs (1: CPU-time ratios are "
                          "meaningful on a loaded machine)")
+    ap.add_argument("--decode-spin", choices=("on", "off", "both"), default="both",
+                    help="ONNX Runtime's spinning of idle intra-op threads in the generate() runs: on (its default), "
+                         "off, or both, one table each (default)")
     ap.add_argument("--step-repeat", type=int, default=40, help="runs of the decoder-step timing per folder")
     args = ap.parse_args()
     shape = {"marian": (512, 6, 8, 2048, 58101), "t5": (768, 12, 12, 3072, 32128)}[args.arch]
@@ -239,10 +249,15 @@ def main():
                 print(f"[{i + 1}/{args.repeat}] {name:<16} {r['wall_s']:8.2f} s  "
                       f"{r['maxrss_bytes'] / 2**20:9.1f} MB", file=sys.stderr, flush=True)
         decode = steps = None
+        decodes: dict[str, dict] = {}
         if not args.skip_optimum and not args.skip_decode:
             print("decode speed ...", file=sys.stderr, flush=True)
             folders = {"trex folder": out_root / "trex", "optimum folder": out_root / "optimum-cli"}
-            decode = decode_speed(folders, ckpt, args.decode_repeat, args.vocab, args.decode_threads)
+            for spin in ("on", "off"):
+                if args.decode_spin in (spin, "both"):
+                    decodes[spin] = decode_speed(folders, ckpt, args.decode_repeat, args.vocab, args.decode_threads,
+                                                 spin == "on")
+            decode = decodes.get("on") or decodes.get("off")
             steps = {b: decoder_step_time(folders, args.step_repeat, b, args.vocab) for b in (8, 32)}
         shutil.rmtree(out_root, ignore_errors=True)
 
@@ -261,18 +276,19 @@ def main():
             print(f"| {name} | {s['wall_s']:.2f} | {s['peak_rss_bytes'] / 2**20:.1f} | "
                   f"{s['peak_rss_bytes'] / wbytes:.2f} | {s['folder_bytes'] / 2**20:.1f} | "
                   f"{s['folder_bytes'] / wbytes:.2f} | {sp} |")
-        if decode:
-            def ratio(d):
-                return f"{d['median']:.2f}x ({d['min']:.2f}-{d['max']:.2f})"
+        def ratio(d):
+            return f"{d['median']:.2f}x ({d['min']:.2f}-{d['max']:.2f})"
 
-            print(f"\n| runtime (generate, batch 8, 32 new tokens; {args.decode_threads} thread(s), "
-                  f"{args.decode_repeat} interleaved rounds) | greedy tok/s | beam 4 tok/s | greedy vs optimum folder, "
-                  "paired median (min-max) | beam 4 vs optimum folder | same on CPU time: greedy | beam 4 |")
+        for spin, decode in decodes.items():
+            print(f"\n| runtime (generate, batch 8, 32 new tokens; {args.decode_threads} thread(s), ONNX Runtime "
+                  f"spinning {spin}, {args.decode_repeat} interleaved rounds) | greedy tok/s | beam 4 tok/s | greedy vs "
+                  "optimum folder, paired median (min-max) | beam 4 vs optimum folder | same on CPU time: greedy | beam 4 |")
             print("|---|---:|---:|---:|---:|---:|---:|")
             for name, d in decode.items():
                 print(f"| {name} | {d['beam1_tokens_per_s']:.1f} | {d['beam4_tokens_per_s']:.1f} | "
                       f"{ratio(d['beam1_vs_optimum'])} | {ratio(d['beam4_vs_optimum'])} | "
                       f"{ratio(d['beam1_cpu_vs_optimum'])} | {ratio(d['beam4_cpu_vs_optimum'])} |")
+        if steps:
             print(f"\n| decoder step with a cache (ONNX Runtime, 1 thread, CPU ms; {args.step_repeat} interleaved runs) | "
                   "batch 8 ms | batch 32 ms | speed vs optimum folder, batch 8 | batch 32 |")
             print("|---|---:|---:|---:|---:|")
@@ -286,7 +302,8 @@ def main():
             out_json.write_text(json.dumps({
                 "checkpoint": {"arch": args.arch, "d_model": args.d_model, "layers": args.layers, "heads": args.heads, "ffn": args.ffn,
                                "vocab": args.vocab, "weights_bytes": wbytes},
-                "repeat": args.repeat, "cpus": os.cpu_count(), "results": summary, "decode": decode,
+                "repeat": args.repeat, "cpus": os.cpu_count(), "results": summary, "decode": decodes.get("on"),
+                "decode_no_spin": decodes.get("off"),
                 "decoder_step": steps, "decode_threads": args.decode_threads, "load_average": os.getloadavg(),
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
             print(f"\nJSON: {out_json}", file=sys.stderr)
