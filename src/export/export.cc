@@ -477,7 +477,7 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
 
   // The graphs of a set (encoder + decoder) are checked side by side: each check is mostly ONNX Runtime faulting
   // in the external data it maps, and two readers of the shared file get more from the disk than one.
-  if (options.check && parts.size() > 1) {
+  if (options.check) {
     std::vector<std::future<LoadCheckResult>> checks;
     const int threads = std::max(1, check_threads() / static_cast<int>(parts.size()));
     for (size_t p = 0; p < parts.size(); ++p) {
@@ -501,7 +501,6 @@ ExportResult export_to(const ExportOptions& options, bool output_is_file) {
   for (size_t p = 0; p < parts.size(); ++p) {
     ExportedGraph& gr = result.graphs[p];
     try {
-      if (options.check && parts.size() == 1) gr.check = load_check(paths[p], plain_specs[p]);
       // Decoders: prefill + one decode step; encoder-decoders: the encoder, then the decoder's two steps.
       if (options.check && gr.quantized) gr.quantized_check = load_check(variant(paths[p], quantized_variant(options.quantize_bits)), quant_specs[p]);
     } catch (const Error&) {
