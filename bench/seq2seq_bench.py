@@ -82,6 +82,48 @@ def spread(xs: list[float]) -> dict:
 
 def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, threads: int = 2,
                  spin: bool = True) -> dict:
+    """decode_rounds() in two child processes that load the folders in opposite orders, half the rounds each;
+    the per-round times of both are pooled. In one process the session loaded first runs slower: the same Marian
+    folder loaded twice measured 18.8 vs 17.9 ms per cached step, and whichever folder came first was the slowest
+    in every order tried, so a fixed order would favour the folder loaded last."""
+    names = list(folders)
+    raw = in_both_load_orders(decode_rounds, folders, repeat, ckpt=ckpt, vocab=vocab, threads=threads, spin=spin)
+    out: dict = {}
+    for beams in (1, 4):
+        times = {k: sum((r[beams][0][k] for r in raw), []) for k in raw[0][beams][0]}
+        cpu = {k: sum((r[beams][1][k] for r in raw), []) for k in raw[0][beams][0]}
+        new, batch = 32, 8
+        base, base_cpu = times.get("optimum folder"), cpu.get("optimum folder")
+        for name in names + ["transformers (torch)"]:
+            ts = times[name]
+            d = out.setdefault(name, {})
+            d[f"beam{beams}_tokens_per_s"] = new * batch / statistics.median(ts)
+            d[f"beam{beams}_tokens_per_cpu_s"] = new * batch / statistics.median(cpu[name])
+            d[f"beam{beams}_seconds"] = ts
+            d[f"beam{beams}_cpu_seconds"] = cpu[name]
+            if base:
+                d[f"beam{beams}_vs_optimum"] = spread([b / t for b, t in zip(base, ts)])
+                d[f"beam{beams}_cpu_vs_optimum"] = spread([b / t for b, t in zip(base_cpu, cpu[name])])
+    return out
+
+
+def in_both_load_orders(fn, folders: dict[str, Path], repeat: int, **kwargs) -> list:
+    """fn(folders, repeat, **kwargs) in two fresh processes, one after the other: the folders in the given order
+    for the first half of the rounds, reversed for the second. Returns both results."""
+    import multiprocessing
+
+    names = list(folders)
+    first = (repeat + 1) // 2
+    results = []
+    for order, k in ((names, first), (names[::-1], repeat - first)):
+        if k > 0:
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                results.append(pool.apply(fn, ({n: folders[n] for n in order}, k), kwargs))
+    return results
+
+
+def decode_rounds(folders: dict[str, Path], repeat: int, ckpt: Path, vocab: int, threads: int = 2,
+                  spin: bool = True) -> dict:
     """tokens/s of generate() per runtime and beam count (see the module docstring). Runs alternate their order
     (A B C, C B A, ...); each folder's speed is also divided by the optimum folder's of the same round (paired
     ratio, median and min-max over rounds), on wall time and on the process's CPU time (with 1 thread, CPU time
@@ -107,8 +149,8 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, 
     ids = torch.from_numpy(rng.integers(1, vocab - 1, size=(8, 32)).astype(np.int64))
     mask = torch.ones_like(ids)
     new = 32
-    out: dict = {}
     names = list(models)
+    raw: dict = {}
     for beams in (1, 4):
         times: dict[str, list[float]] = {k: [] for k in models}
         cpu: dict[str, list[float]] = {k: [] for k in models}
@@ -124,24 +166,24 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, 
                                num_beams=beams, do_sample=False)
                 times[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
-        base, base_cpu = times.get("optimum folder"), cpu.get("optimum folder")
-        for name, ts in times.items():
-            d = out.setdefault(name, {})
-            d[f"beam{beams}_tokens_per_s"] = new * ids.shape[0] / statistics.median(ts)
-            d[f"beam{beams}_tokens_per_cpu_s"] = new * ids.shape[0] / statistics.median(cpu[name])
-            d[f"beam{beams}_seconds"] = ts
-            d[f"beam{beams}_cpu_seconds"] = cpu[name]
-            if base:
-                d[f"beam{beams}_vs_optimum"] = spread([b / t for b, t in zip(base, ts)])
-                d[f"beam{beams}_cpu_vs_optimum"] = spread([b / t for b, t in zip(base_cpu, cpu[name])])
-    return out
+        raw[beams] = (times, cpu)
+    return raw
 
 
 def decoder_step_time(folders: dict[str, Path], repeat: int, batch: int, vocab: int) -> dict:
     """CPU time of one decoder step with a cache (use_cache_branch true, 15 tokens of past, batch rows, 32 encoder
     tokens), ONNX Runtime alone: 1 intra-op thread, so the step runs on the calling thread and its thread CPU time
     is little disturbed by other processes. Fed as optimum feeds it (the cross-attention cache from the first step).
-    Folders alternate; per folder the median and min-max, and its paired ratio against the optimum folder."""
+    Folders alternate, loaded in both orders (in_both_load_orders); per folder the median and min-max, and its
+    paired ratio against the optimum folder."""
+    runs = in_both_load_orders(step_rounds, folders, repeat, batch=batch, vocab=vocab)
+    times = {name: sum((r[name] for r in runs), []) for name in folders}
+    base = times["optimum folder"]
+    return {name: {"step_ms": spread([t * 1e3 for t in ts]), "speed_vs_optimum": spread([b / t for b, t in zip(base, ts)])}
+            for name, ts in times.items()}
+
+
+def step_rounds(folders: dict[str, Path], repeat: int, batch: int, vocab: int) -> dict[str, list[float]]:
     import numpy as np
     import onnxruntime as ort
 
@@ -177,9 +219,7 @@ def decoder_step_time(folders: dict[str, Path], repeat: int, batch: int, vocab: 
             t0 = time.thread_time()
             dec.run(None, feed)
             times[name].append(time.thread_time() - t0)
-    base = times["optimum folder"]
-    return {name: {"step_ms": spread([t * 1e3 for t in ts]), "speed_vs_optimum": spread([b / t for b, t in zip(base, ts)])}
-            for name, ts in times.items()}
+    return times
 
 
 def main():
