@@ -80,25 +80,29 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
+# generate() runs of decode_rounds(): a batch of DECODE_BATCH random DECODE_PROMPT-token inputs, DECODE_NEW tokens.
+DECODE_BATCH, DECODE_PROMPT, DECODE_NEW = 8, 32, 32
+
+
 def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, threads: int = 2,
                  spin: bool = True) -> dict:
-    """decode_rounds() in two child processes that load the folders in opposite orders, half the rounds each;
-    the per-round times of both are pooled. In one process the session loaded first runs slower: the same Marian
+    """tokens/s of generate() per runtime and beam count (see the module docstring), and each folder's paired
+    ratio to the optimum folder's run of the same round (median and min-max over rounds), on wall time and on the
+    process's CPU time (with 1 thread, CPU time is what the work costs, little disturbed by other processes on a
+    loaded machine). decode_rounds() runs in two child processes that load the folders in opposite orders, half
+    the rounds each; the per-round times of both are pooled. In one process the session loaded first runs slower: the same Marian
     folder loaded twice measured 18.8 vs 17.9 ms per cached step, and whichever folder came first was the slowest
     in every order tried, so a fixed order would favour the folder loaded last."""
-    names = list(folders)
     raw = in_both_load_orders(decode_rounds, folders, repeat, ckpt=ckpt, vocab=vocab, threads=threads, spin=spin)
     out: dict = {}
     for beams in (1, 4):
         times = {k: sum((r[beams][0][k] for r in raw), []) for k in raw[0][beams][0]}
         cpu = {k: sum((r[beams][1][k] for r in raw), []) for k in raw[0][beams][0]}
-        new, batch = 32, 8
         base, base_cpu = times.get("optimum folder"), cpu.get("optimum folder")
-        for name in names + ["transformers (torch)"]:
-            ts = times[name]
+        for name, ts in times.items():
             d = out.setdefault(name, {})
-            d[f"beam{beams}_tokens_per_s"] = new * batch / statistics.median(ts)
-            d[f"beam{beams}_tokens_per_cpu_s"] = new * batch / statistics.median(cpu[name])
+            d[f"beam{beams}_tokens_per_s"] = DECODE_NEW * DECODE_BATCH / statistics.median(ts)
+            d[f"beam{beams}_tokens_per_cpu_s"] = DECODE_NEW * DECODE_BATCH / statistics.median(cpu[name])
             d[f"beam{beams}_seconds"] = ts
             d[f"beam{beams}_cpu_seconds"] = cpu[name]
             if base:
@@ -124,10 +128,8 @@ def in_both_load_orders(fn, folders: dict[str, Path], repeat: int, **kwargs) -> 
 
 def decode_rounds(folders: dict[str, Path], repeat: int, ckpt: Path, vocab: int, threads: int = 2,
                   spin: bool = True) -> dict:
-    """tokens/s of generate() per runtime and beam count (see the module docstring). Runs alternate their order
-    (A B C, C B A, ...); each folder's speed is also divided by the optimum folder's of the same round (paired
-    ratio, median and min-max over rounds), on wall time and on the process's CPU time (with 1 thread, CPU time
-    is what the work costs, little disturbed by other processes on a loaded machine). spin=False turns off ONNX
+    """Wall and CPU seconds of each generate() run, per beam count ({beams: (wall, cpu)}, each {runtime: [s per
+    round]}). Runs alternate their order (A B C, C B A, ...). spin=False turns off ONNX
     Runtime's spinning of idle intra-op threads (session.intra_op.allow_spinning=0; on by default): the encoder's
     and the decoder's sessions each keep a thread pool, and with 2 cores a pool spinning after its run competes
     with the other session and with transformers' Python (measured: greedy generate() of the Marian shape 1.09 s
@@ -146,9 +148,8 @@ def decode_rounds(folders: dict[str, Path], repeat: int, ckpt: Path, vocab: int,
               for name, f in folders.items()}
     models["transformers (torch)"] = AutoModelForSeq2SeqLM.from_pretrained(ckpt).eval()
     rng = np.random.default_rng(0)
-    ids = torch.from_numpy(rng.integers(1, vocab - 1, size=(8, 32)).astype(np.int64))
+    ids = torch.from_numpy(rng.integers(1, vocab - 1, size=(DECODE_BATCH, DECODE_PROMPT)).astype(np.int64))
     mask = torch.ones_like(ids)
-    new = 32
     names = list(models)
     raw: dict = {}
     for beams in (1, 4):
@@ -162,7 +163,7 @@ def decode_rounds(folders: dict[str, Path], repeat: int, ckpt: Path, vocab: int,
                 m = models[name]
                 t0, c0 = time.perf_counter(), time.process_time()
                 with torch.no_grad():
-                    m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                    m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=DECODE_NEW, min_new_tokens=DECODE_NEW,
                                num_beams=beams, do_sample=False)
                 times[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
@@ -320,7 +321,7 @@ def main():
             return f"{d['median']:.2f}x ({d['min']:.2f}-{d['max']:.2f})"
 
         for spin, decode in decodes.items():
-            print(f"\n| runtime (generate, batch 8, 32 new tokens; {args.decode_threads} thread(s), ONNX Runtime "
+            print(f"\n| runtime (generate, batch {DECODE_BATCH}, {DECODE_NEW} new tokens; {args.decode_threads} thread(s), ONNX Runtime "
                   f"spinning {spin}, {args.decode_repeat} interleaved rounds) | greedy tok/s | beam 4 tok/s | greedy vs "
                   "optimum folder, paired median (min-max) | beam 4 vs optimum folder | same on CPU time: greedy | beam 4 |")
             print("|---|---:|---:|---:|---:|---:|---:|")
