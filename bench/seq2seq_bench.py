@@ -15,7 +15,9 @@ With optimum-cli included, the two folders are then run by optimum's ORTModelFor
 `--decode-threads`, default 2) and compared with transformers on torch: generate() of 32 new tokens for a batch
 of 8 random 32-token inputs, greedy and beam 4, tokens/s (new tokens x batch / s), interleaved, median of `--decode-repeat` runs,
 and each folder's paired ratio to the optimum folder's run of the same round (median, min-max); once with ONNX
-Runtime's idle-thread spinning on (its default) and once off (`--decode-spin`). Then the decoder
+Runtime's idle-thread spinning on (its default) and once off (`--decode-spin`); each paired median comes with a
+95 % bootstrap interval, and `--decode-control` adds trex's folder a second time, whose ratio to the first copy is
+the bench's noise floor. Then the decoder
 alone: CPU time of one step with a cache in ONNX Runtime (1 thread, batch 8 and 32 = 8 x 4 beams), interleaved,
 `--step-repeat` runs: generate() also spends much of its time in transformers' Python (logits processors, cache
 reordering), the same for both folders, which dilutes and blurs the folders' difference.
@@ -80,6 +82,23 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
+def paired_spread(xs: list[float]) -> dict:
+    """spread() of paired ratios plus a 95 % bootstrap interval of their median (2000 resamples of the rounds,
+    fixed seed): with ONNX Runtime's spinning on, single rounds on a 2-core machine swing by +-25 % (the same
+    folder against itself, --decode-control), so the median of a few rounds is only known to a few per cent."""
+    import numpy as np
+
+    d = spread(xs)
+    a = np.asarray(xs)
+    meds = np.median(a[np.random.default_rng(0).integers(0, len(a), size=(2000, len(a)))], axis=1)
+    d["ci95"] = [float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))]
+    return d
+
+
+# --decode-control: trex's folder a second time (its files hard-linked into another folder), run as one more
+# folder; its ratio to trex's folder is what the bench measures between two folders that do the same work.
+CONTROL = "trex folder, again"
+
 # generate() runs of decode_rounds(): a batch of DECODE_BATCH random DECODE_PROMPT-token inputs, DECODE_NEW tokens.
 DECODE_BATCH, DECODE_PROMPT, DECODE_NEW = 8, 32, 32
 
@@ -106,8 +125,10 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, 
             d[f"beam{beams}_seconds"] = ts
             d[f"beam{beams}_cpu_seconds"] = cpu[name]
             if base:
-                d[f"beam{beams}_vs_optimum"] = spread([b / t for b, t in zip(base, ts)])
-                d[f"beam{beams}_cpu_vs_optimum"] = spread([b / t for b, t in zip(base_cpu, cpu[name])])
+                d[f"beam{beams}_vs_optimum"] = paired_spread([b / t for b, t in zip(base, ts)])
+                d[f"beam{beams}_cpu_vs_optimum"] = paired_spread([b / t for b, t in zip(base_cpu, cpu[name])])
+            if name == CONTROL:  # the noise floor: trex's folder against itself
+                d[f"beam{beams}_vs_trex"] = paired_spread([b / t for b, t in zip(times["trex folder"], ts)])
     return out
 
 
@@ -248,6 +269,9 @@ def main():
     ap.add_argument("--decode-spin", choices=("on", "off", "both"), default="both",
                     help="ONNX Runtime's spinning of idle intra-op threads in the generate() runs: on (its default), "
                          "off, or both, one table each (default)")
+    ap.add_argument("--decode-control", action="store_true",
+                    help="also run trex's folder a second time (hard-linked copy) in the generate() rounds: its "
+                         "ratio to the first copy shows the bench's noise floor")
     ap.add_argument("--step-repeat", type=int, default=40, help="runs of the decoder-step timing per folder")
     args = ap.parse_args()
     shape = {"marian": (512, 6, 8, 2048, 58101), "t5": (768, 12, 12, 3072, 32128)}[args.arch]
@@ -294,10 +318,16 @@ def main():
         if not args.skip_optimum and not args.skip_decode:
             print("decode speed ...", file=sys.stderr, flush=True)
             folders = {"trex folder": out_root / "trex", "optimum folder": out_root / "optimum-cli"}
+            gen_folders = dict(folders)
+            if args.decode_control:
+                again = out_root / "trex-again"
+                shutil.rmtree(again, ignore_errors=True)
+                shutil.copytree(folders["trex folder"], again, copy_function=os.link)
+                gen_folders[CONTROL] = again
             for spin in ("on", "off"):
                 if args.decode_spin in (spin, "both"):
-                    decodes[spin] = decode_speed(folders, ckpt, args.decode_repeat, args.vocab, args.decode_threads,
-                                                 spin == "on")
+                    decodes[spin] = decode_speed(gen_folders, ckpt, args.decode_repeat, args.vocab,
+                                                 args.decode_threads, spin == "on")
             decode = decodes.get("on") or decodes.get("off")
             steps = {b: decoder_step_time(folders, args.step_repeat, b, args.vocab) for b in (8, 32)}
         shutil.rmtree(out_root, ignore_errors=True)
@@ -318,17 +348,23 @@ def main():
                   f"{s['peak_rss_bytes'] / wbytes:.2f} | {s['folder_bytes'] / 2**20:.1f} | "
                   f"{s['folder_bytes'] / wbytes:.2f} | {sp} |")
         def ratio(d):
-            return f"{d['median']:.2f}x ({d['min']:.2f}-{d['max']:.2f})"
+            ci = f" [{d['ci95'][0]:.2f}-{d['ci95'][1]:.2f}]" if "ci95" in d else ""
+            return f"{d['median']:.2f}x{ci} ({d['min']:.2f}-{d['max']:.2f})"
 
         for spin, decode in decodes.items():
             print(f"\n| runtime (generate, batch {DECODE_BATCH}, {DECODE_NEW} new tokens; {args.decode_threads} thread(s), ONNX Runtime "
                   f"spinning {spin}, {args.decode_repeat} interleaved rounds) | greedy tok/s | beam 4 tok/s | greedy vs "
-                  "optimum folder, paired median (min-max) | beam 4 vs optimum folder | same on CPU time: greedy | beam 4 |")
+                  "optimum folder, paired median [95% CI] (min-max) | beam 4 vs optimum folder | same on CPU time: greedy | "
+                  "beam 4 |")
             print("|---|---:|---:|---:|---:|---:|---:|")
             for name, d in decode.items():
                 print(f"| {name} | {d['beam1_tokens_per_s']:.1f} | {d['beam4_tokens_per_s']:.1f} | "
                       f"{ratio(d['beam1_vs_optimum'])} | {ratio(d['beam4_vs_optimum'])} | "
                       f"{ratio(d['beam1_cpu_vs_optimum'])} | {ratio(d['beam4_cpu_vs_optimum'])} |")
+            if CONTROL in decode:
+                c = decode[CONTROL]
+                print(f"\nNoise floor ({CONTROL} vs trex folder, the same files): greedy {ratio(c['beam1_vs_trex'])}, "
+                      f"beam 4 {ratio(c['beam4_vs_trex'])}")
         if steps:
             print(f"\n| decoder step with a cache (ONNX Runtime, 1 thread, CPU ms; {args.step_repeat} interleaved runs) | "
                   "batch 8 ms | batch 32 ms | speed vs optimum folder, batch 8 | batch 32 |")
