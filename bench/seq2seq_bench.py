@@ -25,7 +25,8 @@ reordering), the same for both folders, which dilutes and blurs the folders' dif
 Usage
   .venv/bin/python bench/seq2seq_bench.py               # opus-mt-en-de shape
   .venv/bin/python bench/seq2seq_bench.py --arch t5     # t5-base shape
-  .venv/bin/python bench/seq2seq_bench.py --smoke       # tiny model, trex only, < 60 s, exit 0 when it works
+  .venv/bin/python bench/seq2seq_bench.py --smoke       # tiny model, every stage once (optimum's when installed),
+                                                        # < 60 s, exit 0 when it works
 Results: a markdown table on stdout and JSON in bench/results/ (or --results).
 """
 from __future__ import annotations
@@ -132,6 +133,19 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, 
     return out
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of n runs (a Williams design) in which every run comes at every position equally often and right
+    after every other run equally often: a run slowed by what ran before it (another session's pool still
+    spinning, torch's threads) is slowed as often for every runtime. Alternating A B C D / D C B A is not: there
+    C follows D in every other round and A never does, and the same folder measured twice came out 8 % apart."""
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo if len(first) % 2 else hi)
+        lo, hi = (lo + 1, hi) if len(first) % 2 == 0 else (lo, hi - 1)
+    rows = [[(x + i) % n for x in first] for i in range(n)]
+    return rows + [r[::-1] for r in rows] if n % 2 else rows
+
+
 def in_both_load_orders(fn, folders: dict[str, Path], repeat: int, **kwargs) -> list:
     """fn(folders, repeat, **kwargs) in two fresh processes, one after the other: the folders in the given order
     for the first half of the rounds, reversed for the second. Returns both results."""
@@ -150,7 +164,7 @@ def in_both_load_orders(fn, folders: dict[str, Path], repeat: int, **kwargs) -> 
 def decode_rounds(folders: dict[str, Path], repeat: int, ckpt: Path, vocab: int, threads: int = 2,
                   spin: bool = True) -> dict:
     """Wall and CPU seconds of each generate() run, per beam count ({beams: (wall, cpu)}, each {runtime: [s per
-    round]}). Runs alternate their order (A B C, C B A, ...). spin=False turns off ONNX
+    round]}). The runs of a round follow balanced_orders() (best with rounds a multiple of their count). spin=False turns off ONNX
     Runtime's spinning of idle intra-op threads (session.intra_op.allow_spinning=0; on by default): the encoder's
     and the decoder's sessions each keep a thread pool, and with 2 cores a pool spinning after its run competes
     with the other session and with transformers' Python (measured: greedy generate() of the Marian shape 1.09 s
@@ -172,6 +186,7 @@ def decode_rounds(folders: dict[str, Path], repeat: int, ckpt: Path, vocab: int,
     ids = torch.from_numpy(rng.integers(1, vocab - 1, size=(DECODE_BATCH, DECODE_PROMPT)).astype(np.int64))
     mask = torch.ones_like(ids)
     names = list(models)
+    orders = balanced_orders(len(names))
     raw: dict = {}
     for beams in (1, 4):
         times: dict[str, list[float]] = {k: [] for k in models}
@@ -180,7 +195,7 @@ def decode_rounds(folders: dict[str, Path], repeat: int, ckpt: Path, vocab: int,
             with torch.no_grad():
                 m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, num_beams=beams, do_sample=False)
         for r in range(repeat):
-            for name in (names if r % 2 == 0 else names[::-1]):
+            for name in (names[i] for i in orders[r % len(orders)]):
                 m = models[name]
                 t0, c0 = time.perf_counter(), time.process_time()
                 with torch.no_grad():
@@ -255,7 +270,7 @@ def main():
     ap.add_argument("--ffn", type=int)
     ap.add_argument("--vocab", type=int)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--smoke", action="store_true", help="tiny model, trex only (CI: proves the script runs)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model, every stage once, 2 decode rounds (CI: proves the script runs)")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "work")
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--trex", type=Path, default=Path(os.environ.get("TREX_BIN", REPO / "build" / "trex")))
@@ -278,9 +293,14 @@ def main():
     for key, default in zip(("d_model", "layers", "heads", "ffn", "vocab"), shape):
         if getattr(args, key) is None:
             setattr(args, key, default)
+    step_batches = (8, 32)
     if args.smoke:
+        # Every stage once on a tiny model: optimum-cli's export and the generate() and step rounds when optimum is
+        # installed (two rounds, spinning on, the control folder), so none of them rots between real runs.
         args.d_model, args.layers, args.heads, args.ffn, args.vocab = 32, 2, 4, 64, 120
-        args.skip_optimum, args.repeat = True, 1
+        args.repeat, args.decode_repeat, args.decode_spin, args.decode_control = 1, 2, "on", True
+        args.step_repeat, step_batches = 2, (8,)
+        args.skip_optimum = args.skip_optimum or not Path(args.optimum_cli).exists()
         args.work = Path(tempfile.mkdtemp(prefix="seq2seq-bench-smoke-"))
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -329,7 +349,7 @@ def main():
                     decodes[spin] = decode_speed(gen_folders, ckpt, args.decode_repeat, args.vocab,
                                                  args.decode_threads, spin == "on")
             decode = decodes.get("on") or decodes.get("off")
-            steps = {b: decoder_step_time(folders, args.step_repeat, b, args.vocab) for b in (8, 32)}
+            steps = {b: decoder_step_time(folders, args.step_repeat, b, args.vocab) for b in step_batches}
         shutil.rmtree(out_root, ignore_errors=True)
 
         summary = {name: {"wall_s": statistics.median(r["wall_s"] for r in rs),
@@ -366,13 +386,13 @@ def main():
                 print(f"\nNoise floor ({CONTROL} vs trex folder, the same files): greedy {ratio(c['beam1_vs_trex'])}, "
                       f"beam 4 {ratio(c['beam4_vs_trex'])}")
         if steps:
-            print(f"\n| decoder step with a cache (ONNX Runtime, 1 thread, CPU ms; {args.step_repeat} interleaved runs) | "
-                  "batch 8 ms | batch 32 ms | speed vs optimum folder, batch 8 | batch 32 |")
-            print("|---|---:|---:|---:|---:|")
+            print(f"\n| decoder step with a cache (ONNX Runtime, 1 thread, CPU ms; {args.step_repeat} interleaved runs) | " +
+                  " | ".join(f"batch {b} ms" for b in steps) + " | " +
+                  " | ".join(f"speed vs optimum folder, batch {b}" for b in steps) + " |")
+            print("|---|" + "---:|" * (2 * len(steps)))
             for name in steps[8]:
-                a, b = steps[8][name], steps[32][name]
-                print(f"| {name} | {a['step_ms']['median']:.2f} | {b['step_ms']['median']:.2f} | "
-                      f"{ratio(a['speed_vs_optimum'])} | {ratio(b['speed_vs_optimum'])} |")
+                print(f"| {name} | " + " | ".join(f"{steps[b][name]['step_ms']['median']:.2f}" for b in steps) + " | " +
+                      " | ".join(ratio(steps[b][name]["speed_vs_optimum"]) for b in steps) + " |")
         if not args.smoke:
             args.results.mkdir(parents=True, exist_ok=True)
             out_json = args.results / f"seq2seq_bench-{args.arch}-D{args.d_model}-L{args.layers}.json"
