@@ -226,7 +226,8 @@ def decoder_step_time(folders: dict[str, Path], repeat: int, batch: int, vocab: 
     runs = in_both_load_orders(step_rounds, folders, repeat, batch=batch, vocab=vocab)
     times = {name: sum((r[name] for r in runs), []) for name in folders}
     base = times["optimum folder"]
-    return {name: {"step_ms": spread([t * 1e3 for t in ts]), "speed_vs_optimum": spread([b / t for b, t in zip(base, ts)])}
+    return {name: {"step_ms": spread([t * 1e3 for t in ts]),
+                   "speed_vs_optimum": paired_spread([b / t for b, t in zip(base, ts)])}
             for name, ts in times.items()}
 
 
