@@ -83,12 +83,14 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
-def paired_spread(xs: list[float]) -> dict:
-    """spread() of paired ratios plus a 95 % bootstrap interval of their median (2000 resamples of the rounds,
-    fixed seed): with ONNX Runtime's spinning on, single rounds on a 2-core machine swing by +-25 % (the same
-    folder against itself, --decode-control), so the median of a few rounds is only known to a few per cent."""
+def paired_spread(base: list[float], times: list[float]) -> dict:
+    """spread() of the per-round speed ratios base / times plus a 95 % bootstrap interval of their median (2000
+    resamples of the rounds, fixed seed): with ONNX Runtime's spinning on, single rounds on a 2-core machine swing
+    by +-25 % (the same folder against itself, --decode-control), so the median of a few rounds is only known to
+    a few per cent."""
     import numpy as np
 
+    xs = [b / t for b, t in zip(base, times)]
     d = spread(xs)
     a = np.asarray(xs)
     meds = np.median(a[np.random.default_rng(0).integers(0, len(a), size=(2000, len(a)))], axis=1)
@@ -127,10 +129,10 @@ def decode_speed(folders: dict[str, Path], ckpt: Path, repeat: int, vocab: int, 
             d[f"beam{beams}_seconds"] = ts
             d[f"beam{beams}_cpu_seconds"] = cpu[name]
             if base:
-                d[f"beam{beams}_vs_optimum"] = paired_spread([b / t for b, t in zip(base, ts)])
-                d[f"beam{beams}_cpu_vs_optimum"] = paired_spread([b / t for b, t in zip(base_cpu, cpu[name])])
+                d[f"beam{beams}_vs_optimum"] = paired_spread(base, ts)
+                d[f"beam{beams}_cpu_vs_optimum"] = paired_spread(base_cpu, cpu[name])
             if name == CONTROL:  # the noise floor: trex's folder against itself
-                d[f"beam{beams}_vs_trex"] = paired_spread([b / t for b, t in zip(times["trex folder"], ts)])
+                d[f"beam{beams}_vs_trex"] = paired_spread(times["trex folder"], ts)
     return out
 
 
@@ -174,11 +176,11 @@ def in_both_load_orders(fn, folders: dict[str, Path], repeat: int, **kwargs) -> 
 def decode_rounds(folders: dict[str, Path], repeat: int, ckpt: Path, vocab: int, threads: int = 2,
                   spin: bool = True) -> dict:
     """Wall and CPU seconds of each generate() run, per beam count ({beams: (wall, cpu)}, each {runtime: [s per
-    round]}). The runs of a round follow balanced_orders() (best with rounds a multiple of their count). spin=False turns off ONNX
-    Runtime's spinning of idle intra-op threads (session.intra_op.allow_spinning=0; on by default): the encoder's
-    and the decoder's sessions each keep a thread pool, and with 2 cores a pool spinning after its run competes
-    with the other session and with transformers' Python (measured: greedy generate() of the Marian shape 1.09 s
-    with spinning, 0.73 s without, on either folder)."""
+    round]}). The runs of a round follow balanced_orders() (best with rounds a multiple of their count).
+    spin=False turns off ONNX Runtime's spinning of idle intra-op threads (session.intra_op.allow_spinning=0; on by
+    default): the encoder's and the decoder's sessions each keep a thread pool, and with 2 cores a pool spinning
+    after its run competes with the other session and with transformers' Python (measured: greedy generate() of
+    the Marian shape 1.09 s with spinning, 0.73 s without, on either folder)."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -221,13 +223,13 @@ def decoder_step_time(folders: dict[str, Path], repeat: int, batch: int, vocab: 
     """CPU time of one decoder step with a cache (use_cache_branch true, 15 tokens of past, batch rows, 32 encoder
     tokens), ONNX Runtime alone: 1 intra-op thread, so the step runs on the calling thread and its thread CPU time
     is little disturbed by other processes. Fed as optimum feeds it (the cross-attention cache from the first step).
-    Folders alternate, loaded in both orders (in_both_load_orders); per folder the median and min-max, and its
-    paired ratio against the optimum folder."""
+    Folders run in balanced_orders(), loaded in both orders (in_both_load_orders); per folder the median and
+    min-max, and its paired ratio against the optimum folder (paired_spread())."""
     runs = in_both_load_orders(step_rounds, folders, repeat, batch=batch, vocab=vocab)
     times = {name: sum((r[name] for r in runs), []) for name in folders}
     base = times["optimum folder"]
     return {name: {"step_ms": spread([t * 1e3 for t in ts]),
-                   "speed_vs_optimum": paired_spread([b / t for b, t in zip(base, ts)])}
+                   "speed_vs_optimum": paired_spread(base, ts)}
             for name, ts in times.items()}
 
 
@@ -261,8 +263,9 @@ def step_rounds(folders: dict[str, Path], repeat: int, batch: int, vocab: int) -
         state[name] = (dec, feed)
     times: dict[str, list[float]] = {k: [] for k in folders}
     names = list(folders)
+    orders = balanced_orders(len(names))
     for r in range(repeat):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in (names[i] for i in orders[r % len(orders)]):
             dec, feed = state[name]
             t0 = time.thread_time()
             dec.run(None, feed)
@@ -344,7 +347,7 @@ def main():
                 runs[name].append(r)
                 print(f"[{i + 1}/{args.repeat}] {name:<16} {r['wall_s']:8.2f} s  "
                       f"{r['maxrss_bytes'] / 2**20:9.1f} MB", file=sys.stderr, flush=True)
-        decode = steps = None
+        steps = None
         decodes: dict[str, dict] = {}
         if not args.skip_optimum and not args.skip_decode:
             print("decode speed ...", file=sys.stderr, flush=True)
@@ -359,7 +362,6 @@ def main():
                 if args.decode_spin in (spin, "both"):
                     decodes[spin] = decode_speed(gen_folders, ckpt, args.decode_repeat, args.vocab,
                                                  args.decode_threads, spin == "on")
-            decode = decodes.get("on") or decodes.get("off")
             steps = {b: decoder_step_time(folders, args.step_repeat, b, args.vocab) for b in step_batches}
         shutil.rmtree(out_root, ignore_errors=True)
 
@@ -379,8 +381,7 @@ def main():
                   f"{s['peak_rss_bytes'] / wbytes:.2f} | {s['folder_bytes'] / 2**20:.1f} | "
                   f"{s['folder_bytes'] / wbytes:.2f} | {sp} |")
         def ratio(d):
-            ci = f" [{d['ci95'][0]:.2f}-{d['ci95'][1]:.2f}]" if "ci95" in d else ""
-            return f"{d['median']:.2f}x{ci} ({d['min']:.2f}-{d['max']:.2f})"
+            return f"{d['median']:.2f}x [{d['ci95'][0]:.2f}-{d['ci95'][1]:.2f}] ({d['min']:.2f}-{d['max']:.2f})"
 
         for spin, decode in decodes.items():
             print(f"\n| runtime (generate, batch {DECODE_BATCH}, {DECODE_NEW} new tokens; {args.decode_threads} thread(s), ONNX Runtime "
